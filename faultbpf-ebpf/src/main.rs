@@ -1,0 +1,51 @@
+//! faultbpf's kernel side: the tc programs only. Each entry point parses the
+//! packet (`parse`), looks its ports up in the rule map (`matcher`) and
+//! turns a hit into a verdict (`actions`); everything else passes with "no
+//! verdict", so programs after ours (a CNI's, say) still run.
+#![no_std]
+#![no_main]
+
+mod actions;
+mod counters;
+mod maps;
+mod matcher;
+mod parse;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+use crate::actions::{Hook, NO_VERDICT};
+
+/// Ingress hook: packets arriving on the interface.
+#[classifier]
+pub fn faultbpf_in(ctx: TcContext) -> i32 {
+    run(&ctx, Hook::Ingress)
+}
+
+/// Egress hook: packets the host sends out of the interface.
+#[classifier]
+pub fn faultbpf_out(ctx: TcContext) -> i32 {
+    run(&ctx, Hook::Egress)
+}
+
+#[inline(always)]
+fn run(ctx: &TcContext, hook: Hook) -> i32 {
+    // A packet we cannot parse is never ours: pass it untouched.
+    let Some(flow) = parse::flow(ctx) else {
+        return NO_VERDICT;
+    };
+    match matcher::rule_for(&flow) {
+        Some(rule) => actions::apply(ctx, rule, hook),
+        None => NO_VERDICT,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic, so this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

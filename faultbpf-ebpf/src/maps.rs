@@ -1,0 +1,21 @@
+//! Every map the programs use. User space finds them by the names in
+//! `faultbpf_common` (`RULES_MAP`, ...), which must equal these statics'
+//! names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use faultbpf_common::{Lease, MAX_RULES, MAX_SLOTS, RuleCounters, RuleKey, RuleValue};
+
+/// (protocol, port) -> rule: one lookup per port of a packet.
+#[map]
+pub static RULES: HashMap<RuleKey, RuleValue> = HashMap::with_max_entries(MAX_RULES, 0);
+
+/// Per-CPU counters indexed by `RuleValue::slot`: no atomics on the hot path.
+#[map]
+pub static COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+
+/// The owner's heartbeat (dead man's switch), one entry.
+#[map]
+pub static LEASE: Array<Lease> = Array::with_max_entries(1, 0);

@@ -1,0 +1,153 @@
+//! Standalone mode: apply one fault, show live counters, heal on Ctrl-C,
+//! SIGTERM or `--for`, and print the final counters.
+
+use std::{
+    io::{IsTerminal, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use faultbpf::{
+    Fault, Injector, Rule, iface,
+    report::{self, Report, RuleReport},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::FaultArgs;
+
+/// How long the rules keep acting without a heartbeat from us. A frozen
+/// (SIGSTOPped) faultbpf heals the host after this.
+const LEASE: Duration = Duration::from_secs(3);
+/// Heartbeat and status refresh period.
+const TICK: Duration = Duration::from_secs(1);
+
+pub enum Failure {
+    /// Bad input: exit 2.
+    Usage(String),
+    /// Anything else: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::Runtime(e.into())
+    }
+}
+
+pub fn run(fault: Fault, args: FaultArgs) -> Result<(), Failure> {
+    let ifaces = interfaces(&args.ifaces)?;
+    let rule = Rule {
+        id: 0,
+        fault,
+        port: args.port,
+        proto: args.proto,
+        pct: args.pct,
+        direction: args.direction,
+        lasts: args.lasts,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    rt.block_on(serve(rule, ifaces, &args))
+}
+
+/// The interfaces to attach to: the ones named (each must exist), or every
+/// interface that is up.
+fn interfaces(named: &[String]) -> Result<Vec<String>, Failure> {
+    let here = iface::all()?;
+    if named.is_empty() {
+        let up = iface::up()?;
+        if up.is_empty() {
+            return Err(Failure::Usage(
+                "no interface is up in this network namespace; name one with --iface".into(),
+            ));
+        }
+        return Ok(up);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for n in named {
+        if !here.contains(n) {
+            return Err(Failure::Usage(format!(
+                "unknown interface `{n}` (this network namespace has: {})",
+                here.join(", ")
+            )));
+        }
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    Ok(out)
+}
+
+async fn serve(rule: Rule, ifaces: Vec<String>, args: &FaultArgs) -> Result<(), Failure> {
+    let mut sigint = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
+
+    let mut inj = Injector::attach(&ifaces, args.attach)?;
+    inj.renew_lease(LEASE)?;
+    inj.insert(&rule)?;
+    let started = Instant::now();
+    eprintln!(
+        "faultbpf: active: {} on {} via {}; {}",
+        rule.describe(),
+        ifaces.join(", "),
+        inj.mode().name(),
+        match rule.lasts {
+            Some(d) => format!("heals in {}", humantime::format_duration(d)),
+            None => "Ctrl-C to heal".into(),
+        }
+    );
+
+    let tty = std::io::stderr().is_terminal();
+    let deadline = rule.lasts.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(TICK);
+    let outcome: Result<(), Failure> = loop {
+        tokio::select! {
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+            _ = sleep_until(deadline) => break Ok(()),
+            _ = tick.tick() => {
+                if let Some(gone) = inj.vanished_interface() {
+                    break Err(Failure::Runtime(anyhow::anyhow!(
+                        "interface `{gone}` vanished; the fault is lifted on the others too"
+                    )));
+                }
+                if let Err(e) = inj.renew_lease(LEASE) {
+                    break Err(e.into());
+                }
+                if tty {
+                    let c = inj.counters(rule.id)?;
+                    eprint!("\r{}\x1b[K", report::status_line(started.elapsed().as_secs(), &rule, &c));
+                    let _ = std::io::stderr().flush();
+                }
+            }
+        }
+    };
+    if tty {
+        eprintln!();
+    }
+
+    // Read the counters before detaching: they die with the maps.
+    let counters = inj.counters(rule.id)?;
+    let mode = inj.mode().name();
+    drop(inj);
+    if args.json {
+        let r = Report {
+            attach: mode,
+            interfaces: &ifaces,
+            rules: vec![RuleReport::new(&rule, &counters)],
+        };
+        println!("{}", serde_json::to_string(&r).context("could not encode the report")?);
+    } else {
+        println!("{}", report::summary_line(&rule, &counters));
+    }
+    outcome
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,18 @@
+//! faultbpf as a library: load the kernel programs, attach them to
+//! interfaces, put fault rules in their maps and read the counters back.
+//!
+//! The CLI (`main.rs`) is a thin layer over this; tests and other tools can
+//! drive the same API.
+
+pub mod error;
+pub mod faults;
+pub mod iface;
+pub mod loader;
+pub mod reaper;
+pub mod report;
+pub mod rules;
+
+pub use error::Error;
+pub use faults::Fault;
+pub use loader::{AttachMode, Injector};
+pub use rules::{Direction, Proto, Rule};

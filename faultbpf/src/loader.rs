@@ -1,0 +1,299 @@
+//! Load the kernel programs, attach them to interfaces, and give typed
+//! access to their maps.
+//!
+//! Links are owned by this process and never pinned: when the `Injector` is
+//! dropped, or the process dies, TCX links go with their file descriptors.
+//! Netlink (cls_bpf) filters do not die with their process, so on that path
+//! a reaper process removes them if we die first (`reaper.rs`), and the
+//! lease in the `LEASE` map makes them inert anyway.
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError},
+    },
+    util::KernelVersion,
+};
+use faultbpf_common::{
+    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, RULES_MAP, RuleCounters,
+    RuleKey, RuleValue,
+};
+use serde::Serialize;
+
+use crate::{
+    error::Error,
+    iface, reaper,
+    rules::{Rule, monotonic_ns},
+};
+
+/// The kernel programs, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/faultbpf"));
+
+/// How the tc programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// TCX on kernels >= 6.6, netlink otherwise.
+    Auto,
+    /// TCX links (kernel >= 6.6): owned by a file descriptor.
+    Tcx,
+    /// A clsact qdisc with cls_bpf filters: every kernel with BPF.
+    Netlink,
+}
+
+impl AttachMode {
+    /// `Auto` made concrete for this kernel.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto => match KernelVersion::current() {
+                Ok(v) if v >= KernelVersion::new(6, 6, 0) => Self::Tcx,
+                _ => Self::Netlink,
+            },
+            m => m,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        }
+    }
+}
+
+const HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
+    (EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
+];
+
+/// Loaded programs attached to a set of interfaces.
+pub struct Injector {
+    /// Dropped last: the maps and programs live as long as this.
+    ebpf: Ebpf,
+    links: Vec<SchedClassifierLink>,
+    mode: AttachMode,
+    interfaces: Vec<String>,
+    /// Netlink filters we attached and clsact qdiscs we created, for the
+    /// reaper (netlink path only).
+    filters: Vec<reaper::Filter>,
+    added_clsact: Vec<String>,
+    reaper: Option<reaper::Guard>,
+}
+
+impl Injector {
+    /// Loads the programs and attaches them on ingress and egress of each
+    /// interface. Nothing acts until a rule is inserted.
+    pub fn attach(interfaces: &[String], mode: AttachMode) -> Result<Self, Error> {
+        for i in interfaces {
+            if iface::index(i).is_none() {
+                return Err(Error::NoSuchInterface(i.clone()));
+            }
+        }
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(Error::load)?;
+        for (name, _, _) in HOOKS {
+            program(&mut ebpf, name)?.load().map_err(Error::load)?;
+        }
+        let mut inj = Self {
+            ebpf,
+            links: Vec::new(),
+            mode: mode.resolve(),
+            interfaces: interfaces.to_vec(),
+            filters: Vec::new(),
+            added_clsact: Vec::new(),
+            reaper: None,
+        };
+        for i in interfaces {
+            inj.attach_one(i)?;
+        }
+        if inj.mode == AttachMode::Netlink {
+            inj.reaper = Some(reaper::spawn(&inj.filters, &inj.added_clsact)?);
+        }
+        Ok(inj)
+    }
+
+    fn attach_one(&mut self, ifname: &str) -> Result<(), Error> {
+        if self.mode == AttachMode::Netlink {
+            match tc::qdisc_add_clsact(ifname) {
+                Ok(()) => self.added_clsact.push(ifname.to_string()),
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(Error::attach(ifname, "clsact qdisc", e)),
+            }
+        }
+        for (name, hook, hook_name) in HOOKS {
+            let opts = match self.mode {
+                AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
+                _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            };
+            let prog = program(&mut self.ebpf, name)?;
+            let id = prog
+                .attach_with_options(ifname, hook, opts)
+                .map_err(|e| Error::attach(ifname, hook_name, e))?;
+            let link = prog
+                .take_link(id)
+                .map_err(|e| Error::attach(ifname, hook_name, e))?;
+            if self.mode == AttachMode::Netlink {
+                self.filters.extend(reaper::Filter::of(ifname, &link));
+            }
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    /// The attach mode in use (never `Auto`).
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    pub fn interfaces(&self) -> &[String] {
+        &self.interfaces
+    }
+
+    /// Puts `rule` in force; its expiry counts from now.
+    pub fn insert(&mut self, rule: &Rule) -> Result<(), Error> {
+        // Zero the rule's counters first so a reused slot starts clean.
+        self.reset_counters(rule.id)?;
+        let mut map = self.rules_map()?;
+        for (k, v) in rule.entries(monotonic_ns()) {
+            map.insert(k, v, 0)
+                .map_err(|e| map_err(RULES_MAP, "could not insert a rule", e))?;
+        }
+        Ok(())
+    }
+
+    /// Lifts `rule`; missing entries are not an error.
+    pub fn remove(&mut self, rule: &Rule) -> Result<(), Error> {
+        let mut map = self.rules_map()?;
+        for (k, _) in rule.entries(0) {
+            let _ = map.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// The rule's counters summed over CPUs.
+    pub fn counters(&self, id: u32) -> Result<RuleCounters, Error> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or_else(|| missing(COUNTERS_MAP))?;
+        let arr: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(map)
+            .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
+        let per_cpu = arr
+            .get(&id, 0)
+            .map_err(|e| map_err(COUNTERS_MAP, "could not read counters", e))?;
+        let mut sum = RuleCounters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        Ok(sum)
+    }
+
+    fn reset_counters(&mut self, id: u32) -> Result<(), Error> {
+        let ncpu = aya::util::nr_cpus().map_err(|(what, e)| Error::Io {
+            what: format!("could not count CPUs ({what})"),
+            source: e,
+        })?;
+        let map = self
+            .ebpf
+            .map_mut(COUNTERS_MAP)
+            .ok_or_else(|| missing(COUNTERS_MAP))?;
+        let mut arr: PerCpuArray<&mut MapData, RuleCounters> = PerCpuArray::try_from(map)
+            .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![RuleCounters::default(); ncpu])
+            .map_err(|e| Error::Io {
+                what: "could not build per-CPU values".into(),
+                source: e,
+            })?;
+        arr.set(id, zero, 0)
+            .map_err(|e| map_err(COUNTERS_MAP, "could not reset counters", e))
+    }
+
+    /// Renews the dead man's switch: rules act for `lease` from now, unless
+    /// renewed again. A zero `lease` disables the switch.
+    pub fn renew_lease(&mut self, lease: Duration) -> Result<(), Error> {
+        let map = self
+            .ebpf
+            .map_mut(LEASE_MAP)
+            .ok_or_else(|| missing(LEASE_MAP))?;
+        let mut arr: Array<&mut MapData, Lease> =
+            Array::try_from(map).map_err(|e| map_err(LEASE_MAP, "unexpected map type", e))?;
+        let lease = Lease {
+            heartbeat_ns: monotonic_ns(),
+            lease_ns: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
+        };
+        arr.set(0, lease, 0)
+            .map_err(|e| map_err(LEASE_MAP, "could not renew the lease", e))
+    }
+
+    fn rules_map(&mut self) -> Result<HashMap<&mut MapData, RuleKey, RuleValue>, Error> {
+        let map = self
+            .ebpf
+            .map_mut(RULES_MAP)
+            .ok_or_else(|| missing(RULES_MAP))?;
+        HashMap::try_from(map).map_err(|e| map_err(RULES_MAP, "unexpected map type", e))
+    }
+
+    /// The first attached interface that no longer exists, if any.
+    pub fn vanished_interface(&self) -> Option<&str> {
+        self.interfaces
+            .iter()
+            .find(|i| iface::index(i).is_none())
+            .map(String::as_str)
+    }
+}
+
+impl Drop for Injector {
+    /// Detach, then remove the clsact qdiscs we added, then tell the reaper
+    /// there is nothing left to do.
+    fn drop(&mut self) {
+        self.links.clear();
+        for i in &self.added_clsact {
+            reaper::remove_clsact(i);
+        }
+        if let Some(r) = self.reaper.take() {
+            r.dismiss();
+        }
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, Error> {
+    let p = ebpf.program_mut(name).ok_or_else(|| {
+        Error::load(anyhow::anyhow!(
+            "program `{name}` is missing from the object"
+        ))
+    })?;
+    p.try_into().map_err(Error::load)
+}
+
+fn missing(map: &'static str) -> Error {
+    Error::Map {
+        map,
+        what: "missing from the object",
+        source: anyhow::anyhow!("map `{map}` not found"),
+    }
+}
+
+fn map_err(map: &'static str, what: &'static str, e: impl Into<anyhow::Error>) -> Error {
+    Error::Map {
+        map,
+        what,
+        source: e.into(),
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so map
+/// creation does not fail there. Newer kernels ignore it.
+fn raise_memlock() {
+    let r = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to a valid rlimit. A failure shows up later as
+    // a map creation error, which says more than this call could.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) };
+}

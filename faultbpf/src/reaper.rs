@@ -1,0 +1,182 @@
+//! Netlink (cls_bpf) filters outlive the process that attached them, so a
+//! `kill -9` of faultbpf would leave its filters (and the clsact qdisc it
+//! added) on the interface. The reaper is a small child process,
+//! `faultbpf __reap`, that holds the read end of a pipe from its parent: a
+//! parent that exits cleanly writes `done` first; a parent that dies in
+//! any way closes the pipe without it, and the reaper removes exactly the
+//! filters the parent attached. TCX links need none of this: they die with
+//! their file descriptors.
+
+use std::{
+    io::{BufRead, Write},
+    process::{Child, ChildStdin, Command, Stdio},
+};
+
+use aya::programs::{
+    TcAttachType,
+    tc::{SchedClassifierLink, TcHandle},
+};
+
+use crate::error::Error;
+
+/// One netlink filter, as given to `__reap --filter`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub iface: String,
+    pub ingress: bool,
+    pub priority: u16,
+    pub handle: u32,
+}
+
+impl Filter {
+    /// The filter behind a netlink link attached to `iface`.
+    pub fn of(iface: &str, link: &SchedClassifierLink) -> Option<Self> {
+        Some(Self {
+            iface: iface.to_string(),
+            ingress: matches!(link.attach_type().ok()?, TcAttachType::Ingress),
+            priority: link.priority().ok()?,
+            handle: link.handle().ok()?.into(),
+        })
+    }
+
+    /// `IFACE:ingress|egress:PRIORITY:HANDLE`.
+    pub fn to_arg(&self) -> String {
+        let hook = if self.ingress { "ingress" } else { "egress" };
+        format!("{}:{hook}:{}:{}", self.iface, self.priority, self.handle)
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad filter `{s}`: expected IFACE:ingress|egress:PRIORITY:HANDLE");
+        let mut it = s.rsplitn(4, ':');
+        let handle = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let priority = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let ingress = match it.next() {
+            Some("ingress") => true,
+            Some("egress") => false,
+            _ => return Err(bad()),
+        };
+        let iface = it.next().filter(|i| !i.is_empty()).ok_or_else(bad)?;
+        Ok(Self {
+            iface: iface.to_string(),
+            ingress,
+            priority,
+            handle,
+        })
+    }
+
+    fn remove(&self) {
+        let hook = if self.ingress {
+            TcAttachType::Ingress
+        } else {
+            TcAttachType::Egress
+        };
+        // Dropping the rebuilt link detaches the filter.
+        let _ = SchedClassifierLink::attached(
+            &self.iface,
+            hook,
+            self.priority,
+            TcHandle::from(self.handle),
+            None,
+        );
+    }
+}
+
+/// The parent's end of the pipe.
+pub struct Guard {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+impl Guard {
+    /// The parent cleaned up itself: the reaper exits without acting.
+    pub fn dismiss(mut self) {
+        let _ = self.stdin.write_all(b"done\n");
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `faultbpf __reap` for these filters and qdiscs.
+pub fn spawn(filters: &[Filter], clsact: &[String]) -> Result<Guard, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        what: "could not find our own executable to start the reaper".into(),
+        source,
+    })?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__reap");
+    for f in filters {
+        cmd.arg("--filter").arg(f.to_arg());
+    }
+    for i in clsact {
+        cmd.arg("--clsact").arg(i);
+    }
+    // Its own process group: a Ctrl-C on the terminal must reach only the
+    // parent, which then dismisses the reaper. No stdout/stderr: whoever
+    // reads the parent's output to its end must not wait on the reaper.
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| Error::Io {
+            what: "could not start the reaper process".into(),
+            source,
+        })?;
+    let stdin = child.stdin.take().expect("stdin was piped");
+    Ok(Guard { child, stdin })
+}
+
+/// The reaper's body: wait for the parent, clean up if it died.
+pub fn run(filters: &[Filter], clsact: &[String]) {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    if line.trim() == "done" {
+        return;
+    }
+    for f in filters {
+        f.remove();
+    }
+    for i in clsact {
+        remove_clsact(i);
+    }
+}
+
+/// Deletes the clsact qdisc of `iface`, unless someone else's filters now
+/// sit on it. There is no netlink call for this in aya, hence `tc`.
+pub fn remove_clsact(iface: &str) {
+    let has_filters = ["ingress", "egress"].iter().any(|hook| {
+        Command::new("tc")
+            .args(["filter", "show", "dev", iface, hook])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(true)
+    });
+    if has_filters {
+        return;
+    }
+    let _ = Command::new("tc")
+        .args(["qdisc", "del", "dev", iface, "clsact"])
+        .stderr(Stdio::null())
+        .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_arg_round_trips() {
+        let f = Filter {
+            iface: "veth0".into(),
+            ingress: false,
+            priority: 49152,
+            handle: 1,
+        };
+        assert_eq!(f.to_arg(), "veth0:egress:49152:1");
+        assert_eq!(Filter::parse(&f.to_arg()).unwrap(), f);
+        assert!(Filter::parse("veth0:sideways:1:1").is_err());
+        assert!(Filter::parse(":ingress:1:1").is_err());
+    }
+}
