@@ -15,6 +15,10 @@ pub const RULES_MAP: &str = "RULES";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the one-entry array holding `Lease`.
 pub const LEASE_MAP: &str = "LEASE";
+/// Name of the LPM trie `(slot, address) -> u8` of `--peer` prefixes.
+pub const PEERS_MAP: &str = "PEERS";
+/// Most `--peer` prefixes over all rules.
+pub const MAX_PEERS: u32 = 65_536;
 /// Name of the tc program on the ingress hook (also its netlink filter
 /// name, which is how leftovers are recognised).
 pub const INGRESS_PROGRAM: &str = "faultbpf_in";
@@ -22,8 +26,9 @@ pub const INGRESS_PROGRAM: &str = "faultbpf_in";
 /// program cannot tell which hook runs it, and a drop differs by hook.
 pub const EGRESS_PROGRAM: &str = "faultbpf_out";
 
-/// Most (protocol, port) keys the rule map holds.
-pub const MAX_RULES: u32 = 65_536;
+/// Most (protocol, side, port) keys the rule map holds: every port on
+/// both sides for both protocols.
+pub const MAX_RULES: u32 = 262_144;
 /// Number of counter slots; a rule's `slot` is below this.
 pub const MAX_SLOTS: u32 = 65_536;
 
@@ -37,6 +42,19 @@ pub const PROTO_UDP: u8 = 17;
 pub enum FaultKind {
     /// Make the packet vanish as if lost in the network.
     Drop = 1,
+    /// Drop it and answer the sender with a TCP RST or an ICMP port
+    /// unreachable, as a closed port or a REJECT rule would.
+    Reset = 2,
+    /// Drop TCP segments that carry payload; the handshake still completes.
+    Hang = 3,
+    /// Flip payload bytes and fix the checksums, so bad data is delivered.
+    Corrupt = 4,
+    /// Set `skb->mark` to `RuleValue::mark` and pass.
+    Mark = 5,
+    /// Set ECN CE on ECN-capable IP packets and pass.
+    Ecn = 6,
+    /// Draw an action from `RuleValue::mix`.
+    Mix = 7,
 }
 
 impl FaultKind {
@@ -49,21 +67,37 @@ impl FaultKind {
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Drop),
+            2 => Some(Self::Reset),
+            3 => Some(Self::Hang),
+            4 => Some(Self::Corrupt),
+            5 => Some(Self::Mark),
+            6 => Some(Self::Ecn),
+            7 => Some(Self::Mix),
             _ => None,
         }
     }
 }
 
-/// Key of the rule map: one entry per (L4 protocol, port).
+/// `RuleKey::side`: the rule's port is the packet's destination port.
+pub const SIDE_DST: u8 = 1;
+/// `RuleKey::side`: the rule's port is the packet's source port.
+pub const SIDE_SRC: u8 = 2;
+/// `RuleKey::side`: the rule catches non-first fragments of `proto`, which
+/// carry no ports (`port_be` is 0).
+pub const SIDE_FRAGMENT: u8 = 3;
+
+/// Key of the rule map: one entry per (L4 protocol, side, port).
 ///
-/// A packet matches when its destination port or its source port equals
-/// `port`, so both directions of every flow to the dependency are cut.
+/// A rule on "either port" (`--port`) is two entries, one per side, so a
+/// packet costs at most two lookups (destination port, then source port)
+/// whatever the number of rules.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RuleKey {
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub proto: u8,
-    pub _pad: u8,
+    /// `SIDE_DST`, `SIDE_SRC` or `SIDE_FRAGMENT`.
+    pub side: u8,
     /// Port in network byte order, as it sits in the packet, so the kernel
     /// side never swaps bytes.
     pub port_be: u16,
@@ -71,10 +105,10 @@ pub struct RuleKey {
 const _: () = assert!(core::mem::size_of::<RuleKey>() == 4);
 
 impl RuleKey {
-    pub const fn new(proto: u8, port: u16) -> Self {
+    pub const fn new(proto: u8, side: u8, port: u16) -> Self {
         Self {
             proto,
-            _pad: 0,
+            side,
             port_be: port.to_be(),
         }
     }
@@ -85,26 +119,80 @@ impl RuleKey {
     }
 }
 
+/// Most entries in a chaos mix.
+pub const MIX_LEN: usize = 4;
+
+/// One action of a mix: acts when the packet's draw is below `upto`
+/// (cumulative over the entries before it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MixEntry {
+    /// A `FaultKind` as `u8`; 0 ends the mix.
+    pub action: u8,
+    pub _pad: [u8; 3],
+    pub upto: u32,
+}
+const _: () = assert!(core::mem::size_of::<MixEntry>() == 8);
+
 /// Value of the rule map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleValue {
-    /// Index into the counters array.
+    /// Index into the counters array, and the rule's id.
     pub slot: u32,
     /// A `FaultKind` as `u8`.
     pub action: u8,
     /// `DIR_*` bits: the hooks on which this rule acts.
     pub directions: u8,
-    pub _pad: [u8; 2],
-    /// Act when `bpf_get_prandom_u32() < threshold`; `THRESHOLD_ALWAYS`
-    /// acts on every packet and 0 on none (see `threshold_from_pct`).
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Act when the draw is below `threshold`; `THRESHOLD_ALWAYS` acts on
+    /// every packet and 0 on none (see `threshold_from_pct`).
     pub threshold: u32,
-    pub _pad2: u32,
+    /// Seed of the per-flow hash (`FLAG_PER_FLOW`), so each rule picks its
+    /// own set of flows.
+    pub seed: u32,
+    /// `Mark`: the value written to `skb->mark`.
+    pub mark: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) after which the rule passes
     /// traffic; 0 means no expiry.
     pub expires_ns: u64,
+    /// `Mix`: the actions and their cumulative thresholds.
+    pub mix: [MixEntry; MIX_LEN],
 }
-const _: () = assert!(core::mem::size_of::<RuleValue>() == 24);
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 64);
+
+/// `RuleValue::flags`: decide once per flow (5-tuple hash) instead of per
+/// packet.
+pub const FLAG_PER_FLOW: u8 = 1;
+/// `RuleValue::flags`: act only when the remote address is in the rule's
+/// prefixes in the peers map.
+pub const FLAG_PEERS: u8 = 2;
+
+/// Data of a peers LPM trie key: the rule's slot (big-endian, always
+/// matched whole, `PEER_SLOT_BITS`) then the address, IPv4 as IPv4-mapped
+/// IPv6 (`::ffff:a.b.c.d`). One lookup answers "is this address in any
+/// prefix of rule `slot`".
+#[inline(always)]
+pub fn peer_key_data(slot: u32, addr: &[u8; 16]) -> [u8; 20] {
+    let s = slot.to_be_bytes();
+    let mut d = [0u8; 20];
+    d[0] = s[0];
+    d[1] = s[1];
+    d[2] = s[2];
+    d[3] = s[3];
+    let mut i = 0;
+    while i < 16 {
+        d[4 + i] = addr[i];
+        i += 1;
+    }
+    d
+}
+
+/// Bits of a peers key taken by the slot; a prefix of length L within the
+/// address is a trie prefix of `PEER_SLOT_BITS + L`.
+pub const PEER_SLOT_BITS: u32 = 32;
 
 /// `RuleValue::directions` bit: act on packets entering the interface.
 pub const DIR_INGRESS: u8 = 1;
@@ -120,7 +208,8 @@ pub const THRESHOLD_ALWAYS: u32 = u32::MAX;
 /// 0 and 100 are exact; anything in between is rounded to the nearest
 /// 1/2^32 and kept below `THRESHOLD_ALWAYS`.
 pub fn threshold_from_pct(pct: f64) -> u32 {
-    if !(pct > 0.0) {
+    // NaN lands here too: never act on a value we cannot read.
+    if pct.is_nan() || pct <= 0.0 {
         0
     } else if pct >= 100.0 {
         THRESHOLD_ALWAYS
@@ -135,6 +224,42 @@ pub fn threshold_from_pct(pct: f64) -> u32 {
 #[inline(always)]
 pub fn draw_hits(threshold: u32, random: u32) -> bool {
     threshold == THRESHOLD_ALWAYS || random < threshold
+}
+
+/// The draw of a `FLAG_PER_FLOW` rule: a hash of the flow's two endpoints
+/// that is the same in both directions, so a connection is either faulted
+/// whole or left alone. Addresses are 16 bytes (IPv4 as IPv4-mapped).
+#[inline(always)]
+pub fn flow_hash(
+    seed: u32,
+    proto: u8,
+    a: &[u8; 16],
+    a_port: u16,
+    b: &[u8; 16],
+    b_port: u16,
+) -> u32 {
+    // XOR of the two endpoint hashes: symmetric in (a, b).
+    fmix32(endpoint_hash(a, a_port) ^ endpoint_hash(b, b_port) ^ seed ^ u32::from(proto))
+}
+
+#[inline(always)]
+fn endpoint_hash(addr: &[u8; 16], port: u16) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let mut h = fmix32(u32::from(port).wrapping_add(0x9e37_79b9));
+    h = fmix32(h ^ w(0));
+    h = fmix32(h ^ w(4));
+    h = fmix32(h ^ w(8));
+    fmix32(h ^ w(12))
+}
+
+/// MurmurHash3's finaliser: every input bit affects every output bit.
+#[inline(always)]
+const fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// Per-rule counters, one copy per CPU (summed in user space).
@@ -185,6 +310,8 @@ mod pod {
     unsafe impl aya::Pod for super::RuleCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Lease {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MixEntry {}
 }
 
 #[cfg(test)]
@@ -208,8 +335,31 @@ mod tests {
     }
 
     #[test]
+    fn flow_hash_is_symmetric_and_spread() {
+        let a = [1u8; 16];
+        let mut b = [2u8; 16];
+        assert_eq!(
+            flow_hash(7, PROTO_TCP, &a, 40000, &b, 5432),
+            flow_hash(7, PROTO_TCP, &b, 5432, &a, 40000)
+        );
+        assert_ne!(
+            flow_hash(7, PROTO_TCP, &a, 40000, &b, 5432),
+            flow_hash(8, PROTO_TCP, &a, 40000, &b, 5432)
+        );
+        // About 30 % of 10 000 flows (client ports) fall under a 30 % threshold.
+        let t = threshold_from_pct(30.0);
+        let hits = (0..10_000u16)
+            .filter(|p| {
+                b[15] = (*p % 7) as u8;
+                draw_hits(t, flow_hash(1, PROTO_TCP, &a, 20_000 + p, &b, 80))
+            })
+            .count();
+        assert!((2_800..3_200).contains(&hits), "{hits}");
+    }
+
+    #[test]
     fn key_keeps_network_order() {
-        let k = RuleKey::new(PROTO_TCP, 5672);
+        let k = RuleKey::new(PROTO_TCP, SIDE_DST, 5672);
         assert_eq!(k.port_be.to_ne_bytes(), 5672u16.to_be_bytes());
         assert_eq!(k.port(), 5672);
     }

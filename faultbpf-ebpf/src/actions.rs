@@ -1,6 +1,6 @@
 //! Matched packet -> verdict.
 //!
-//! The one place where a drop is turned into a tc return code, because the
+//! This is the one place where a drop becomes a tc return code, because the
 //! right code depends on the hook:
 //! - Ingress: `TC_ACT_SHOT`. The sender is remote; the packet is just gone.
 //! - Egress: `TC_ACT_SHOT` would be seen by the local sender (the hook
@@ -15,12 +15,16 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_get_prandom_u32, bpf_redirect},
     programs::TcContext,
 };
-use faultbpf_common::{DIR_EGRESS, DIR_INGRESS, FaultKind, RuleValue, draw_hits};
+use faultbpf_common::{FLAG_PER_FLOW, FaultKind, MIX_LEN, RuleValue, draw_hits, flow_hash};
 
-use crate::{counters, maps::LEASE};
+use crate::{
+    corrupt, counters, mark,
+    parse::{self, Flow},
+    reset,
+};
 
 /// "No verdict": TCX_NEXT under TCX, continue with the next filter under
 /// cls_bpf. Programs after ours still see the packet.
@@ -35,52 +39,104 @@ pub enum Hook {
     Egress,
 }
 
-#[inline(always)]
-pub fn apply(ctx: &TcContext, rule: &RuleValue, hook: Hook) -> i32 {
-    let dir = match hook {
-        Hook::Ingress => DIR_INGRESS,
-        Hook::Egress => DIR_EGRESS,
-    };
-    if rule.directions & dir == 0 {
-        return NO_VERDICT;
-    }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if (rule.expires_ns != 0 && now >= rule.expires_ns) || lease_expired(now) {
-        return NO_VERDICT;
-    }
+/// What an action did: a verdict, or nothing (the packet was not one the
+/// action applies to, e.g. `hang` on a pure ACK), which counts as not acted.
+enum Outcome {
+    Acted(i32),
+    Untouched,
+}
 
+#[inline(always)]
+pub fn apply(ctx: &TcContext, flow: &Flow, rule: &RuleValue, hook: Hook) -> i32 {
     // SAFETY: `skb` is the valid context pointer of this program run.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }).max(1);
     let bytes = u64::from(ctx.len());
     let c = counters::matched(rule.slot, segs, bytes);
-    // SAFETY: helper without preconditions.
-    if !draw_hits(rule.threshold, unsafe { bpf_get_prandom_u32() }) {
-        return NO_VERDICT;
-    }
-    let verdict = match FaultKind::from_u8(rule.action) {
-        Some(FaultKind::Drop) => drop(hook),
-        None => return NO_VERDICT,
+
+    let draw = if rule.flags & FLAG_PER_FLOW != 0 {
+        flow_hash(
+            rule.seed,
+            flow.proto,
+            &flow.saddr,
+            flow.sport_be,
+            &flow.daddr,
+            flow.dport_be,
+        )
+    } else {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_get_prandom_u32() }
     };
-    counters::acted(c, segs, bytes);
-    verdict
+    let Some(kind) = pick(rule, draw) else {
+        return NO_VERDICT;
+    };
+    match act(ctx, flow, rule, kind, hook) {
+        Outcome::Acted(verdict) => {
+            counters::acted(c, segs, bytes);
+            verdict
+        }
+        Outcome::Untouched => NO_VERDICT,
+    }
+}
+
+/// The action this draw selects, if any: the rule's own action under its
+/// threshold, or the mix entry whose cumulative threshold the draw is under.
+#[inline(always)]
+fn pick(rule: &RuleValue, draw: u32) -> Option<FaultKind> {
+    let kind = FaultKind::from_u8(rule.action)?;
+    if kind != FaultKind::Mix {
+        return draw_hits(rule.threshold, draw).then_some(kind);
+    }
+    for i in 0..MIX_LEN {
+        let e = &rule.mix[i];
+        if e.action == 0 {
+            return None;
+        }
+        if draw_hits(e.upto, draw) {
+            return FaultKind::from_u8(e.action);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Hook) -> Outcome {
+    match kind {
+        FaultKind::Drop => Outcome::Acted(drop(hook)),
+        FaultKind::Hang => match parse::tcp_payload_len(ctx, flow) {
+            Some(n) if n > 0 => Outcome::Acted(drop(hook)),
+            _ => Outcome::Untouched,
+        },
+        // A packet we cannot answer (a RST, IPv4 options, ...) is still
+        // dropped: the rule's port must stay closed.
+        FaultKind::Reset => {
+            Outcome::Acted(reset::reply(ctx, flow, hook).unwrap_or_else(|_| drop(hook)))
+        }
+        FaultKind::Corrupt => done(corrupt::flip(ctx, flow)),
+        FaultKind::Mark => {
+            ctx.set_mark(rule.mark);
+            Outcome::Acted(NO_VERDICT)
+        }
+        FaultKind::Ecn => done(mark::ecn_ce(ctx, flow)),
+        FaultKind::Mix => Outcome::Untouched,
+    }
+}
+
+/// A pass-through action that either changed the packet or did not.
+#[inline(always)]
+fn done(changed: bool) -> Outcome {
+    if changed {
+        Outcome::Acted(NO_VERDICT)
+    } else {
+        Outcome::Untouched
+    }
 }
 
 /// See the module docs for why egress does not return `TC_ACT_SHOT`.
 #[inline(always)]
-fn drop(hook: Hook) -> i32 {
+pub fn drop(hook: Hook) -> i32 {
     match hook {
         Hook::Ingress => TC_ACT_SHOT as i32,
         // SAFETY: helper without preconditions; flags 0 is valid.
         Hook::Egress => unsafe { bpf_redirect(NOWHERE_IFINDEX, 0) as i32 },
-    }
-}
-
-/// True when an owner set a lease and stopped renewing it.
-#[inline(always)]
-fn lease_expired(now: u64) -> bool {
-    match LEASE.get(0) {
-        Some(l) => l.lease_ns != 0 && now > l.heartbeat_ns.saturating_add(l.lease_ns),
-        None => false,
     }
 }

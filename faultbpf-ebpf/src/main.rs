@@ -6,10 +6,14 @@
 #![no_main]
 
 mod actions;
+mod corrupt;
 mod counters;
+mod csum;
 mod maps;
+mod mark;
 mod matcher;
 mod parse;
+mod reset;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
@@ -33,8 +37,8 @@ fn run(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(flow) = parse::flow(ctx) else {
         return NO_VERDICT;
     };
-    match matcher::rule_for(&flow) {
-        Some(rule) => actions::apply(ctx, rule, hook),
+    match matcher::rule_for(&flow, hook) {
+        Some(rule) => actions::apply(ctx, &flow, rule, hook),
         None => NO_VERDICT,
     }
 }

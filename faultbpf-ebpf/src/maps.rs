@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
-use faultbpf_common::{Lease, MAX_RULES, MAX_SLOTS, RuleCounters, RuleKey, RuleValue};
+use faultbpf_common::{Lease, MAX_PEERS, MAX_RULES, MAX_SLOTS, RuleCounters, RuleKey, RuleValue};
 
-/// (protocol, port) -> rule: one lookup per port of a packet.
+/// (protocol, side, port) -> rule: one lookup per port of a packet.
 #[map]
 pub static RULES: HashMap<RuleKey, RuleValue> = HashMap::with_max_entries(MAX_RULES, 0);
 
@@ -19,3 +19,8 @@ pub static COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(M
 /// The owner's heartbeat (dead man's switch), one entry.
 #[map]
 pub static LEASE: Array<Lease> = Array::with_max_entries(1, 0);
+
+/// `--peer` prefixes, keyed by (slot, address): one lookup per packet of a
+/// rule that has peers, whatever their number.
+#[map]
+pub static PEERS: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(MAX_PEERS, 0);

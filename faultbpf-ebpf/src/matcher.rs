@@ -1,28 +1,77 @@
 //! Flow -> rule: at most two hash lookups (destination port, then source
-//! port), never a loop over rules, so the cost is the same with 1 or 65 536
-//! rules.
+//! port), never a loop over rules, so the cost is the same with 1 or
+//! 65 536 rules. A rule found by one port that does not apply to this
+//! packet (wrong hook, expired, other peer) lets the other port's rule try.
 
-use faultbpf_common::{RuleKey, RuleValue};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use faultbpf_common::{
+    DIR_EGRESS, DIR_INGRESS, FLAG_PEERS, PEER_SLOT_BITS, RuleKey, RuleValue, SIDE_DST,
+    SIDE_FRAGMENT, SIDE_SRC, peer_key_data,
+};
 
-use crate::{maps::RULES, parse::Flow};
+use crate::{
+    actions::Hook,
+    maps::{LEASE, PEERS, RULES},
+    parse::Flow,
+};
 
 #[inline(always)]
-pub fn rule_for(flow: &Flow) -> Option<&'static RuleValue> {
-    let by_dst = RuleKey {
+pub fn rule_for(flow: &Flow, hook: Hook) -> Option<&'static RuleValue> {
+    if flow.fragment {
+        return lookup(flow, hook, SIDE_FRAGMENT, 0);
+    }
+    lookup(flow, hook, SIDE_DST, flow.dport_be)
+        .or_else(|| lookup(flow, hook, SIDE_SRC, flow.sport_be))
+}
+
+#[inline(always)]
+fn lookup(flow: &Flow, hook: Hook, side: u8, port_be: u16) -> Option<&'static RuleValue> {
+    let key = RuleKey {
         proto: flow.proto,
-        _pad: 0,
-        port_be: flow.dport_be,
+        side,
+        port_be,
     };
     // SAFETY: the map holds `RuleValue`s written whole by user space; a
-    // concurrent update replaces the value atomically per field width,
-    // which at worst makes one packet see a mix of old and new rule.
-    if let Some(rule) = unsafe { RULES.get(&by_dst) } {
-        return Some(rule);
-    }
-    let by_src = RuleKey {
-        port_be: flow.sport_be,
-        ..by_dst
+    // concurrent update can at worst show one packet a mix of old and new.
+    let rule = unsafe { RULES.get(&key) }?;
+    applies(rule, flow, hook).then_some(rule)
+}
+
+/// Hook, expiry, lease and peers: everything but the probability draw.
+#[inline(always)]
+fn applies(rule: &RuleValue, flow: &Flow, hook: Hook) -> bool {
+    let dir = match hook {
+        Hook::Ingress => DIR_INGRESS,
+        Hook::Egress => DIR_EGRESS,
     };
-    // SAFETY: as above.
-    unsafe { RULES.get(&by_src) }
+    if rule.directions & dir == 0 {
+        return false;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if (rule.expires_ns != 0 && now >= rule.expires_ns) || lease_expired(now) {
+        return false;
+    }
+    if rule.flags & FLAG_PEERS != 0 {
+        // The remote end: where an ingress packet comes from, where an
+        // egress packet goes.
+        let remote = match hook {
+            Hook::Ingress => &flow.saddr,
+            Hook::Egress => &flow.daddr,
+        };
+        let key = Key::new(PEER_SLOT_BITS + 128, peer_key_data(rule.slot, remote));
+        if PEERS.get(&key).is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// True when an owner set a lease and stopped renewing it.
+#[inline(always)]
+fn lease_expired(now: u64) -> bool {
+    match LEASE.get(0) {
+        Some(l) => l.lease_ns != 0 && now > l.heartbeat_ns.saturating_add(l.lease_ns),
+        None => false,
+    }
 }

@@ -4,7 +4,11 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use faultbpf::{AttachMode, Direction, Proto};
+use faultbpf::{
+    AttachMode, Direction, Proto,
+    faults::Mix,
+    rules::{Peer, Per, PortRange, Side},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +50,58 @@ pub enum Command {
         faultbpf blackhole --port 9000 --direction egress     only what this host sends")]
     Blackhole(FaultArgs),
 
+    /// Refuse connections and reset established ones, like a closed port or REJECT
+    ///
+    /// TCP: connect() fails at once with ECONNREFUSED; on an open connection the next
+    /// send()/recv() fails with ECONNRESET. UDP: a connected socket gets ECONNREFUSED
+    /// (an ICMP port unreachable answers). Answers come from the kernel in about
+    /// 0.1 ms: the fast failure, where blackhole is the slow one.
+    #[command(after_help = "Examples:\n  \
+        faultbpf reset --port 5432                   Postgres refuses and drops every connection\n  \
+        faultbpf reset --port 443 --pct 30 --per flow   30 % of connections fail, the rest are clean\n  \
+        faultbpf reset --port 53 --proto udp         DNS queries get port unreachable")]
+    Reset(FaultArgs),
+
+    /// Let connections open, then let no data through (reads time out)
+    ///
+    /// The TCP handshake completes, so connect() succeeds; every segment that carries
+    /// data, in either direction, vanishes, so the first read waits until the
+    /// application's read timeout. The server never sees the request.
+    #[command(after_help = "Examples:\n  \
+        faultbpf hang --port 5432 --for 30s          queries hang; does the client time out?\n  \
+        faultbpf hang --port 6379 --pct 10           one data segment in ten vanishes")]
+    Hang(FaultArgs),
+
+    /// Deliver damaged data: flip bytes in payloads and fix the checksums
+    ///
+    /// One 16-bit word of each hit packet's payload is inverted and the TCP/UDP
+    /// checksum corrected, so nothing below the application notices: reads return
+    /// wrong bytes, TLS fails with a bad record MAC, an application CRC catches it.
+    #[command(after_help = "Examples:\n  \
+        faultbpf corrupt --port 11211 --pct 5        5 % of memcached packets damaged\n  \
+        faultbpf corrupt --dport 8080 --pct 100      every request body to port 8080")]
+    Corrupt(FaultArgs),
+
+    /// Tag matched packets (skb mark or ECN CE) and let them pass
+    ///
+    /// --value N sets the packet mark, so your own tc/nftables rules (a netem class,
+    /// a policy route) act on exactly these packets. --ecn sets Congestion
+    /// Experienced on ECN-capable packets, as a congested router would.
+    #[command(after_help = "Examples:\n  \
+        faultbpf mark --port 5432 --value 0x42       then: nft add rule ... meta mark 0x42 counter\n  \
+        faultbpf mark --port 8080 --ecn              congestion signals without loss")]
+    Mark(MarkArgs),
+
+    /// Apply a mix of faults to one port, drawn per packet (or per flow)
+    ///
+    /// --mix drop:20,reset:10,corrupt:5 drops 20 % of the packets, resets 10 % and
+    /// corrupts 5 %; the other 65 % pass. One random draw per packet picks at most one
+    /// action. With --per flow every connection gets one fate.
+    #[command(after_help = "Examples:\n  \
+        faultbpf chaos --port 5672 --mix drop:20,reset:10\n  \
+        faultbpf chaos --port 8080 --mix reset:30,hang:20 --per flow")]
+    Chaos(ChaosArgs),
+
     /// Internal: removes netlink filters if the faultbpf that started it dies.
     #[command(name = "__reap", hide = true)]
     Reap(ReapArgs),
@@ -53,26 +109,56 @@ pub enum Command {
 
 /// Flags every fault takes.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("port_flags").required(true).multiple(true)))]
 pub struct FaultArgs {
-    /// Port to fault, as destination or source (1-65535)
+    /// Port to fault, as destination or source: P or a range A-B; repeatable
     ///
     /// Matching either side cuts both directions of every flow to the dependency,
     /// e.g. --port 5432 catches queries to Postgres and its replies.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: u16,
+    /// Example: --port 5432 --port 8000-8100
+    #[arg(long = "port", value_name = "PORT", group = "port_flags", value_parser = either_port)]
+    pub ports: Vec<PortRange>,
+
+    /// Destination port (or range A-B) only; repeatable
+    ///
+    /// Example: --dport 80 faults what is sent to port 80, not the replies from it.
+    #[arg(long = "dport", value_name = "PORT", group = "port_flags", value_parser = dst_port)]
+    pub dports: Vec<PortRange>,
+
+    /// Source port (or range A-B) only; repeatable
+    ///
+    /// Example: --sport 5432 on the database host faults only its replies.
+    #[arg(long = "sport", value_name = "PORT", group = "port_flags", value_parser = src_port)]
+    pub sports: Vec<PortRange>,
 
     /// Percent of matched packets to act on, 0-100 (default 100)
     ///
-    /// Decided per packet by the kernel's random numbers; 0 and 100 are exact.
-    /// Fractions are allowed: --pct 0.5.
+    /// Decided per packet by the kernel's random numbers (or per flow with --per
+    /// flow); 0 and 100 are exact. Fractions are allowed: --pct 0.5.
     #[arg(long, value_name = "PCT", default_value = "100", value_parser = parse_pct)]
     pub pct: f64,
+
+    /// What --pct draws for: packet or flow (default packet)
+    ///
+    /// flow hashes each connection's addresses and ports once, so with --pct 30 about
+    /// 30 % of connections fail completely and the others lose nothing, like one bad
+    /// backend among several.
+    #[arg(long, value_name = "UNIT", value_enum, default_value_t = Per::Packet)]
+    pub per: Per,
 
     /// Which L4 protocol to match: tcp, udp or all
     ///
     /// Example: --proto udp for DNS on port 53 without touching DNS over TCP.
     #[arg(long, value_name = "PROTO", value_enum, default_value_t = Proto::All)]
     pub proto: Proto,
+
+    /// Only traffic to or from this host or prefix (v4 or v6); repeatable
+    ///
+    /// The remote end is compared: the source of incoming packets, the destination
+    /// of outgoing ones. One lookup in a prefix trie, however many you give.
+    /// Example: --peer 10.0.3.7 --peer fd00::/64 (partition from one replica)
+    #[arg(long = "peer", value_name = "CIDR")]
+    pub peers: Vec<Peer>,
 
     /// Interface to attach to; repeat for several (default: every interface that is up)
     ///
@@ -88,6 +174,13 @@ pub struct FaultArgs {
     /// sender still believes its packets left and backs off as after real loss.
     #[arg(long, value_name = "DIR", value_enum, default_value_t = Direction::Both)]
     pub direction: Direction,
+
+    /// Non-first IP fragments (they carry no ports): pass (default) or drop
+    ///
+    /// A fragmented datagram's later fragments cannot be matched by port; with
+    /// --fragments drop the rule also takes them, for every fragment of its protocols.
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = Fragments::Pass)]
+    pub fragments: Fragments,
 
     /// Stop after this long and heal, e.g. 30s, 5m, 1h30m (default: until Ctrl-C)
     ///
@@ -111,12 +204,80 @@ pub struct FaultArgs {
     pub attach: AttachMode,
 }
 
+impl FaultArgs {
+    /// Every port flag, in one list.
+    pub fn port_ranges(&self) -> Vec<PortRange> {
+        [&self.ports, &self.dports, &self.sports]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+}
+
+/// `--fragments`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fragments {
+    Pass,
+    Drop,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("how").required(true)))]
+pub struct MarkArgs {
+    /// Set skb->mark to N (decimal or 0x hex)
+    ///
+    /// Example: --value 0x42, then `nft add rule inet t c meta mark 0x42 counter`.
+    #[arg(long, value_name = "N", group = "how", value_parser = parse_u32)]
+    pub value: Option<u32>,
+
+    /// Set ECN Congestion Experienced on ECN-capable packets
+    #[arg(long, group = "how")]
+    pub ecn: bool,
+
+    #[command(flatten)]
+    pub common: FaultArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// The mix: ACTION:PCT,... with actions drop, reset, hang, corrupt (sum <= 100)
+    ///
+    /// Example: --mix drop:20,reset:10,corrupt:5 (65 % of packets pass untouched)
+    #[arg(long, value_name = "MIX")]
+    pub mix: Mix,
+
+    #[command(flatten)]
+    pub common: FaultArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct ReapArgs {
     #[arg(long = "filter", value_parser = faultbpf::reaper::Filter::parse)]
     pub filters: Vec<faultbpf::reaper::Filter>,
     #[arg(long)]
     pub clsact: Vec<String>,
+}
+
+fn either_port(s: &str) -> Result<PortRange, String> {
+    PortRange::parse(Side::Either, s)
+}
+
+fn dst_port(s: &str) -> Result<PortRange, String> {
+    PortRange::parse(Side::Dst, s)
+}
+
+fn src_port(s: &str) -> Result<PortRange, String> {
+    PortRange::parse(Side::Src, s)
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| format!("`{s}` is not a 32-bit number (decimal or 0x hex)"))
 }
 
 fn parse_pct(s: &str) -> Result<f64, String> {
@@ -166,7 +327,13 @@ mod tests {
     #[test]
     fn defaults() {
         let a = blackhole(&["--port", "5672"]);
-        assert_eq!(a.port, 5672);
+        assert_eq!(
+            a.port_ranges(),
+            [PortRange::parse(Side::Either, "5672").unwrap()]
+        );
+        assert_eq!(a.per, Per::Packet);
+        assert_eq!(a.fragments, Fragments::Pass);
+        assert!(a.peers.is_empty());
         assert_eq!(a.pct, 100.0);
         assert_eq!(a.proto, Proto::All);
         assert_eq!(a.direction, Direction::Both);
@@ -177,10 +344,41 @@ mod tests {
     #[test]
     fn every_flag() {
         let a = blackhole(&[
-            "--port", "53", "--pct", "0.5", "--proto", "udp", "--iface", "eth1", "--iface", "lo",
-            "--direction", "egress", "--for", "1m30s", "--json", "--attach", "netlink",
+            "--port",
+            "53",
+            "--dport",
+            "8000-8100",
+            "--sport",
+            "9",
+            "--per",
+            "flow",
+            "--peer",
+            "10.200.0.0/24",
+            "--fragments",
+            "drop",
+            "--pct",
+            "0.5",
+            "--proto",
+            "udp",
+            "--iface",
+            "eth1",
+            "--iface",
+            "lo",
+            "--direction",
+            "egress",
+            "--for",
+            "1m30s",
+            "--json",
+            "--attach",
+            "netlink",
         ]);
         assert_eq!(a.pct, 0.5);
+        assert_eq!(a.port_ranges().len(), 3);
+        assert_eq!(a.port_ranges()[1].side, Side::Dst);
+        assert_eq!(a.port_ranges()[2].side, Side::Src);
+        assert_eq!(a.per, Per::Flow);
+        assert_eq!(a.peers.len(), 1);
+        assert_eq!(a.fragments, Fragments::Drop);
         assert_eq!(a.proto, Proto::Udp);
         assert_eq!(a.ifaces, ["eth1", "lo"]);
         assert_eq!(a.direction, Direction::Egress);
@@ -199,6 +397,8 @@ mod tests {
             (&["--port", "5", "--for", "5parsecs"][..], "5parsecs"),
             (&["--port", "5", "--for", "0s"][..], "0s"),
             (&["--port", "5", "--proto", "icmp"][..], "icmp"),
+            (&["--port", "90-80"][..], "90-80"),
+            (&["--port", "5", "--peer", "10.0.0.0/40"][..], "10.0.0.0/40"),
         ] {
             let mut all = vec!["blackhole"];
             all.extend_from_slice(args);
@@ -209,8 +409,31 @@ mod tests {
     }
 
     #[test]
-    fn port_is_required() {
+    fn a_port_is_required() {
         let e = parse(&["blackhole"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(parse(&["reset", "--sport", "80"]).is_ok());
+    }
+
+    #[test]
+    fn mark_and_chaos_take_their_own_flags() {
+        let Command::Mark(m) = parse(&["mark", "--port", "1", "--value", "0x42"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(m.value, Some(0x42));
+        assert!(parse(&["mark", "--port", "1"]).is_err());
+        assert!(parse(&["mark", "--port", "1", "--value", "1", "--ecn"]).is_err());
+        let Command::Chaos(c) = parse(&["chaos", "--port", "1", "--mix", "drop:20,reset:10"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(c.mix.entries().len(), 2);
+        let e = parse(&["chaos", "--port", "1", "--mix", "boom:5"]).unwrap_err();
+        assert!(e.to_string().contains("boom"));
     }
 }

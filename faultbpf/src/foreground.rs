@@ -13,7 +13,7 @@ use faultbpf::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cli::FaultArgs;
+use crate::cli::{FaultArgs, Fragments};
 
 /// How long the rules keep acting without a heartbeat from us. A frozen
 /// (SIGSTOPped) faultbpf heals the host after this.
@@ -37,13 +37,15 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub fn run(fault: Fault, args: FaultArgs) -> Result<(), Failure> {
     let ifaces = interfaces(&args.ifaces)?;
     let rule = Rule {
-        id: 0,
-        fault,
-        port: args.port,
         proto: args.proto,
+        peers: args.peers.clone(),
         pct: args.pct,
+        per: args.per,
         direction: args.direction,
+        fragments: args.fragments == Fragments::Drop,
         lasts: args.lasts,
+        seed: random_seed(),
+        ..Rule::new(0, fault, args.port_ranges())
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -138,7 +140,10 @@ async fn serve(rule: Rule, ifaces: Vec<String>, args: &FaultArgs) -> Result<(), 
             interfaces: &ifaces,
             rules: vec![RuleReport::new(&rule, &counters)],
         };
-        println!("{}", serde_json::to_string(&r).context("could not encode the report")?);
+        println!(
+            "{}",
+            serde_json::to_string(&r).context("could not encode the report")?
+        );
     } else {
         println!("{}", report::summary_line(&rule, &counters));
     }
@@ -149,5 +154,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A per-run seed for the per-flow hash, so each run picks other flows.
+fn random_seed() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        // No entropy syscall: the clock is random enough to pick flows.
+        faultbpf::rules::monotonic_ns() as u32
     }
 }

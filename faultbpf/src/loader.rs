@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError},
@@ -19,8 +22,8 @@ use aya::{
     util::KernelVersion,
 };
 use faultbpf_common::{
-    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, RULES_MAP, RuleCounters,
-    RuleKey, RuleValue,
+    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP, RULES_MAP,
+    RuleCounters, RuleKey, RuleValue,
 };
 use serde::Serialize;
 
@@ -154,10 +157,19 @@ impl Injector {
         &self.interfaces
     }
 
-    /// Puts `rule` in force; its expiry counts from now.
+    /// Puts `rule` in force; its expiry counts from now. Peers go in
+    /// before the rule, so the rule never acts on everyone for a moment.
     pub fn insert(&mut self, rule: &Rule) -> Result<(), Error> {
         // Zero the rule's counters first so a reused slot starts clean.
         self.reset_counters(rule.id)?;
+        {
+            let mut peers = self.peers_map()?;
+            for (len, data) in rule.peer_entries() {
+                peers
+                    .insert(&Key::new(len, data), 1, 0)
+                    .map_err(|e| map_err(PEERS_MAP, "could not insert a peer prefix", e))?;
+            }
+        }
         let mut map = self.rules_map()?;
         for (k, v) in rule.entries(monotonic_ns()) {
             map.insert(k, v, 0)
@@ -169,10 +181,22 @@ impl Injector {
     /// Lifts `rule`; missing entries are not an error.
     pub fn remove(&mut self, rule: &Rule) -> Result<(), Error> {
         let mut map = self.rules_map()?;
-        for (k, _) in rule.entries(0) {
+        for k in rule.keys() {
             let _ = map.remove(&k);
         }
+        let mut peers = self.peers_map()?;
+        for (len, data) in rule.peer_entries() {
+            let _ = peers.remove(&Key::new(len, data));
+        }
         Ok(())
+    }
+
+    fn peers_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], u8>, Error> {
+        let map = self
+            .ebpf
+            .map_mut(PEERS_MAP)
+            .ok_or_else(|| missing(PEERS_MAP))?;
+        LpmTrie::try_from(map).map_err(|e| map_err(PEERS_MAP, "unexpected map type", e))
     }
 
     /// The rule's counters summed over CPUs.
@@ -204,11 +228,12 @@ impl Injector {
             .ok_or_else(|| missing(COUNTERS_MAP))?;
         let mut arr: PerCpuArray<&mut MapData, RuleCounters> = PerCpuArray::try_from(map)
             .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![RuleCounters::default(); ncpu])
-            .map_err(|e| Error::Io {
+        let zero = aya::maps::PerCpuValues::try_from(vec![RuleCounters::default(); ncpu]).map_err(
+            |e| Error::Io {
                 what: "could not build per-CPU values".into(),
                 source: e,
-            })?;
+            },
+        )?;
         arr.set(id, zero, 0)
             .map_err(|e| map_err(COUNTERS_MAP, "could not reset counters", e))
     }

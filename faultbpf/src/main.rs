@@ -7,13 +7,25 @@ mod foreground;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, error::ErrorKind};
+use faultbpf::Fault;
 
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Blackhole(args) => foreground::run(faultbpf::Fault::Blackhole, args),
+        Command::Blackhole(args) => foreground::run(Fault::Blackhole, args),
+        Command::Reset(args) => foreground::run(Fault::Reset, args),
+        Command::Hang(args) => foreground::run(Fault::Hang, args),
+        Command::Corrupt(args) => foreground::run(Fault::Corrupt, args),
+        Command::Mark(m) => {
+            let fault = match m.value {
+                Some(value) => Fault::Mark { value },
+                None => Fault::Ecn,
+            };
+            foreground::run(fault, m.common)
+        }
+        Command::Chaos(c) => foreground::run(Fault::Chaos(c.mix), c.common),
         Command::Reap(args) => {
             faultbpf::reaper::run(&args.filters, &args.clsact);
             Ok(())

@@ -12,7 +12,8 @@ pub struct RuleReport {
     pub id: u32,
     pub fault: &'static str,
     pub proto: Proto,
-    pub port: u16,
+    /// "port 5432", "dport 8000-8100", ...
+    pub ports: Vec<String>,
     pub pct: f64,
     pub direction: Direction,
     pub matched_packets: u64,
@@ -27,7 +28,7 @@ impl RuleReport {
             id: rule.id,
             fault: rule.fault.name(),
             proto: rule.proto,
-            port: rule.port,
+            ports: rule.ports_text(),
             pct: rule.pct,
             direction: rule.direction,
             matched_packets: c.matched_packets,
@@ -50,11 +51,11 @@ pub struct Report<'a> {
 /// dropped 12 packets (840 bytes)"
 pub fn summary_line(rule: &Rule, c: &RuleCounters) -> String {
     format!(
-        "rule {} {} {} port {}: matched {} packets ({} bytes), {} {} packets ({} bytes)",
+        "rule {} {} {} {}: matched {} packets ({} bytes), {} {} packets ({} bytes)",
         rule.id,
         rule.fault.name(),
         rule.proto.label(),
-        rule.port,
+        rule.ports_text().join(", "),
         c.matched_packets,
         c.matched_bytes,
         rule.fault.verb(),
@@ -77,18 +78,14 @@ pub fn status_line(elapsed_secs: u64, rule: &Rule, c: &RuleCounters) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::faults::Fault;
+    use crate::{
+        faults::Fault,
+        rules::{PortRange, Side},
+    };
 
     fn rule() -> Rule {
-        Rule {
-            id: 0,
-            fault: Fault::Blackhole,
-            port: 5000,
-            proto: Proto::All,
-            pct: 100.0,
-            direction: Direction::Both,
-            lasts: None,
-        }
+        let port = PortRange::parse(Side::Either, "5000").unwrap();
+        Rule::new(0, Fault::Blackhole, vec![port])
     }
 
     fn counters() -> RuleCounters {
@@ -124,7 +121,7 @@ mod tests {
         assert_eq!(r0["fault"], "blackhole");
         assert_eq!(r0["proto"], "all");
         assert_eq!(r0["direction"], "both");
-        assert_eq!(r0["port"], 5000);
+        assert_eq!(r0["ports"][0], "port 5000");
         assert_eq!(r0["acted_bytes"], 840);
     }
 }

@@ -1,0 +1,48 @@
+//! `corrupt`: flip one 16-bit word of the L4 payload and fix the checksum,
+//! so the damaged data is delivered to the application (nothing below it
+//! notices), as a buggy middlebox or bad memory would.
+
+use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, helpers::bpf_get_prandom_u32, programs::TcContext};
+use faultbpf_common::{PROTO_TCP, PROTO_UDP};
+
+use crate::parse::{self, Flow, UDP_HDR_LEN};
+
+const TCP_CSUM_OFF: usize = 16;
+const UDP_CSUM_OFF: usize = 6;
+
+/// True when a word was flipped; false for packets with under 2 payload
+/// bytes, which have nothing to corrupt.
+#[inline(always)]
+pub fn flip(ctx: &TcContext, f: &Flow) -> bool {
+    let (start, csum_off, flags) = match f.proto {
+        PROTO_TCP => {
+            let Some(payload) = parse::tcp_payload_len(ctx, f) else {
+                return false;
+            };
+            (f.l3_end - payload, TCP_CSUM_OFF, 0)
+        }
+        // A UDP checksum of 0 means "none" (IPv4): MARK_MANGLED_0 keeps it so.
+        PROTO_UDP if !f.fragment => (
+            f.l4 + UDP_HDR_LEN,
+            UDP_CSUM_OFF,
+            u64::from(BPF_F_MARK_MANGLED_0),
+        ),
+        _ => return false,
+    };
+    let words = f.l3_end.saturating_sub(start) / 2;
+    if words == 0 {
+        return false;
+    }
+    // Headers have even lengths, so the word is aligned as the checksum
+    // sums it and a 2-byte replace is exact.
+    // SAFETY: helper without preconditions.
+    let off = start + (unsafe { bpf_get_prandom_u32() } as usize % words) * 2;
+    let Ok(old) = ctx.load::<u16>(off) else {
+        return false;
+    };
+    let new = !old;
+    ctx.store(off, &new, 0).is_ok()
+        && ctx
+            .l4_csum_replace(f.l4 + csum_off, u64::from(old), u64::from(new), flags | 2)
+            .is_ok()
+}

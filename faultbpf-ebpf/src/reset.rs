@@ -1,0 +1,307 @@
+//! `reset`: drop the packet and answer its sender from the kernel, as a
+//! closed port or an iptables REJECT would.
+//!
+//! - TCP: the segment is turned into its own answer. No ACK in it (a SYN):
+//!   RST|ACK acking everything it carried, so `connect()` fails at once with
+//!   ECONNREFUSED. With an ACK: RST whose seq is that ack number, exactly
+//!   the sender's next expected byte, so its next call fails with
+//!   ECONNRESET (RFC 5961 accepts only that seq without a challenge).
+//! - UDP: an ICMP / ICMPv6 port unreachable quoting the datagram, so a
+//!   connected UDP socket gets ECONNREFUSED.
+//!
+//! The answer leaves where the original came from: out of the same
+//! interface at ingress, into the local stack at egress (`BPF_F_INGRESS`).
+//!
+//! Checksums: locally sent TCP is still CHECKSUM_PARTIAL here (the field
+//! holds only the pseudo-header sum and is finished later), so a checksum
+//! computed from scratch would be wrong on such packets. TCP answers are
+//! therefore built only with incremental updates, which are right whatever
+//! the skb's checksum state: swapping addresses or ports leaves a sum
+//! unchanged; the rest of the header changes through one `bpf_csum_diff`.
+//! The payload is kept (a RST may carry data; receivers ignore it), with
+//! the data offset set to 5 so old options count as payload, except for a
+//! GSO skb, which would otherwise leave as one RST per segment: that one is
+//! trimmed to its header (GSO skbs are CHECKSUM_PARTIAL, so only the
+//! pseudo-header length needs fixing). ICMP answers are new headers whose
+//! checksums are computed from scratch; ICMP is never offloaded.
+//!
+//! Never answers a RST (nor an ICMP error: those never match), multicast or
+//! broadcast; a packet it cannot answer (IPv4 options or IPv6 extension
+//! headers on UDP) is dropped instead.
+
+use aya_ebpf::{
+    bindings::{BPF_F_INGRESS, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use faultbpf_common::{PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    actions::Hook,
+    csum::{self, Words},
+    parse::{Flow, TCP_HDR_LEN, UDP_HDR_LEN},
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+const TCP_CSUM_OFF: usize = 16;
+const IPV4_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
+const ICMP_HDR_LEN: usize = 8;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const REPLY_TTL: u8 = 64;
+
+/// Answers the packet and returns the redirect verdict that sends the
+/// answer; `Err` when it must be dropped instead.
+#[inline(always)]
+pub fn reply(ctx: &TcContext, f: &Flow, hook: Hook) -> Result<i32, ()> {
+    if f.fragment || multicast(f) {
+        return Err(());
+    }
+    match f.proto {
+        PROTO_TCP => tcp(ctx, f)?,
+        PROTO_UDP if f.v6 => udp6(ctx, f)?,
+        PROTO_UDP => udp4(ctx, f)?,
+        _ => return Err(()),
+    }
+    swap_macs(ctx)?;
+    // SAFETY: `skb` is the valid context pointer of this program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let flags = match hook {
+        Hook::Ingress => 0,
+        Hook::Egress => u64::from(BPF_F_INGRESS),
+    };
+    // SAFETY: helper without preconditions.
+    Ok(unsafe { bpf_redirect(ifindex, flags) } as i32)
+}
+
+fn multicast(f: &Flow) -> bool {
+    if f.v6 {
+        f.daddr[0] == 0xff
+    } else {
+        f.daddr[12] >= 224
+    }
+}
+
+#[inline(always)]
+fn tcp(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+    let mut old: Words<TCP_HDR_LEN> = ctx.load(f.l4).map_err(|_| ())?;
+    let o = old.0;
+    let flags = o[13];
+    if flags & TCP_RST != 0 {
+        return Err(());
+    }
+    let doff = usize::from(o[12] >> 4) * 4;
+    let payload = f.l4_len().checked_sub(doff).ok_or(())? as u32;
+
+    let mut new = Words([0u8; TCP_HDR_LEN]);
+    let n = &mut new.0;
+    n[0] = o[2];
+    n[1] = o[3];
+    n[2] = o[0];
+    n[3] = o[1];
+    if flags & TCP_ACK != 0 {
+        n[4] = o[8];
+        n[5] = o[9];
+        n[6] = o[10];
+        n[7] = o[11];
+        n[13] = TCP_RST;
+    } else {
+        let seq = u32::from_be_bytes([o[4], o[5], o[6], o[7]]);
+        let ack = seq
+            .wrapping_add(payload)
+            .wrapping_add(u32::from(flags & TCP_SYN != 0))
+            .wrapping_add(u32::from(flags & TCP_FIN != 0))
+            .to_be_bytes();
+        n[8] = ack[0];
+        n[9] = ack[1];
+        n[10] = ack[2];
+        n[11] = ack[3];
+        n[13] = TCP_RST | TCP_ACK;
+    }
+    n[12] = 5 << 4;
+    // Same checksum bytes on both sides: they stay out of the diff.
+    n[16] = o[16];
+    n[17] = o[17];
+    let d = csum::diff(&mut old, &mut new)?;
+    ctx.store(f.l4, &new, 0).map_err(|_| ())?;
+    ctx.l4_csum_replace(f.l4 + TCP_CSUM_OFF, 0, u64::from(d), 0)
+        .map_err(|_| ())?;
+    swap_addrs(ctx, f)?;
+
+    // SAFETY: `skb` is the valid context pointer of this program run.
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        trim_tcp(ctx, f)?;
+    }
+    Ok(())
+}
+
+/// Cuts a GSO segment down to its (new, option-less) header, fixing the IP
+/// length and the pseudo-header length in the TCP checksum.
+#[inline(always)]
+fn trim_tcp(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+    let new_end = f.l4 + TCP_HDR_LEN;
+    let old_l4 = (f.l4_len() as u16).to_be();
+    let new_l4 = (TCP_HDR_LEN as u16).to_be();
+    // SAFETY: valid context; flags must be 0.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, new_end as u32, 0) } != 0 {
+        return Err(());
+    }
+    ctx.l4_csum_replace(
+        f.l4 + TCP_CSUM_OFF,
+        u64::from(old_l4),
+        u64::from(new_l4),
+        u64::from(BPF_F_PSEUDO_HDR) | 2,
+    )
+    .map_err(|_| ())?;
+    if f.v6 {
+        let len = ((new_end - f.l3 - IPV6_HDR_LEN) as u16).to_be();
+        ctx.store(f.l3 + 4, &len, 0).map_err(|_| ())
+    } else {
+        let old_tot = ((f.l3_end - f.l3) as u16).to_be();
+        let new_tot = ((new_end - f.l3) as u16).to_be();
+        ctx.store(f.l3 + 2, &new_tot, 0).map_err(|_| ())?;
+        ctx.l3_csum_replace(f.l3 + 10, u64::from(old_tot), u64::from(new_tot), 2)
+            .map_err(|_| ())
+    }
+}
+
+/// ICMP port unreachable for an IPv4/UDP datagram without IP options:
+/// [eth][new IPv4][ICMP][quoted IPv4 header + 8 bytes of UDP].
+#[inline(always)]
+fn udp4(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+    const QUOTE: usize = IPV4_HDR_LEN + UDP_HDR_LEN;
+    const ROOM: usize = IPV4_HDR_LEN + ICMP_HDR_LEN;
+    if f.l4 != f.l3 + IPV4_HDR_LEN {
+        return Err(());
+    }
+    let q: Words<QUOTE> = ctx.load(f.l3).map_err(|_| ())?;
+    let q = q.0;
+    make_room(ctx, f.l3 + QUOTE, ROOM)?;
+
+    let mut ip = Words([0u8; IPV4_HDR_LEN]);
+    let tot = ((ROOM + QUOTE) as u16).to_be_bytes();
+    ip.0[0] = 0x45;
+    ip.0[2] = tot[0];
+    ip.0[3] = tot[1];
+    ip.0[8] = REPLY_TTL;
+    ip.0[9] = IPPROTO_ICMP;
+    for i in 0..4 {
+        ip.0[12 + i] = q[16 + i];
+        ip.0[16 + i] = q[12 + i];
+    }
+    let c = csum::finish(csum::sum(&mut ip, 0)?);
+    ip.0[10] = c[0];
+    ip.0[11] = c[1];
+
+    // Type 3 (destination unreachable), code 3 (port unreachable).
+    let mut icmp = Words([0u8; ICMP_HDR_LEN + QUOTE]);
+    icmp.0[0] = 3;
+    icmp.0[1] = 3;
+    for i in 0..QUOTE {
+        icmp.0[ICMP_HDR_LEN + i] = q[i];
+    }
+    let c = csum::finish(csum::sum(&mut icmp, 0)?);
+    icmp.0[2] = c[0];
+    icmp.0[3] = c[1];
+
+    ctx.store(f.l3, &ip, 0).map_err(|_| ())?;
+    ctx.store(f.l3 + IPV4_HDR_LEN, &icmp, 0).map_err(|_| ())
+}
+
+/// ICMPv6 port unreachable for an IPv6/UDP datagram without extension
+/// headers: [eth][new IPv6][ICMPv6][quoted IPv6 header + 8 bytes of UDP].
+#[inline(always)]
+fn udp6(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+    const QUOTE: usize = IPV6_HDR_LEN + UDP_HDR_LEN;
+    const ROOM: usize = IPV6_HDR_LEN + ICMP_HDR_LEN;
+    const ICMP_LEN: usize = ICMP_HDR_LEN + QUOTE;
+    if f.l4 != f.l3 + IPV6_HDR_LEN {
+        return Err(());
+    }
+    let q: Words<QUOTE> = ctx.load(f.l3).map_err(|_| ())?;
+    let q = q.0;
+    make_room(ctx, f.l3 + QUOTE, ROOM)?;
+
+    let mut ip = Words([0u8; IPV6_HDR_LEN]);
+    let plen = (ICMP_LEN as u16).to_be_bytes();
+    ip.0[0] = 0x60;
+    ip.0[4] = plen[0];
+    ip.0[5] = plen[1];
+    ip.0[6] = IPPROTO_ICMPV6;
+    ip.0[7] = REPLY_TTL;
+    for i in 0..16 {
+        ip.0[8 + i] = q[24 + i];
+        ip.0[24 + i] = q[8 + i];
+    }
+
+    // The ICMPv6 checksum covers a pseudo-header: addresses, length, next
+    // header.
+    let mut pseudo = Words([0u8; 40]);
+    for i in 0..32 {
+        pseudo.0[i] = ip.0[8 + i];
+    }
+    pseudo.0[34] = plen[0];
+    pseudo.0[35] = plen[1];
+    pseudo.0[39] = IPPROTO_ICMPV6;
+    // Type 1 (destination unreachable), code 4 (port unreachable).
+    let mut icmp = Words([0u8; ICMP_LEN]);
+    icmp.0[0] = 1;
+    icmp.0[1] = 4;
+    for i in 0..QUOTE {
+        icmp.0[ICMP_HDR_LEN + i] = q[i];
+    }
+    let s = csum::sum(&mut pseudo, 0)?;
+    let c = csum::finish(csum::sum(&mut icmp, s)?);
+    icmp.0[2] = c[0];
+    icmp.0[3] = c[1];
+
+    ctx.store(f.l3, &ip, 0).map_err(|_| ())?;
+    ctx.store(f.l3 + IPV6_HDR_LEN, &icmp, 0).map_err(|_| ())
+}
+
+/// Trims the packet to `keep` bytes (which also ends GSO), then opens
+/// `room` bytes between the Ethernet and the IP header.
+#[inline(always)]
+fn make_room(ctx: &TcContext, keep: usize, room: usize) -> Result<(), ()> {
+    // SAFETY: valid context; flags must be 0.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, keep as u32, 0) } != 0 {
+        return Err(());
+    }
+    ctx.adjust_room(room as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| ())
+}
+
+#[inline(always)]
+fn swap_addrs(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+    if f.v6 {
+        let a: [u8; 32] = ctx.load(f.l3 + 8).map_err(|_| ())?;
+        let mut s = [0u8; 32];
+        for i in 0..16 {
+            s[i] = a[16 + i];
+            s[16 + i] = a[i];
+        }
+        ctx.store(f.l3 + 8, &s, 0).map_err(|_| ())
+    } else {
+        let a: [u8; 8] = ctx.load(f.l3 + 12).map_err(|_| ())?;
+        let s = [a[4], a[5], a[6], a[7], a[0], a[1], a[2], a[3]];
+        ctx.store(f.l3 + 12, &s, 0).map_err(|_| ())
+    }
+}
+
+/// The answer goes back where the original came from: at ingress the
+/// remote MAC becomes the destination; at egress our own MAC does, so the
+/// local stack takes the answer as addressed to it.
+#[inline(always)]
+fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
+    let m: [u8; 12] = ctx.load(0).map_err(|_| ())?;
+    let mut s = [0u8; 12];
+    for i in 0..6 {
+        s[i] = m[6 + i];
+        s[6 + i] = m[i];
+    }
+    ctx.store(0, &s, 0).map_err(|_| ())
+}
