@@ -1,13 +1,14 @@
 //! Command-line types (clap derive). The first line of each doc comment is
 //! the short `-h` help; the rest shows up in `--help`.
 
-use std::time::Duration;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use faultbpf::{
     AttachMode, Direction, Proto,
     faults::Mix,
     rules::{Peer, Per, PortRange, Side},
+    spec::parse_duration,
 };
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,19 @@ use faultbpf::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// The daemon's socket: fault commands add their rule there when a daemon listens
+    ///
+    /// Without a daemon on it, fault commands run standalone. Example: --socket
+    /// /tmp/fb.sock, or FAULTBPF_SOCKET=/tmp/fb.sock.
+    #[arg(
+        long,
+        global = true,
+        env = "FAULTBPF_SOCKET",
+        value_name = "PATH",
+        default_value = faultbpf::client::DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +115,53 @@ pub enum Command {
         faultbpf chaos --port 5672 --mix drop:20,reset:10\n  \
         faultbpf chaos --port 8080 --mix reset:30,hang:20 --per flow")]
     Chaos(ChaosArgs),
+
+    /// Run the control daemon: one process owns the programs, rules come over an API
+    ///
+    /// Serves an HTTP/JSON API on a Unix socket (mode 0600): POST/GET/DELETE /v1/rules,
+    /// GET /v1/stats, /metrics (Prometheus), /healthz; see docs/openapi.yaml. Every rule
+    /// expires (default 10m), and the kernel stops applying rules within the lease
+    /// if the daemon stops renewing its heartbeat. SIGHUP reloads --config.
+    #[command(after_help = "Examples:\n  \
+        faultbpf daemon --config /etc/faultbpf.toml\n  \
+        faultbpf daemon --socket /tmp/fb.sock --metrics 127.0.0.1:9464\n  \
+        curl --unix-socket /run/faultbpf.sock -d '{\"fault\":\"blackhole\",\"port\":[5672]}' http://x/v1/rules")]
+    Daemon(DaemonArgs),
+
+    /// List the daemon's rules
+    Rules {
+        /// Print the daemon's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Remove daemon rules by id, or all of them
+    #[command(after_help = "Examples:\n  faultbpf rm 3 4\n  faultbpf rm --all")]
+    Rm {
+        /// Rule ids, as `faultbpf rules` shows them
+        #[arg(value_name = "ID", required_unless_present = "all")]
+        ids: Vec<u32>,
+        /// Remove every rule
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+
+    /// Show the daemon's per-rule counters
+    Stats {
+        /// Refresh every second until Ctrl-C
+        #[arg(long)]
+        watch: bool,
+        /// Print the daemon's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Check a daemon config file and say what is wrong, with line and column
+    #[command(after_help = "Example:\n  faultbpf check /etc/faultbpf.toml")]
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 
     /// Internal: removes netlink filters if the faultbpf that started it dies.
     #[command(name = "__reap", hide = true)]
@@ -202,6 +263,56 @@ pub struct FaultArgs {
     /// added it, on exit, and a helper process does so if faultbpf is killed.
     #[arg(long, value_name = "MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+
+    /// With a daemon: stay in the foreground, show counters, remove the rule on exit
+    ///
+    /// Without --wait the command adds the rule to the daemon, prints its id and
+    /// returns; the rule lasts until `faultbpf rm ID` or its expiry (--for, default 10m).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With a daemon: a name for the rule, shown in lists and metric labels
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// With a daemon: allow faulting port 22 or the daemon's own API port
+    #[arg(long)]
+    pub force: bool,
+
+    /// Run standalone even if a daemon listens on --socket
+    #[arg(long)]
+    pub standalone: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// TOML file with interfaces, defaults and named rules (see `faultbpf check`)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Also serve /metrics (Prometheus) over TCP here, e.g. 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Also serve the whole API over TCP here; needs --token-file
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    pub listen: Option<SocketAddr>,
+
+    /// File holding the bearer token TCP clients must send (16+ characters)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Interface to attach to; repeatable (default: config's, else all that are up, and new ones)
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+
+    /// Dead man's switch: rules stop acting this long after the last heartbeat (default 5s)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
+
+    /// How to attach the tc programs: auto, tcx or netlink
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = AttachMode::Auto)]
+    pub attach: AttachMode,
 }
 
 impl FaultArgs {
@@ -289,15 +400,6 @@ fn parse_pct(s: &str) -> Result<f64, String> {
         return Err(format!("{s} is out of range (expected 0 to 100)"));
     }
     Ok(v)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); examples: 30s, 5m, 1h30m"))?;
-    if d.is_zero() {
-        return Err(format!("`{s}` is zero; give a positive duration"));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]

@@ -81,3 +81,15 @@ fn is_permission_error(e: &anyhow::Error) -> bool {
         })
     })
 }
+
+/// An error and its causes on one line: "a: b: c".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -34,9 +34,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-pub fn run(fault: Fault, args: FaultArgs) -> Result<(), Failure> {
-    let ifaces = interfaces(&args.ifaces)?;
-    let rule = Rule {
+/// The rule the flags describe, with counter slot 0.
+pub fn rule_from(fault: Fault, args: &FaultArgs) -> Rule {
+    Rule {
         proto: args.proto,
         peers: args.peers.clone(),
         pct: args.pct,
@@ -46,7 +46,12 @@ pub fn run(fault: Fault, args: FaultArgs) -> Result<(), Failure> {
         lasts: args.lasts,
         seed: random_seed(),
         ..Rule::new(0, fault, args.port_ranges())
-    };
+    }
+}
+
+pub fn run(fault: Fault, args: FaultArgs) -> Result<(), Failure> {
+    let ifaces = interfaces(&args.ifaces)?;
+    let rule = rule_from(fault, &args);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -4,6 +4,9 @@
 //! The CLI (`main.rs`) is a thin layer over this; tests and other tools can
 //! drive the same API.
 
+pub mod client;
+pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod faults;
 pub mod iface;
@@ -11,6 +14,7 @@ pub mod loader;
 pub mod reaper;
 pub mod report;
 pub mod rules;
+pub mod spec;
 
 pub use error::Error;
 pub use faults::Fault;

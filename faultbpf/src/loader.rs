@@ -148,6 +148,28 @@ impl Injector {
         Ok(())
     }
 
+    /// Attaches to one more interface (a container's new veth, say).
+    pub fn attach_interface(&mut self, ifname: &str) -> Result<(), Error> {
+        if iface::index(ifname).is_none() {
+            return Err(Error::NoSuchInterface(ifname.to_string()));
+        }
+        self.attach_one(ifname)?;
+        self.interfaces.push(ifname.to_string());
+        // The reaper was told the filters of its time; tell a new one all.
+        if self.mode == AttachMode::Netlink {
+            if let Some(old) = self.reaper.take() {
+                old.dismiss();
+            }
+            self.reaper = Some(reaper::spawn(&self.filters, &self.added_clsact)?);
+        }
+        Ok(())
+    }
+
+    /// Drops interfaces that no longer exist (their links went with them).
+    pub fn forget_vanished(&mut self) {
+        self.interfaces.retain(|i| iface::index(i).is_some());
+    }
+
     /// The attach mode in use (never `Auto`).
     pub fn mode(&self) -> AttachMode {
         self.mode

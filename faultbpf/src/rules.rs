@@ -7,12 +7,12 @@ use faultbpf_common::{
     DIR_EGRESS, DIR_INGRESS, FLAG_PEERS, FLAG_PER_FLOW, PEER_SLOT_BITS, PROTO_TCP, PROTO_UDP,
     RuleKey, RuleValue, SIDE_DST, SIDE_FRAGMENT, SIDE_SRC, peer_key_data, threshold_from_pct,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::faults::Fault;
 
 /// Which L4 protocol a rule covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Proto {
     Tcp,
@@ -41,7 +41,7 @@ impl Proto {
 }
 
 /// The hooks a rule acts on, seen from the interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Packets arriving on the interface.
@@ -63,7 +63,7 @@ impl Direction {
 }
 
 /// What `--pct` draws for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Per {
     /// Each packet independently.

@@ -1,0 +1,189 @@
+//! A small blocking HTTP/1.1 client for the daemon's Unix socket, for the
+//! CLI (`faultbpf rules`, `rm`, `stats`, and fault commands when a daemon
+//! runs). One request per connection, `Connection: close`; the daemon's
+//! problem bodies come back as `ClientError::Api` with status and detail.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::de::DeserializeOwned;
+
+/// Where the CLI looks for a daemon unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/faultbpf.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached or the exchange broke off.
+    #[error("could not talk to the daemon at {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon answered with an error status.
+    #[error("the daemon said {status}: {detail}")]
+    Api { status: u16, detail: String },
+    /// The daemon's answer was not what this client understands.
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+}
+
+pub struct Client {
+    path: PathBuf,
+}
+
+impl Client {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when a daemon accepts connections on the socket.
+    pub fn is_up(&self) -> bool {
+        UnixStream::connect(&self.path).is_ok()
+    }
+
+    /// Sends one request; decodes a 2xx JSON body into `T`.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let (status, body) = self.request(method, path, body)?;
+        if !(200..300).contains(&status) {
+            let detail = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Api { status, detail });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends one request; returns status and body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let io = |source| ClientError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut s = UnixStream::connect(&self.path).map_err(io)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: faultbpf\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).map_err(io)?;
+        s.write_all(body.as_bytes()).map_err(io)?;
+        read_response(BufReader::new(s)).map_err(|e| match e {
+            ReadError::Io(e) => io(e),
+            ReadError::Bad(m) => ClientError::Protocol(m),
+        })
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// Status line, headers, then a body by Content-Length, chunks, or EOF.
+fn read_response(mut r: impl BufRead) -> Result<(u16, Vec<u8>), ReadError> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ReadError::Bad(format!("status line `{}`", line.trim())))?;
+    let mut length = None;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            if k == "content-length" {
+                length = v.parse::<usize>().ok();
+            } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| ReadError::Bad(format!("chunk size `{}`", line.trim())))?;
+            if size == 0 {
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..])?;
+            line.clear();
+            r.read_line(&mut line)?;
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.read_to_end(&mut body)?;
+    }
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> (u16, String) {
+        match read_response(raw.as_bytes()) {
+            Ok((s, b)) => (s, String::from_utf8(b).unwrap()),
+            Err(_) => panic!("parse failed"),
+        }
+    }
+
+    #[test]
+    fn reads_length_chunked_and_eof_bodies() {
+        assert_eq!(
+            parse("HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}"),
+            (201, "{}".into())
+        );
+        assert_eq!(
+            parse(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            ),
+            (200, "abcde".into())
+        );
+        assert_eq!(
+            parse("HTTP/1.1 404 Not Found\r\n\r\nnope"),
+            (404, "nope".into())
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The daemon's TOML file: interfaces, defaults and named rules.
+//!
+//! Every mistake is reported as `FILE:LINE:COLUMN: what was expected`:
+//! syntax, unknown keys and wrong types by the TOML parser's own span;
+//! impossible values (pct 101, port 0) at the key that holds them.
+//!
+//! ```toml
+//! interfaces = ["eth0"]   # default: every interface that is up, and new ones
+//! lease = "5s"            # dead man's switch
+//! [defaults]
+//! ttl = "10m"             # rules without `ttl` last this long
+//! [[rule]]
+//! name = "rabbit-down"
+//! fault = "blackhole"
+//! port = [5672]
+//! ```
+
+use std::{collections::HashSet, ops::Range, path::Path, time::Duration};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    rules::Rule,
+    spec::{RuleSpec, parse_duration},
+};
+
+/// Rules without a `ttl` last this long, unless the config says otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// How long the programs keep faulting without a heartbeat.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Option<Vec<String>>,
+    lease: Option<Spanned<String>>,
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    rule: Vec<Spanned<RuleSpec>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    ttl: Option<Spanned<String>>,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `None`: every interface that is up, and those that appear later.
+    pub interfaces: Option<Vec<String>>,
+    pub lease: Duration,
+    pub default_ttl: Duration,
+    /// Named rules; ids are assigned by the daemon.
+    pub rules: Vec<NamedRule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interfaces: None,
+            lease: DEFAULT_LEASE,
+            default_ttl: DEFAULT_TTL,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// A config rule: its spec (to compare across reloads) and the checked
+/// rule (with a placeholder id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedRule {
+    pub name: String,
+    pub spec: RuleSpec,
+    pub rule: Rule,
+}
+
+/// A config error with its position.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Reads and validates `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        column: 0,
+        message: format!("could not read the file: {e}"),
+    })?;
+    parse(&path.display().to_string(), &text)
+}
+
+/// Validates config `text`, naming it `file` in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let at = |span: Range<usize>, message: String| {
+        let (line, column) = line_col(text, span.start);
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        at(
+            e.span().unwrap_or(0..0),
+            e.message().trim().replace('\n', " "),
+        )
+    })?;
+
+    let duration = |v: &Option<Spanned<String>>, default: Duration, what: &str| match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s.get_ref()).map_err(|e| at(s.span(), format!("{what}: {e}"))),
+    };
+    let lease = duration(&raw.lease, DEFAULT_LEASE, "lease")?;
+    let default_ttl = duration(&raw.defaults.ttl, DEFAULT_TTL, "defaults.ttl")?;
+
+    let mut names = HashSet::new();
+    let mut rules = Vec::new();
+    for (i, r) in raw.rule.iter().enumerate() {
+        let spec = r.get_ref();
+        let name = spec.name.clone().ok_or_else(|| {
+            at(
+                r.span(),
+                format!("rule #{}: every config rule needs a `name`", i + 1),
+            )
+        })?;
+        if !names.insert(name.clone()) {
+            return Err(at(
+                r.span(),
+                format!("rule `{name}`: the name is used twice"),
+            ));
+        }
+        let rule = spec.to_rule(0, Some(default_ttl)).map_err(|e| {
+            let span = key_span(text, r.span(), e.field).unwrap_or(r.span());
+            at(span, format!("rule `{name}`: {e}"))
+        })?;
+        rules.push(NamedRule {
+            name,
+            spec: spec.clone(),
+            rule,
+        });
+    }
+    Ok(Config {
+        interfaces: raw.interfaces,
+        lease,
+        default_ttl,
+        rules,
+    })
+}
+
+/// Where `key = ...` starts inside `within` (a rule's table), so a bad
+/// value is reported at its own line.
+fn key_span(text: &str, within: Range<usize>, key: &str) -> Option<Range<usize>> {
+    let body = text.get(within.clone())?;
+    let mut offset = within.start;
+    for line in body.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            let col = line.len() - trimmed.len();
+            return Some(offset + col..offset + line.len());
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// 1-based line and column of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+interfaces = ["veth0"]
+lease = "3s"
+[defaults]
+ttl = "1m"
+
+[[rule]]
+name = "rabbit"
+fault = "blackhole"
+port = [5672]
+
+[[rule]]
+name = "pg"
+fault = "reset"
+dport = ["5432"]
+pct = 30
+ttl = "10s"
+"#;
+
+    #[test]
+    fn a_valid_file_applies() {
+        let c = parse("f.toml", GOOD).unwrap();
+        assert_eq!(c.interfaces.as_deref(), Some(&["veth0".to_string()][..]));
+        assert_eq!(c.lease, Duration::from_secs(3));
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.rules[0].rule.lasts, Some(Duration::from_secs(60)));
+        assert_eq!(c.rules[1].rule.lasts, Some(Duration::from_secs(10)));
+    }
+
+    fn err(text: &str) -> String {
+        parse("f.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_point_at_the_line() {
+        let e = err("lease = \"5s\"\nbogus = 1\n");
+        assert!(e.starts_with("f.toml:2:1:"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+
+        let e = err("[[rule]]\nname = \"x\"\nfault = \"blackhole\"\nport = [5]\npct = 101\n");
+        assert!(e.starts_with("f.toml:5:1:"), "{e}");
+        assert!(e.contains("pct") && e.contains("101"), "{e}");
+
+        let e = err("[[rule]]\nname = \"x\"\nfault = \"blackhole\"\nport = \"five\"\n");
+        assert!(e.starts_with("f.toml:4:"), "{e}");
+
+        let e = err("[[rule]]\nname = \"x\"\nfault = \"explode\"\nport = [5]\n");
+        assert!(e.starts_with("f.toml:3:"), "{e}");
+        assert!(e.contains("explode") || e.contains("variant"), "{e}");
+
+        let e = err("lease = \"forever\"\n");
+        assert!(e.starts_with("f.toml:1:9:"), "{e}");
+
+        let e = err("[[rule]]\nfault = \"blackhole\"\nport = [5]\n");
+        assert!(e.contains("needs a `name`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = err("lease = 5\n");
+        assert!(e.starts_with("f.toml:1:9:"), "{e}");
+        assert!(e.contains("string"), "{e}");
+    }
+}

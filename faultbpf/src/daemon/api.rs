@@ -1,0 +1,235 @@
+//! The HTTP/JSON API (documented in docs/openapi.yaml). Every error is an
+//! `application/problem+json` body with a fixed status per kind: bad body
+//! 400, guarded port 403, not found 404, conflict 409, body too large 413,
+//! no slot left 507; anything else is logged and becomes 500.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Request, State as AxState, rejection::BytesRejection},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+
+use super::{
+    log, metrics,
+    state::{Origin, RuleInfo, State, StateError},
+};
+use crate::spec::RuleSpec;
+
+pub type Shared = Arc<Mutex<State>>;
+
+/// Largest request body; a rule spec is a few hundred bytes.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Every route, for the Unix socket (and, behind a token, TCP).
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/rules", get(list).post(create).delete(delete_all))
+        .route("/v1/rules/{id}", get(get_one).delete(delete_one))
+        .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// `/metrics` only, for `--metrics ADDR`.
+pub fn metrics_router(state: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Requires `Authorization: Bearer TOKEN` on every request.
+pub fn with_token(router: Router, token: String) -> Router {
+    let token = Arc::new(token);
+    router.layer(middleware::from_fn(move |req: Request, next: Next| {
+        let token = token.clone();
+        async move {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+            if ok {
+                next.run(req).await
+            } else {
+                Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token is required: Authorization: Bearer <token from --token-file>",
+                )
+                .into_response()
+            }
+        }
+    }))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An RFC 9457 problem body.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    detail: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut r = (self.status, Json(body)).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        r
+    }
+}
+
+impl From<StateError> for Problem {
+    fn from(e: StateError) -> Self {
+        let status = match &e {
+            StateError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StateError::Guarded(_) => StatusCode::FORBIDDEN,
+            StateError::NotFound(_) => StatusCode::NOT_FOUND,
+            StateError::Conflict(_) => StatusCode::CONFLICT,
+            StateError::Full => StatusCode::INSUFFICIENT_STORAGE,
+            StateError::Kernel(k) => {
+                log(&format!("internal error: {}", crate::error::chain(k)));
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+fn lock(s: &Shared) -> MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave the table half-changed
+    // in a way later calls would trip on; keep serving.
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn parse_id(raw: &str) -> Result<u32, Problem> {
+    raw.parse().map_err(|_| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no rule `{raw}`: ids are numbers"),
+        )
+    })
+}
+
+async fn list(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
+    Json(json!({ "rules": lock(&s).list() }))
+}
+
+async fn create(
+    AxState(s): AxState<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<RuleInfo>), Problem> {
+    let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    let spec: RuleSpec = serde_json::from_slice(&body)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {e}")))?;
+    let mut st = lock(&s);
+    let id = st.add(spec, Origin::Api)?;
+    let info = st.info(id).expect("just added");
+    log(&format!(
+        "rule {id} added: {}{} (api)",
+        info.description,
+        expiry_text(info.expires_in_seconds)
+    ));
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+fn expiry_text(secs: Option<f64>) -> String {
+    match secs {
+        Some(s) => format!(", expires in {}s", s.round()),
+        None => String::new(),
+    }
+}
+
+async fn get_one(
+    AxState(s): AxState<Shared>,
+    Path(raw): Path<String>,
+) -> Result<Json<RuleInfo>, Problem> {
+    let id = parse_id(&raw)?;
+    lock(&s)
+        .info(id)
+        .map(Json)
+        .ok_or_else(|| StateError::NotFound(id).into())
+}
+
+async fn delete_one(
+    AxState(s): AxState<Shared>,
+    Path(raw): Path<String>,
+) -> Result<Json<RuleInfo>, Problem> {
+    let id = parse_id(&raw)?;
+    let mut st = lock(&s);
+    let info = st.info(id).ok_or(StateError::NotFound(id))?;
+    st.remove(id)?;
+    log(&format!("rule {id} removed: {} (api)", info.description));
+    Ok(Json(info))
+}
+
+async fn delete_all(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
+    let n = lock(&s).remove_all(None);
+    log(&format!("all rules removed ({n}) (api)"));
+    Json(json!({ "removed": n }))
+}
+
+async fn stats(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
+    Json(json!({ "rules": lock(&s).stats() }))
+}
+
+async fn metrics(AxState(s): AxState<Shared>) -> Response {
+    let text = metrics::render(&lock(&s).stats());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+async fn healthz(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
+    let st = lock(&s);
+    Json(json!({
+        "status": "ok",
+        "attach": st.inj.mode().name(),
+        "interfaces": st.inj.interfaces(),
+        "rules": st.len(),
+    }))
+}
+
+async fn not_found(req: Request) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
