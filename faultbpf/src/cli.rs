@@ -47,6 +47,80 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Fault(FaultCommand),
+
+    /// Apply a fault while a command runs, then heal: exits with the command's status
+    ///
+    /// The fault is removed when the command exits, and also when faultbpf is killed
+    /// (its links die with it; a daemon rule is tied to faultbpf's pid). Standard
+    /// input and output belong to the command; faultbpf's counters go to stderr.
+    #[command(after_help = "Examples:\n  \
+        faultbpf run blackhole --port 5672 -- pytest tests/test_reconnect.py\n  \
+        faultbpf run hang --port 5432 --netns app -- ./check_timeouts.sh")]
+    Run {
+        #[command(subcommand)]
+        fault: FaultCommand,
+    },
+
+    /// Game-day scenarios: a timeline of faults (and a random pool), with a report
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
+
+    /// Run the control daemon: one process owns the programs, rules come over an API
+    ///
+    /// Serves an HTTP/JSON API on a Unix socket (mode 0600): POST/GET/DELETE /v1/rules,
+    /// GET /v1/stats, /metrics (Prometheus), /healthz; see docs/openapi.yaml. Every rule
+    /// expires (default 10m), and the kernel stops applying rules within the lease
+    /// if the daemon stops renewing its heartbeat. SIGHUP reloads --config.
+    #[command(after_help = "Examples:\n  \
+        faultbpf daemon --config /etc/faultbpf.toml\n  \
+        faultbpf daemon --socket /tmp/fb.sock --metrics 127.0.0.1:9464\n  \
+        curl --unix-socket /run/faultbpf.sock -d '{\"fault\":\"blackhole\",\"port\":[5672]}' http://x/v1/rules")]
+    Daemon(DaemonArgs),
+
+    /// List the daemon's rules
+    Rules {
+        /// Print the daemon's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Remove daemon rules by id, or all of them
+    #[command(after_help = "Examples:\n  faultbpf rm 3 4\n  faultbpf rm --all")]
+    Rm {
+        /// Rule ids, as `faultbpf rules` shows them
+        #[arg(value_name = "ID", required_unless_present = "all")]
+        ids: Vec<u32>,
+        /// Remove every rule
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+
+    /// Show the daemon's per-rule counters
+    Stats {
+        /// Refresh every second until Ctrl-C
+        #[arg(long)]
+        watch: bool,
+        /// Print the daemon's JSON as it is
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Check a daemon config file and say what is wrong, with line and column
+    #[command(after_help = "Example:\n  faultbpf check /etc/faultbpf.toml")]
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+
+    /// Internal: removes netlink filters if the faultbpf that started it dies.
+    #[command(name = "__reap", hide = true)]
+    Reap(ReapArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FaultCommand {
     /// Drop the packets of a port, as if the dependency's host vanished
     ///
     /// The application sees what a dead host or a silent firewall gives: connect()
@@ -115,57 +189,42 @@ pub enum Command {
         faultbpf chaos --port 5672 --mix drop:20,reset:10\n  \
         faultbpf chaos --port 8080 --mix reset:30,hang:20 --per flow")]
     Chaos(ChaosArgs),
+}
 
-    /// Run the control daemon: one process owns the programs, rules come over an API
-    ///
-    /// Serves an HTTP/JSON API on a Unix socket (mode 0600): POST/GET/DELETE /v1/rules,
-    /// GET /v1/stats, /metrics (Prometheus), /healthz; see docs/openapi.yaml. Every rule
-    /// expires (default 10m), and the kernel stops applying rules within the lease
-    /// if the daemon stops renewing its heartbeat. SIGHUP reloads --config.
-    #[command(after_help = "Examples:\n  \
-        faultbpf daemon --config /etc/faultbpf.toml\n  \
-        faultbpf daemon --socket /tmp/fb.sock --metrics 127.0.0.1:9464\n  \
-        curl --unix-socket /run/faultbpf.sock -d '{\"fault\":\"blackhole\",\"port\":[5672]}' http://x/v1/rules")]
-    Daemon(DaemonArgs),
-
-    /// List the daemon's rules
-    Rules {
-        /// Print the daemon's JSON as it is
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run a scenario file: show the timeline as it runs, end with a report
+    #[command(after_help = "Example:\n  faultbpf scenario run gameday.toml --json > report.json")]
+    Run {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print the final report as JSON on stdout
         #[arg(long)]
         json: bool,
     },
-
-    /// Remove daemon rules by id, or all of them
-    #[command(after_help = "Examples:\n  faultbpf rm 3 4\n  faultbpf rm --all")]
-    Rm {
-        /// Rule ids, as `faultbpf rules` shows them
-        #[arg(value_name = "ID", required_unless_present = "all")]
-        ids: Vec<u32>,
-        /// Remove every rule
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-    },
-
-    /// Show the daemon's per-rule counters
-    Stats {
-        /// Refresh every second until Ctrl-C
-        #[arg(long)]
-        watch: bool,
-        /// Print the daemon's JSON as it is
-        #[arg(long)]
-        json: bool,
-    },
-
-    /// Check a daemon config file and say what is wrong, with line and column
-    #[command(after_help = "Example:\n  faultbpf check /etc/faultbpf.toml")]
+    /// Check a scenario file and say what is wrong, with line and column
     Check {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
 
-    /// Internal: removes netlink filters if the faultbpf that started it dies.
-    #[command(name = "__reap", hide = true)]
-    Reap(ReapArgs),
+impl FaultCommand {
+    /// The fault and its flags.
+    pub fn into_parts(self) -> (faultbpf::Fault, FaultArgs) {
+        use faultbpf::Fault;
+        match self {
+            Self::Blackhole(a) => (Fault::Blackhole, a),
+            Self::Reset(a) => (Fault::Reset, a),
+            Self::Hang(a) => (Fault::Hang, a),
+            Self::Corrupt(a) => (Fault::Corrupt, a),
+            Self::Mark(m) => match m.value {
+                Some(value) => (Fault::Mark { value }, m.common),
+                None => (Fault::Ecn, m.common),
+            },
+            Self::Chaos(c) => (Fault::Chaos(c.mix), c.common),
+        }
+    }
 }
 
 /// Flags every fault takes.
@@ -282,6 +341,29 @@ pub struct FaultArgs {
     /// Run standalone even if a daemon listens on --socket
     #[arg(long)]
     pub standalone: bool,
+
+    /// Fault inside this network namespace (a name from `ip netns`, or a path)
+    ///
+    /// Example: --netns app, or --netns /proc/1234/ns/net. Implies --standalone.
+    #[arg(long, value_name = "NAME|PATH", group = "target")]
+    pub netns: Option<String>,
+
+    /// Fault inside the network namespace of this process
+    ///
+    /// Example: --pid $(pgrep -o my-api). Implies --standalone.
+    #[arg(long, value_name = "PID", group = "target")]
+    pub pid: Option<u32>,
+
+    /// Fault inside this Docker or Podman container's network namespace
+    ///
+    /// The twin of `docker network disconnect`: --container api --port 5672 cuts the
+    /// api container off RabbitMQ, Ctrl-C heals. Implies --standalone.
+    #[arg(long, value_name = "NAME", group = "target")]
+    pub container: Option<String>,
+
+    /// The command `faultbpf run` runs (after `--`)
+    #[arg(last = true, value_name = "CMD", hide = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -416,7 +498,7 @@ mod tests {
         let mut all = vec!["blackhole"];
         all.extend_from_slice(args);
         match parse(&all).unwrap().command {
-            Command::Blackhole(a) => a,
+            Command::Fault(FaultCommand::Blackhole(a)) => a,
             c => panic!("unexpected {c:?}"),
         }
     }
@@ -511,6 +593,26 @@ mod tests {
     }
 
     #[test]
+    fn run_takes_a_fault_and_a_command() {
+        let Command::Run { fault } =
+            parse(&["run", "blackhole", "--port", "5672", "--", "pytest", "-x"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        let (f, a) = fault.into_parts();
+        assert_eq!(f, faultbpf::Fault::Blackhole);
+        assert_eq!(a.command, ["pytest", "-x"]);
+    }
+
+    #[test]
+    fn one_target_at_most() {
+        assert!(parse(&["blackhole", "--port", "1", "--netns", "a"]).is_ok());
+        assert!(parse(&["blackhole", "--port", "1", "--netns", "a", "--pid", "1"]).is_err());
+    }
+
+    #[test]
     fn a_port_is_required() {
         let e = parse(&["blackhole"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
@@ -519,18 +621,20 @@ mod tests {
 
     #[test]
     fn mark_and_chaos_take_their_own_flags() {
-        let Command::Mark(m) = parse(&["mark", "--port", "1", "--value", "0x42"])
-            .unwrap()
-            .command
+        let Command::Fault(FaultCommand::Mark(m)) =
+            parse(&["mark", "--port", "1", "--value", "0x42"])
+                .unwrap()
+                .command
         else {
             panic!()
         };
         assert_eq!(m.value, Some(0x42));
         assert!(parse(&["mark", "--port", "1"]).is_err());
         assert!(parse(&["mark", "--port", "1", "--value", "1", "--ecn"]).is_err());
-        let Command::Chaos(c) = parse(&["chaos", "--port", "1", "--mix", "drop:20,reset:10"])
-            .unwrap()
-            .command
+        let Command::Fault(FaultCommand::Chaos(c)) =
+            parse(&["chaos", "--port", "1", "--mix", "drop:20,reset:10"])
+                .unwrap()
+                .command
         else {
             panic!()
         };

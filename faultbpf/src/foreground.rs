@@ -61,7 +61,7 @@ pub fn run(fault: Fault, args: FaultArgs) -> Result<(), Failure> {
 
 /// The interfaces to attach to: the ones named (each must exist), or every
 /// interface that is up.
-fn interfaces(named: &[String]) -> Result<Vec<String>, Failure> {
+pub fn interfaces(named: &[String]) -> Result<Vec<String>, Failure> {
     let here = iface::all()?;
     if named.is_empty() {
         let up = iface::up()?;

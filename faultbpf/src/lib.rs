@@ -14,7 +14,9 @@ pub mod loader;
 pub mod reaper;
 pub mod report;
 pub mod rules;
+pub mod scenario;
 pub mod spec;
+pub mod target;
 
 pub use error::Error;
 pub use faults::Fault;

@@ -4,14 +4,15 @@
 mod cli;
 mod foreground;
 mod remote;
+mod runner;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, error::ErrorKind};
-use faultbpf::{Fault, client::Client, daemon};
+use faultbpf::{Fault, client::Client, daemon, scenario, target::Target};
 
 use crate::{
-    cli::{Cli, Command, FaultArgs},
+    cli::{Cli, Command, FaultArgs, ScenarioCommand},
     foreground::Failure,
 };
 
@@ -19,18 +20,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = Client::new(&cli.socket);
     let result = match cli.command {
-        Command::Blackhole(args) => fault(Fault::Blackhole, args, &client),
-        Command::Reset(args) => fault(Fault::Reset, args, &client),
-        Command::Hang(args) => fault(Fault::Hang, args, &client),
-        Command::Corrupt(args) => fault(Fault::Corrupt, args, &client),
-        Command::Mark(m) => {
-            let f = match m.value {
-                Some(value) => Fault::Mark { value },
-                None => Fault::Ecn,
-            };
-            fault(f, m.common, &client)
+        Command::Fault(fc) => {
+            let (f, args) = fc.into_parts();
+            fault(f, args, &client)
         }
-        Command::Chaos(c) => fault(Fault::Chaos(c.mix), c.common, &client),
+        Command::Run { fault } => {
+            let (f, args) = fault.into_parts();
+            match run(f, args, &client) {
+                Ok(code) => return ExitCode::from(code),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Scenario(ScenarioCommand::Run { file, json }) => {
+            scenario::run(&file, json, &client).map_err(Failure::from)
+        }
+        Command::Scenario(ScenarioCommand::Check { file }) => {
+            scenario::check(&file).map_err(Failure::from)
+        }
         Command::Daemon(d) => daemon::run(daemon::Options {
             config: d.config,
             socket: cli.socket.clone(),
@@ -69,11 +75,39 @@ fn main() -> ExitCode {
 
 /// A fault command: a daemon rule when a daemon listens, else standalone.
 fn fault(f: Fault, args: FaultArgs, client: &Client) -> Result<(), Failure> {
-    if !args.standalone && client.is_up() {
-        remote::add(f, args, client)
-    } else {
-        foreground::run(f, args)
+    if !args.command.is_empty() {
+        return Err(Failure::Usage(format!(
+            "a command after `--` needs `faultbpf run`: faultbpf run {} ... -- {}",
+            f.name(),
+            args.command.join(" ")
+        )));
     }
+    match daemon_for(&args, client)? {
+        Some(c) => remote::add(f, args, c),
+        None => foreground::run(f, args),
+    }
+}
+
+/// `faultbpf run`.
+fn run(f: Fault, args: FaultArgs, client: &Client) -> Result<u8, Failure> {
+    let c = daemon_for(&args, client)?;
+    runner::run(f, args, c)
+}
+
+/// Enters the target namespace if one is named (then always standalone:
+/// a daemon owns its own namespace), else picks the daemon if one listens.
+fn daemon_for<'a>(args: &FaultArgs, client: &'a Client) -> Result<Option<&'a Client>, Failure> {
+    let target = match (&args.netns, args.pid, &args.container) {
+        (Some(n), _, _) => Some(Target::Netns(n.clone())),
+        (_, Some(p), _) => Some(Target::Pid(p)),
+        (_, _, Some(c)) => Some(Target::Container(c.clone())),
+        _ => None,
+    };
+    if let Some(t) = target {
+        t.enter().map_err(|e| Failure::Runtime(e.into()))?;
+        return Ok(None);
+    }
+    Ok((!args.standalone && client.is_up()).then_some(client))
 }
 
 /// `faultbpf check FILE`.

@@ -57,7 +57,11 @@ pub fn add(fault: Fault, args: FaultArgs, client: &Client) -> Result<(), Failure
         )));
     }
     let rule = foreground::rule_from(fault, &args);
-    let spec = RuleSpec::from_rule(&rule, args.name.clone(), args.force);
+    let mut spec = RuleSpec::from_rule(&rule, args.name.clone(), args.force);
+    if args.wait {
+        // A killed `--wait` must not leave its rule behind.
+        spec.owner_pid = Some(std::process::id());
+    }
     let body = serde_json::to_value(&spec).context("could not encode the rule")?;
     let info: Info = client.call("POST", "/v1/rules", Some(&body))?;
     let expiry = match info.expires_in_seconds {

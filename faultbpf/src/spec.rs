@@ -77,6 +77,11 @@ pub struct RuleSpec {
     /// Allow a rule the guard rails refuse (port 22, our own API port).
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
+    /// The rule goes when this process does (`faultbpf run`, `--wait`), so
+    /// a killed client leaves nothing behind. A pid of the daemon's pid
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_pid: Option<u32>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -134,6 +139,7 @@ impl RuleSpec {
                 .lasts
                 .map(|d| humantime::format_duration(d).to_string()),
             force,
+            owner_pid: None,
         };
         for r in &rule.ports {
             let text = if r.first == r.last {

@@ -160,8 +160,8 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
                 if let Err(e) = st.inj.renew_lease(lease) {
                     log(&format!("could not renew the lease: {}", crate::error::chain(&e)));
                 }
-                for id in st.sweep(now) {
-                    log(&format!("rule {id} expired"));
+                for (id, why) in st.sweep(now) {
+                    log(&format!("rule {id} {why}"));
                 }
                 if watch {
                     attach_new(&mut st);

@@ -198,16 +198,23 @@ impl State {
         ids.iter().filter(|id| self.remove(**id).is_ok()).count()
     }
 
-    /// Drops rules whose time is up (the kernel already ignores them);
-    /// returns their ids.
-    pub fn sweep(&mut self, now: Instant) -> Vec<u32> {
-        let done: Vec<u32> = self
+    /// Drops rules whose time is up (the kernel already ignores them) or
+    /// whose owner process is gone; returns their ids and why.
+    pub fn sweep(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
+        let done: Vec<(u32, &'static str)> = self
             .rules
             .iter()
-            .filter(|(_, e)| e.expires_at.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
+            .filter_map(|(id, e)| {
+                if e.expires_at.is_some_and(|t| t <= now) {
+                    Some((*id, "expired"))
+                } else if e.spec.owner_pid.is_some_and(|p| !process_alive(p)) {
+                    Some((*id, "removed: its owner process is gone"))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in &done {
+        for (id, _) in &done {
             let _ = self.remove(*id);
         }
         done
@@ -326,4 +333,14 @@ impl State {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
+}
+
+/// Whether `pid` exists (signal 0 checks without sending anything).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
