@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod faults;
+pub mod guard;
 pub mod iface;
 pub mod loader;
 pub mod reaper;
