@@ -7,6 +7,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod delaydev;
 pub mod error;
 pub mod faults;
 pub mod guard;
