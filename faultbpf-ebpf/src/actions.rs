@@ -108,9 +108,12 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
         },
         // A packet we cannot answer (a RST, IPv4 options, ...) is still
         // dropped: the rule's port must stay closed.
-        FaultKind::Reset => {
-            Outcome::Acted(reset::reply(ctx, flow, hook).unwrap_or_else(|_| drop(hook)))
-        }
+        // Our own RSTs cross our other hook on the way out: they pass.
+        FaultKind::Reset => match reset::reply(ctx, flow, hook) {
+            Ok(verdict) => Outcome::Acted(verdict),
+            Err(reset::NoReply::Pass) => Outcome::Untouched,
+            Err(reset::NoReply::Drop) => Outcome::Acted(drop(hook)),
+        },
         FaultKind::Corrupt => done(corrupt::flip(ctx, flow)),
         FaultKind::Mark => {
             ctx.set_mark(rule.mark);
