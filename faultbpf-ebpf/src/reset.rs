@@ -25,9 +25,10 @@
 //! pseudo-header length needs fixing). ICMP answers are new headers whose
 //! checksums are computed from scratch; ICMP is never offloaded.
 //!
-//! Never answers a RST (nor an ICMP error: those never match), multicast or
-//! broadcast; a packet it cannot answer (IPv4 options or IPv6 extension
-//! headers on UDP) is dropped instead.
+//! Never answers a RST: it passes untouched, which also lets our own RSTs
+//! through when they cross our other hook on the way out. ICMP errors never
+//! match. Multicast, broadcast and a packet it cannot answer (IPv4 options
+//! or IPv6 extension headers on UDP) are dropped without an answer.
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
@@ -54,18 +55,32 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 const REPLY_TTL: u8 = 64;
 
+/// What to do with a packet `reply` did not answer.
+pub enum NoReply {
+    /// A RST: let it through.
+    Pass,
+    /// Anything else: drop it, the port must stay closed.
+    Drop,
+}
+
+impl From<()> for NoReply {
+    fn from(_: ()) -> Self {
+        Self::Drop
+    }
+}
+
 /// Answers the packet and returns the redirect verdict that sends the
-/// answer; `Err` when it must be dropped instead.
+/// answer.
 #[inline(always)]
-pub fn reply(ctx: &TcContext, f: &Flow, hook: Hook) -> Result<i32, ()> {
+pub fn reply(ctx: &TcContext, f: &Flow, hook: Hook) -> Result<i32, NoReply> {
     if f.fragment || multicast(f) {
-        return Err(());
+        return Err(NoReply::Drop);
     }
     match f.proto {
         PROTO_TCP => tcp(ctx, f)?,
         PROTO_UDP if f.v6 => udp6(ctx, f)?,
         PROTO_UDP => udp4(ctx, f)?,
-        _ => return Err(()),
+        _ => return Err(NoReply::Drop),
     }
     swap_macs(ctx)?;
     // SAFETY: `skb` is the valid context pointer of this program run.
@@ -87,12 +102,12 @@ fn multicast(f: &Flow) -> bool {
 }
 
 #[inline(always)]
-fn tcp(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+fn tcp(ctx: &TcContext, f: &Flow) -> Result<(), NoReply> {
     let mut old: Words<TCP_HDR_LEN> = ctx.load(f.l4).map_err(|_| ())?;
     let o = old.0;
     let flags = o[13];
     if flags & TCP_RST != 0 {
-        return Err(());
+        return Err(NoReply::Pass);
     }
     let doff = usize::from(o[12] >> 4) * 4;
     let payload = f.l4_len().checked_sub(doff).ok_or(())? as u32;
