@@ -11,6 +11,8 @@
 //! The tests need root; they panic (never pass silently) when run without it.
 
 pub mod attach;
+pub mod daemon;
+pub mod fault_kit;
 pub mod faultbpf;
 pub mod frames;
 pub mod net;

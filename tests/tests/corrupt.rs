@@ -1,0 +1,196 @@
+//! Issue 3, `corrupt`: damaged data is delivered, and nothing below the
+//! application notices. Transmit checksum offload is off on both veths, so
+//! every checksum is computed in software and verified by the receiver: a
+//! packet faultbpf left with a wrong checksum would be dropped (and TCP
+//! would stall retransmitting it) and counted in the kernel's checksum-error
+//! counters, which must not grow.
+//! - TCP echo, faultbpf in the server namespace (both directions): the
+//!   client gets all its bytes back, promptly, but not the bytes it sent.
+//! - TCP at the client's egress (where the stack has not finished the
+//!   checksum yet): the server receives damaged data, and echoes exactly
+//!   that back.
+//! - UDP at the server's ingress: every datagram arrives, each with exactly
+//!   one aligned 16-bit word of its payload inverted.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use faultbpf_tests::{
+    CLIENT_IF, CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
+    fault_kit::{CsumErrors, EchoServer, Fault, connect_timed, exchange, tx_checksum_off},
+    udp_bind,
+};
+
+const P: u16 = 5000;
+/// Bytes per TCP echo: a dozen segments each way at MSS 1448.
+const ECHO_BYTES: usize = 16 << 10;
+/// Datagrams per address family.
+const DATAGRAMS: usize = 50;
+
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251 + seed) as u8).collect()
+}
+
+/// Indices of the 16-bit words (at even offsets) where `a` and `b` differ.
+fn differing_words(a: &[u8], b: &[u8]) -> Vec<usize> {
+    assert_eq!(a.len(), b.len());
+    a.chunks(2)
+        .zip(b.chunks(2))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn checksummed_topology(tag: &str) -> (Topology, CsumErrors, CsumErrors) {
+    let topo = Topology::new(tag);
+    tx_checksum_off(&topo.client, CLIENT_IF);
+    tx_checksum_off(&topo.server, SERVER_IF);
+    let client = CsumErrors::snapshot(&topo.client);
+    let server = CsumErrors::snapshot(&topo.server);
+    (topo, client, server)
+}
+
+/// Sends `ECHO_BYTES` to the echo server on `ip` and returns the reply, which
+/// must be complete within 5 s.
+fn echo_round(topo: &Topology, ip: IpAddr, sent: &[u8], cmd: &str) -> Vec<u8> {
+    let (stream, _) = connect_timed(&topo.client, SocketAddr::new(ip, P), Duration::from_secs(2));
+    let mut stream = stream.unwrap_or_else(|e| panic!("connect to {ip} under `{cmd}`: {e}"));
+    exchange(&mut stream, sent, Duration::from_secs(5)).unwrap_or_else(|e| {
+        panic!("under `{cmd}` the echo from {ip} must come back whole and promptly: {e}")
+    })
+}
+
+#[test]
+fn corrupt_tcp_echo_in_server() {
+    let (topo, csum_client, csum_server) = checksummed_topology("cor-tcp-s");
+    let echo = EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), P));
+    for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
+        let sent = pattern(ECHO_BYTES, n);
+        assert_eq!(echo_round(&topo, ip, &sent, "no fault"), sent, "control");
+    }
+
+    let mut fb = Fault::start(
+        &topo.server,
+        "corrupt",
+        &["--port", &P.to_string(), "--iface", SERVER_IF, "--json"],
+    );
+    let cmd = fb.command().to_owned();
+    for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
+        let sent = pattern(ECHO_BYTES, 10 + n);
+        let received_before = echo.data().len();
+        let reply = echo_round(&topo, ip, &sent, &cmd);
+        let words = differing_words(&sent, &reply);
+        assert!(
+            !words.is_empty(),
+            "over {ip} the echo came back unchanged under `{cmd}`"
+        );
+        let at_server = echo.data()[received_before..].to_vec();
+        assert_eq!(at_server.len(), sent.len(), "the server got every byte");
+        assert!(
+            !differing_words(&sent, &at_server).is_empty(),
+            "over {ip} the server received the request undamaged under `{cmd}`"
+        );
+        eprintln!("{ip}: {} damaged 16-bit words in the echo", words.len());
+    }
+    let exit = fb.finish();
+    let rule = exit.rule(0);
+    assert!(rule.acted_packets >= 4, "{rule:?}");
+    csum_client.assert_unchanged(&topo.client);
+    csum_server.assert_unchanged(&topo.server);
+}
+
+#[test]
+fn corrupt_tcp_at_client_egress() {
+    let (topo, csum_client, csum_server) = checksummed_topology("cor-tcp-c");
+    let echo = EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), P));
+    let mut fb = Fault::start(
+        &topo.client,
+        "corrupt",
+        &[
+            "--port",
+            &P.to_string(),
+            "--iface",
+            CLIENT_IF,
+            "--direction",
+            "egress",
+            "--json",
+        ],
+    );
+    let cmd = fb.command().to_owned();
+    for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
+        let sent = pattern(ECHO_BYTES, 20 + n);
+        let received_before = echo.data().len();
+        let reply = echo_round(&topo, ip, &sent, &cmd);
+        let at_server = echo.data()[received_before..].to_vec();
+        assert!(
+            !differing_words(&sent, &at_server).is_empty(),
+            "over {ip} the server received the request undamaged under `{cmd}`"
+        );
+        // Only the client's egress acts: the reply is what the server got.
+        assert_eq!(
+            reply, at_server,
+            "over {ip} the reply must be exactly what the server received"
+        );
+    }
+    let exit = fb.finish();
+    let rule = exit.rule(0);
+    assert!(rule.acted_packets >= 2, "{rule:?}");
+    csum_client.assert_unchanged(&topo.client);
+    csum_server.assert_unchanged(&topo.server);
+}
+
+#[test]
+fn corrupt_udp_at_server_ingress() {
+    let (topo, csum_client, csum_server) = checksummed_topology("cor-udp");
+    let mut fb = Fault::start(
+        &topo.server,
+        "corrupt",
+        &[
+            "--port",
+            &P.to_string(),
+            "--iface",
+            SERVER_IF,
+            "--direction",
+            "ingress",
+            "--json",
+        ],
+    );
+    let cmd = fb.command().to_owned();
+    for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+        let rx = udp_bind(&topo.server, SocketAddr::new(server, P));
+        let tx = udp_bind(&topo.client, SocketAddr::new(client, 0));
+        let sent: Vec<Vec<u8>> = (0..DATAGRAMS).map(|i| pattern(200, i)).collect();
+        for datagram in &sent {
+            tx.send_to(datagram, SocketAddr::new(server, P)).unwrap();
+        }
+        let got = count_datagrams(&rx, DATAGRAMS + 1, Duration::from_millis(500));
+        assert_eq!(
+            got.len(),
+            DATAGRAMS,
+            "over {server} every datagram must be delivered under `{cmd}`"
+        );
+        for (i, (sent, got)) in sent.iter().zip(&got).enumerate() {
+            let words = differing_words(sent, got);
+            assert_eq!(
+                words.len(),
+                1,
+                "datagram {i} over {server}: exactly one 16-bit word must differ, not {words:?}"
+            );
+            let w = words[0] * 2;
+            assert_eq!(
+                [got[w], got[w + 1]],
+                [!sent[w], !sent[w + 1]],
+                "datagram {i} over {server}: the word at {w} must be inverted"
+            );
+        }
+    }
+    let exit = fb.finish();
+    let rule = exit.rule(0);
+    assert_eq!(rule.matched_packets, 2 * DATAGRAMS as u64, "{rule:?}");
+    assert_eq!(rule.acted_packets, 2 * DATAGRAMS as u64, "{rule:?}");
+    csum_client.assert_unchanged(&topo.client);
+    csum_server.assert_unchanged(&topo.server);
+}
