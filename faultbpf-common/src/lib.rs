@@ -25,6 +25,9 @@ pub const INGRESS_PROGRAM: &str = "faultbpf_in";
 /// Name of the tc program on the egress hook. Two programs because a tc
 /// program cannot tell which hook runs it, and a drop differs by hook.
 pub const EGRESS_PROGRAM: &str = "faultbpf_out";
+/// Name of the XDP program (`--xdp`), which replaces `INGRESS_PROGRAM` on
+/// the interfaces it is attached to.
+pub const XDP_PROGRAM: &str = "faultbpf_xdp";
 
 /// Most (protocol, side, port) keys the rule map holds: every port on
 /// both sides for both protocols.
@@ -75,6 +78,14 @@ impl FaultKind {
             7 => Some(Self::Mix),
             _ => None,
         }
+    }
+
+    /// Whether the XDP program (`--xdp`) carries this action out: drop,
+    /// hang and reset (and a mix, if all its entries are). Mark, ECN and
+    /// corrupt need the skb only the tc hook has (its mark, its checksum
+    /// state); at XDP they pass untouched, and user space refuses them.
+    pub const fn on_xdp(self) -> bool {
+        matches!(self, Self::Drop | Self::Reset | Self::Hang | Self::Mix)
     }
 }
 

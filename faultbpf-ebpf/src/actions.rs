@@ -12,16 +12,19 @@
 //!   return its `TC_ACT_REDIRECT`; the egress hook reports NET_XMIT_SUCCESS,
 //!   the redirect finds no device and frees the packet, and TCP backs off on
 //!   its RTO exactly as after loss in the network.
+//!
+//! Counting the match and drawing happen before, in `draw.rs`, shared with
+//! the XDP program (`xdp.rs`), which has its own verdicts.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    helpers::bpf_redirect,
     programs::TcContext,
 };
-use faultbpf_common::{FLAG_PER_FLOW, FaultKind, MIX_LEN, RuleValue, draw_hits, flow_hash};
+use faultbpf_common::{FaultKind, RuleValue};
 
 use crate::{
-    corrupt, counters, mark,
+    corrupt, draw, mark,
     parse::{self, Flow},
     reset,
 };
@@ -50,52 +53,16 @@ enum Outcome {
 pub fn apply(ctx: &TcContext, flow: &Flow, rule: &RuleValue, hook: Hook) -> i32 {
     // SAFETY: `skb` is the valid context pointer of this program run.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }).max(1);
-    let bytes = u64::from(ctx.len());
-    let c = counters::matched(rule.slot, segs, bytes);
-
-    let draw = if rule.flags & FLAG_PER_FLOW != 0 {
-        flow_hash(
-            rule.seed,
-            flow.proto,
-            &flow.saddr,
-            flow.sport_be,
-            &flow.daddr,
-            flow.dport_be,
-        )
-    } else {
-        // SAFETY: helper without preconditions.
-        unsafe { bpf_get_prandom_u32() }
-    };
-    let Some(kind) = pick(rule, draw) else {
+    let Some(hit) = draw::hit(flow, rule, segs, u64::from(ctx.len())) else {
         return NO_VERDICT;
     };
-    match act(ctx, flow, rule, kind, hook) {
+    match act(ctx, flow, rule, hit.kind, hook) {
         Outcome::Acted(verdict) => {
-            counters::acted(c, segs, bytes);
+            hit.acted();
             verdict
         }
         Outcome::Untouched => NO_VERDICT,
     }
-}
-
-/// The action this draw selects, if any: the rule's own action under its
-/// threshold, or the mix entry whose cumulative threshold the draw is under.
-#[inline(always)]
-fn pick(rule: &RuleValue, draw: u32) -> Option<FaultKind> {
-    let kind = FaultKind::from_u8(rule.action)?;
-    if kind != FaultKind::Mix {
-        return draw_hits(rule.threshold, draw).then_some(kind);
-    }
-    for i in 0..MIX_LEN {
-        let e = &rule.mix[i];
-        if e.action == 0 {
-            return None;
-        }
-        if draw_hits(e.upto, draw) {
-            return FaultKind::from_u8(e.action);
-        }
-    }
-    None
 }
 
 #[inline(always)]

@@ -1,21 +1,29 @@
-//! faultbpf's kernel side: the tc programs only. Each entry point parses the
-//! packet (`parse`), looks its ports up in the rule map (`matcher`) and
-//! turns a hit into a verdict (`actions`); everything else passes with "no
-//! verdict", so programs after ours (a CNI's, say) still run.
+//! faultbpf's kernel side: the entry points only. Each parses the packet
+//! (`parse`), looks its ports up in the rule map (`matcher`), draws
+//! (`draw`) and turns a hit into its hook's verdict (`actions` for tc,
+//! `xdp` for XDP); everything else passes with "no verdict" (tc) or
+//! `XDP_PASS`, so programs after ours (a CNI's, say) still run.
 #![no_std]
 #![no_main]
 
 mod actions;
+mod answer;
 mod corrupt;
 mod counters;
 mod csum;
+mod draw;
 mod maps;
 mod mark;
 mod matcher;
 mod parse;
 mod reset;
+mod xdp;
+mod xdp_reset;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 use crate::actions::{Hook, NO_VERDICT};
 
@@ -29,6 +37,13 @@ pub fn faultbpf_in(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn faultbpf_out(ctx: TcContext) -> i32 {
     run(&ctx, Hook::Egress)
+}
+
+/// `--xdp`: the ingress half at the driver (or generic XDP), instead of
+/// `faultbpf_in`.
+#[xdp]
+pub fn faultbpf_xdp(ctx: XdpContext) -> u32 {
+    xdp::run(&ctx)
 }
 
 #[inline(always)]

@@ -1,18 +1,23 @@
 //! Ethernet > [802.1Q] > IPv4/IPv6 (+ up to `IPV6_MAX_EXT` extension
 //! headers) > TCP/UDP, down to the ports and addresses.
 //!
-//! Every read goes through `TcContext::load` (`bpf_skb_load_bytes`), which
-//! bounds-checks against the whole skb, linear part or not. Direct packet
-//! access alone would miss skbs whose headers are not in the linear part
-//! (AF_PACKET senders such as trafgen): those would pass unmatched. We do
-//! not use `bpf_skb_pull_data` either: on a cloned skb (every TCP segment
-//! at egress) it copies the head just to be read.
+//! One parser for both hooks: it reads through the [`Packet`] trait, which
+//! the tc context implements here and the XDP context in `xdp.rs` (as
+//! cilium's `overloadable.h` hides the skb/xdp differences).
+//!
+//! Every read is a bounds-checked copy (`bpf_skb_load_bytes`,
+//! `bpf_xdp_load_bytes`) that sees the whole packet, linear part or not.
+//! Direct packet access alone would miss skbs whose headers are not in the
+//! linear part (AF_PACKET senders such as trafgen): those would pass
+//! unmatched. We do not use `bpf_skb_pull_data` either: on a cloned skb
+//! (every TCP segment at egress) it copies the head just to be read.
 
-use aya_ebpf::programs::TcContext;
+use core::mem::{MaybeUninit, size_of};
+
+use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use faultbpf_common::{PROTO_TCP, PROTO_UDP};
 use network_types::{
     eth::{EthHdr, EtherType},
-    ip::{Ipv4Hdr, Ipv6Hdr},
     vlan::VlanHdr,
 };
 
@@ -44,12 +49,67 @@ impl Flow {
     }
 }
 
+/// What the parser needs of a hook's context.
+pub trait Packet {
+    /// Copies the `size_of::<T>()` bytes at `off` into `dst`; false past
+    /// the end (`dst` is then unspecified).
+    fn load_into<T>(&self, off: usize, dst: &mut T) -> bool;
+    /// Length of the whole packet, from the Ethernet header on.
+    fn len(&self) -> usize;
+
+    /// A copy of the `size_of::<T>()` bytes at `off`; `None` past the end.
+    /// `T` is plain bytes or integers at every call site.
+    #[inline(always)]
+    fn load<T>(&self, off: usize) -> Option<T> {
+        let mut v = MaybeUninit::<T>::uninit();
+        // SAFETY: `load_into` only writes bytes into `v` (never reads it),
+        // and on success has written all of it; every `T` read from a
+        // packet is plain bytes or integers, valid for any bit pattern.
+        unsafe {
+            if !self.load_into(off, &mut *v.as_mut_ptr()) {
+                return None;
+            }
+            Some(v.assume_init())
+        }
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn load_into<T>(&self, off: usize, dst: &mut T) -> bool {
+        // SAFETY: `skb` is this run's context and `dst` is writable for
+        // size_of::<T>() bytes; the helper checks the range against the
+        // whole skb. The length is a constant, as it requires.
+        let r = unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb.cast(),
+                off as u32,
+                (dst as *mut T).cast(),
+                size_of::<T>() as u32,
+            )
+        };
+        r == 0
+    }
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
+    }
+}
+
 pub const TCP_HDR_LEN: usize = 20;
 pub const UDP_HDR_LEN: usize = 8;
 /// IPv4 fragment offset bits; a non-first fragment carries no ports.
 const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
 /// Extension headers walked before giving up (as cilium's IPV6_MAX_HEADERS).
 const IPV6_MAX_EXT: usize = 6;
+const IPV4_HDR_LEN: usize = 20;
+const IPV6_HDR_LEN: usize = 40;
+/// Offsets of the addresses in the IPv4 and IPv6 headers.
+const IPV4_SADDR_OFF: usize = 12;
+const IPV4_DADDR_OFF: usize = 16;
+const IPV6_SADDR_OFF: usize = 8;
+const IPV6_DADDR_OFF: usize = 24;
 const NH_HOP_BY_HOP: u8 = 0;
 const NH_ROUTING: u8 = 43;
 const NH_FRAGMENT: u8 = 44;
@@ -59,12 +119,12 @@ const NH_DEST_OPTS: u8 = 60;
 /// The flow of a TCP or UDP packet (or of a non-first fragment of one);
 /// `None` for anything else, including truncated headers.
 #[inline(always)]
-pub fn flow(ctx: &TcContext) -> Option<Flow> {
-    let eth: EthHdr = ctx.load(0).ok()?;
+pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
+    let eth: EthHdr = ctx.load(0)?;
     let mut ether_type = eth.ether_type;
     let mut l3 = EthHdr::LEN;
     if ether_type == EtherType::Ieee8021q as u16 {
-        let vlan: VlanHdr = ctx.load(l3).ok()?;
+        let vlan: VlanHdr = ctx.load(l3)?;
         ether_type = vlan.ether_type;
         l3 += VlanHdr::LEN;
     }
@@ -86,28 +146,40 @@ pub fn flow(ctx: &TcContext) -> Option<Flow> {
     if f.l4 + need > f.l3_end {
         return None;
     }
-    let ports: [u8; 4] = ctx.load(f.l4).ok()?;
+    let ports: [u8; 4] = ctx.load(f.l4)?;
     f.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
     f.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
     Some(f)
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, l3: usize) -> Option<Flow> {
-    let ip: Ipv4Hdr = ctx.load(l3).ok()?;
-    let ihl = usize::from(ip.vihl & 0x0f) * 4;
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+fn ipv4<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
+    let ip: [u8; 12] = ctx.load(l3)?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < IPV4_HDR_LEN {
         return None;
     }
-    let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    // `::ffff:a.b.c.d`
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr[10] = 0xff;
+    saddr[11] = 0xff;
+    daddr[10] = 0xff;
+    daddr[11] = 0xff;
+    if !ctx.load_into(l3 + IPV4_SADDR_OFF, saddr.last_chunk_mut::<4>()?)
+        || !ctx.load_into(l3 + IPV4_DADDR_OFF, daddr.last_chunk_mut::<4>()?)
+    {
+        return None;
+    }
     Some(Flow {
-        proto: ip.proto,
+        proto: ip[9],
         v6: false,
-        fragment: u16::from_be_bytes(ip.frags) & IPV4_FRAG_OFFSET_MASK != 0,
+        fragment: u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAG_OFFSET_MASK != 0,
         sport_be: 0,
         dport_be: 0,
-        saddr: mapped(ip.src_addr),
-        daddr: mapped(ip.dst_addr),
+        saddr,
+        daddr,
         l3,
         l4: l3 + ihl,
         l3_end: end(ctx, l3, tot_len),
@@ -115,29 +187,29 @@ fn ipv4(ctx: &TcContext, l3: usize) -> Option<Flow> {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, l3: usize) -> Option<Flow> {
-    let ip: Ipv6Hdr = ctx.load(l3).ok()?;
-    if ip.vcf[0] >> 4 != 6 {
+fn ipv6<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
+    let ip: [u8; 8] = ctx.load(l3)?;
+    if ip[0] >> 4 != 6 {
         return None;
     }
-    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
-    let mut nh = ip.next_hdr;
-    let mut l4 = l3 + Ipv6Hdr::LEN;
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let mut nh = ip[6];
+    let mut l4 = l3 + IPV6_HDR_LEN;
     let mut fragment = false;
     for _ in 0..IPV6_MAX_EXT {
         match nh {
             NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS => {
-                let h: [u8; 2] = ctx.load(l4).ok()?;
+                let h: [u8; 2] = ctx.load(l4)?;
                 nh = h[0];
                 l4 += (usize::from(h[1]) + 1) * 8;
             }
             NH_AUTH => {
-                let h: [u8; 2] = ctx.load(l4).ok()?;
+                let h: [u8; 2] = ctx.load(l4)?;
                 nh = h[0];
                 l4 += (usize::from(h[1]) + 2) * 4;
             }
             NH_FRAGMENT => {
-                let h: [u8; 4] = ctx.load(l4).ok()?;
+                let h: [u8; 4] = ctx.load(l4)?;
                 nh = h[0];
                 l4 += 8;
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
@@ -148,45 +220,40 @@ fn ipv6(ctx: &TcContext, l3: usize) -> Option<Flow> {
             _ => break,
         }
     }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if !ctx.load_into(l3 + IPV6_SADDR_OFF, &mut saddr)
+        || !ctx.load_into(l3 + IPV6_DADDR_OFF, &mut daddr)
+    {
+        return None;
+    }
     Some(Flow {
         proto: nh,
         v6: true,
         fragment,
         sport_be: 0,
         dport_be: 0,
-        saddr: ip.src_addr,
-        daddr: ip.dst_addr,
+        saddr,
+        daddr,
         l3,
         l4,
-        l3_end: end(ctx, l3 + Ipv6Hdr::LEN, payload_len),
+        l3_end: end(ctx, l3 + IPV6_HDR_LEN, payload_len),
     })
 }
 
 /// End of the IP packet: `start + len`, except that a length of 0 is a GSO
 /// super-packet over 64 KiB (BIG TCP), bounded only by the skb.
 #[inline(always)]
-fn end(ctx: &TcContext, start: usize, len: usize) -> usize {
-    if len == 0 {
-        ctx.len() as usize
-    } else {
-        start + len
-    }
-}
-
-/// `::ffff:a.b.c.d`
-#[inline(always)]
-fn mapped(v4: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+fn end<P: Packet>(ctx: &P, start: usize, len: usize) -> usize {
+    if len == 0 { ctx.len() } else { start + len }
 }
 
 /// Payload bytes of a TCP segment (after the header and its options).
 #[inline(always)]
-pub fn tcp_payload_len(ctx: &TcContext, f: &Flow) -> Option<usize> {
+pub fn tcp_payload_len<P: Packet>(ctx: &P, f: &Flow) -> Option<usize> {
     if f.proto != PROTO_TCP || f.fragment {
         return None;
     }
-    let b: u8 = ctx.load(f.l4 + 12).ok()?;
+    let b: u8 = ctx.load(f.l4 + 12)?;
     f.l4_len().checked_sub(usize::from(b >> 4) * 4)
 }

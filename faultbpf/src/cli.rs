@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use faultbpf::{
-    AttachMode, Direction, Proto,
+    AttachMode, Direction, Fault, Hooks, Proto, XdpMode,
     faults::Mix,
     rules::{Peer, Per, PortRange, Side},
     spec::parse_duration,
@@ -323,6 +323,25 @@ pub struct FaultArgs {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
 
+    /// Fault ingress with XDP instead of tc: for floods on physical NICs (drop, reset, hang)
+    ///
+    /// The XDP program acts in the driver, before the kernel builds an skb, so a drop
+    /// costs almost nothing; reset answers with XDP_TX. Egress stays on tc (with
+    /// --direction both). mark, corrupt and chaos mixes with corrupt need tc. On veth,
+    /// native XDP makes the sender split its GSO packets (single-stream TCP gets several
+    /// times slower), and native reset needs an XDP program on the peer veth. Always
+    /// standalone: a daemon's rules stay on tc.
+    /// Example: --xdp --direction ingress --iface eth1
+    #[arg(long)]
+    pub xdp: bool,
+
+    /// With --xdp: native (in the driver), generic (any device) or auto (native, else generic)
+    ///
+    /// auto decides per interface (lo has no native XDP); the `faultbpf: active:` line
+    /// and the --json `attach` field say what each interface got.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = XdpMode::Auto, requires = "xdp")]
+    pub xdp_mode: XdpMode,
+
     /// With a daemon: stay in the foreground, show counters, remove the rule on exit
     ///
     /// Without --wait the command adds the rule to the daemon, prints its id and
@@ -398,6 +417,48 @@ pub struct DaemonArgs {
 }
 
 impl FaultArgs {
+    /// Where the programs attach: tc only, or with `--xdp` the XDP program
+    /// for ingress (plus tc for egress with `--direction both`). `Err` is a
+    /// usage message: `--xdp` with a fault or a direction it cannot do.
+    pub fn hooks(&self, fault: &Fault) -> Result<Hooks, String> {
+        if !self.xdp {
+            return Ok(Hooks::tc(self.attach));
+        }
+        if self.direction == Direction::Egress {
+            return Err(
+                "--xdp attaches to ingress only, so it cannot act on --direction egress; \
+                 drop --xdp (tc handles egress)"
+                    .into(),
+            );
+        }
+        let kinds = match fault {
+            Fault::Chaos(mix) => mix.entries().iter().map(|(k, _)| *k).collect(),
+            f => vec![f.kind()],
+        };
+        if let Some(k) = kinds.into_iter().find(|k| !k.on_xdp()) {
+            let why = match k {
+                faultbpf_common::FaultKind::Mark => {
+                    "cannot mark packets: XDP runs before the kernel builds the skb that \
+                     carries the mark"
+                }
+                _ => {
+                    "cannot rewrite packets it lets through (corrupt, ecn): faultbpf does that \
+                     on tc only, where the skb says how to fix their checksums"
+                }
+            };
+            let command = match fault {
+                Fault::Ecn => "mark --ecn",
+                f => f.name(),
+            };
+            return Err(format!(
+                "--xdp {why}; with --xdp, use blackhole, reset, hang or a chaos mix of \
+                 drop/reset/hang, or run `faultbpf {command}` without --xdp"
+            ));
+        }
+        let egress = (self.direction == Direction::Both).then_some(self.attach);
+        Ok(Hooks::xdp(self.xdp_mode, egress))
+    }
+
     /// Every port flag, in one list.
     pub fn port_ranges(&self) -> Vec<PortRange> {
         [&self.ports, &self.dports, &self.sports]
@@ -450,6 +511,8 @@ pub struct ReapArgs {
     pub filters: Vec<faultbpf::reaper::Filter>,
     #[arg(long)]
     pub clsact: Vec<String>,
+    #[arg(long, value_parser = faultbpf::reaper::XdpAttachment::parse)]
+    pub xdp: Vec<faultbpf::reaper::XdpAttachment>,
 }
 
 fn either_port(s: &str) -> Result<PortRange, String> {
@@ -641,5 +704,51 @@ mod tests {
         assert_eq!(c.mix.entries().len(), 2);
         let e = parse(&["chaos", "--port", "1", "--mix", "boom:5"]).unwrap_err();
         assert!(e.to_string().contains("boom"));
+    }
+
+    #[test]
+    fn xdp_takes_the_ingress_half_of_what_it_can_do() {
+        let a = blackhole(&["--port", "1"]);
+        assert_eq!(a.hooks(&Fault::Blackhole), Ok(Hooks::tc(AttachMode::Auto)));
+        let a = blackhole(&["--port", "1", "--xdp", "--attach", "netlink"]);
+        assert_eq!(a.xdp_mode, XdpMode::Auto);
+        let both = Hooks::xdp(XdpMode::Auto, Some(AttachMode::Netlink));
+        assert_eq!(a.hooks(&Fault::Blackhole), Ok(both));
+        assert_eq!(a.hooks(&Fault::Reset), Ok(both));
+        assert_eq!(a.hooks(&Fault::Hang), Ok(both));
+        let a = blackhole(&[
+            "--port",
+            "1",
+            "--xdp",
+            "--xdp-mode",
+            "generic",
+            "--direction",
+            "ingress",
+        ]);
+        assert_eq!(
+            a.hooks(&Fault::Blackhole),
+            Ok(Hooks::xdp(XdpMode::Generic, None))
+        );
+        for (fault, needle) in [
+            (Fault::Mark { value: 1 }, "cannot mark"),
+            (Fault::Ecn, "mark --ecn"),
+            (Fault::Corrupt, "corrupt"),
+            (Fault::Chaos("drop:5,corrupt:5".parse().unwrap()), "corrupt"),
+        ] {
+            let e = a.hooks(&fault).unwrap_err();
+            assert!(e.contains("--xdp") && e.contains(needle), "{e}");
+        }
+        assert!(
+            a.hooks(&Fault::Chaos("drop:5,reset:5".parse().unwrap()))
+                .is_ok()
+        );
+        let a = blackhole(&["--port", "1", "--xdp", "--direction", "egress"]);
+        assert!(
+            a.hooks(&Fault::Blackhole)
+                .unwrap_err()
+                .contains("--direction egress")
+        );
+        let e = parse(&["blackhole", "--port", "1", "--xdp-mode", "native"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
     }
 }

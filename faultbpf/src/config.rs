@@ -15,18 +15,28 @@
 //! port = [5672]
 //! ```
 
-use std::{collections::HashSet, ops::Range, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    ops::Range,
+    path::Path,
+    time::Duration,
+};
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
     rules::Rule,
+    span::{key_span, line_col},
     spec::{RuleSpec, parse_duration},
 };
 
 /// Rules without a `ttl` last this long, unless the config says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// The port no config rule may cut without `force` (the daemon also guards
+/// its own TCP API port, which only its command line knows).
+const GUARDED_PORT: u16 = 22;
+
 /// How long the programs keep faulting without a heartbeat.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 
@@ -125,6 +135,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let default_ttl = duration(&raw.defaults.ttl, DEFAULT_TTL, "defaults.ttl")?;
 
     let mut names = HashSet::new();
+    let mut owners = HashMap::new();
     let mut rules = Vec::new();
     for (i, r) in raw.rule.iter().enumerate() {
         let spec = r.get_ref();
@@ -140,10 +151,55 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("rule `{name}`: the name is used twice"),
             ));
         }
+        // The config spells `for` as `ttl`: point at, and name, what was written.
+        let written = |field: &'static str| -> (&'static str, Range<usize>) {
+            let names: &[&'static str] = if field == "for" {
+                &["ttl", "for"]
+            } else {
+                &[field]
+            };
+            names
+                .iter()
+                .find_map(|k| key_span(text, r.span(), k).map(|s| (*k, s)))
+                .unwrap_or((field, r.span()))
+        };
         let rule = spec.to_rule(0, Some(default_ttl)).map_err(|e| {
-            let span = key_span(text, r.span(), e.field).unwrap_or(r.span());
-            at(span, format!("rule `{name}`: {e}"))
+            let (key, span) = written(e.field);
+            at(span, format!("rule `{name}`: `{key}`: {}", e.message))
         })?;
+        // What the daemon would refuse, refused here with a position, so
+        // `faultbpf check` and a reload agree with the daemon.
+        let port_key = ["port", "dport", "sport"]
+            .into_iter()
+            .find(|k| key_span(text, r.span(), k).is_some())
+            .unwrap_or("port");
+        if !spec.force
+            && rule
+                .ports
+                .iter()
+                .any(|p| (p.first..=p.last).contains(&GUARDED_PORT))
+        {
+            let (_, span) = written(port_key);
+            return Err(at(
+                span,
+                format!(
+                    "rule `{name}`: refusing to fault port {GUARDED_PORT}: it would cut ssh to \
+                     this host; add `force = true` if you mean it"
+                ),
+            ));
+        }
+        for k in rule.keys() {
+            if let Some(other) = owners.insert(k, name.clone()) {
+                let (_, span) = written(port_key);
+                return Err(at(
+                    span,
+                    format!(
+                        "rule `{name}`: port {} is already faulted by rule `{other}`",
+                        k.port()
+                    ),
+                ));
+            }
+        }
         rules.push(NamedRule {
             name,
             spec: spec.clone(),
@@ -156,32 +212,6 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         default_ttl,
         rules,
     })
-}
-
-/// Where `key = ...` starts inside `within` (a rule's table), so a bad
-/// value is reported at its own line.
-fn key_span(text: &str, within: Range<usize>, key: &str) -> Option<Range<usize>> {
-    let body = text.get(within.clone())?;
-    let mut offset = within.start;
-    for line in body.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            let col = line.len() - trimmed.len();
-            return Some(offset + col..offset + line.len());
-        }
-        offset += line.len();
-    }
-    None
-}
-
-/// 1-based line and column of byte `offset`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
@@ -243,6 +273,29 @@ ttl = "10s"
 
         let e = err("[[rule]]\nfault = \"blackhole\"\nport = [5]\n");
         assert!(e.contains("needs a `name`"), "{e}");
+    }
+
+    #[test]
+    fn ttl_errors_point_at_ttl() {
+        let e = err("[[rule]]\nname = \"x\"\nfault = \"blackhole\"\nport = [5]\nttl = \"soon\"\n");
+        assert!(e.starts_with("f.toml:5:1:"), "{e}");
+        assert!(e.contains("`ttl`") && !e.contains("`for`"), "{e}");
+    }
+
+    #[test]
+    fn what_the_daemon_refuses_is_refused_here() {
+        let e = err("[[rule]]\nname = \"x\"\nfault = \"blackhole\"\ndport = [\"20-30\"]\n");
+        assert!(e.starts_with("f.toml:4:1:") && e.contains("port 22"), "{e}");
+        let forced = "[[rule]]\nname = \"x\"\nfault = \"blackhole\"\nport = [22]\nforce = true\n";
+        assert!(parse("f.toml", forced).is_ok());
+        let e = err(
+            "[[rule]]\nname = \"a\"\nfault = \"blackhole\"\nport = [5]\n\
+             [[rule]]\nname = \"b\"\nfault = \"reset\"\nport = [\"4-6\"]\n",
+        );
+        assert!(
+            e.starts_with("f.toml:8:1:") && e.contains("rule `a`"),
+            "{e}"
+        );
     }
 
     #[test]

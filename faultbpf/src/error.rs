@@ -20,6 +20,12 @@ pub enum Error {
          (CONFIG_BPF_SYSCALL, CONFIG_DEBUG_INFO_BTF), 5.x or later?"
     )]
     Load(#[source] anyhow::Error),
+    /// The kernel refused the XDP program (`--xdp`).
+    #[error(
+        "could not load the XDP program (--xdp needs Linux 5.18 or later, for \
+         bpf_xdp_load_bytes); run without --xdp to fault ingress with tc"
+    )]
+    XdpLoad(#[source] anyhow::Error),
     /// Attaching to one interface failed.
     #[error("could not attach to interface `{iface}` ({hook})")]
     Attach {
@@ -56,6 +62,14 @@ impl Error {
             Self::PermissionDenied(e)
         } else {
             Self::Load(e)
+        }
+    }
+
+    /// Wraps an XDP program load error, telling "not allowed" apart.
+    pub(crate) fn xdp_load(e: impl Into<anyhow::Error>) -> Self {
+        match Self::load(e) {
+            Self::Load(e) => Self::XdpLoad(e),
+            other => other,
         }
     }
 

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 use faultbpf::{
-    Fault, Injector, Rule, iface,
+    Fault, Hooks, Injector, Rule, iface,
     report::{self, Report, RuleReport},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -50,13 +50,14 @@ pub fn rule_from(fault: Fault, args: &FaultArgs) -> Rule {
 }
 
 pub fn run(fault: Fault, args: FaultArgs) -> Result<(), Failure> {
+    let hooks = args.hooks(&fault).map_err(Failure::Usage)?;
     let ifaces = interfaces(&args.ifaces)?;
     let rule = rule_from(fault, &args);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
-    rt.block_on(serve(rule, ifaces, &args))
+    rt.block_on(serve(rule, ifaces, hooks, &args))
 }
 
 /// The interfaces to attach to: the ones named (each must exist), or every
@@ -87,11 +88,16 @@ pub fn interfaces(named: &[String]) -> Result<Vec<String>, Failure> {
     Ok(out)
 }
 
-async fn serve(rule: Rule, ifaces: Vec<String>, args: &FaultArgs) -> Result<(), Failure> {
+async fn serve(
+    rule: Rule,
+    ifaces: Vec<String>,
+    hooks: Hooks,
+    args: &FaultArgs,
+) -> Result<(), Failure> {
     let mut sigint = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
 
-    let mut inj = Injector::attach(&ifaces, args.attach)?;
+    let mut inj = Injector::attach_hooks(&ifaces, hooks)?;
     inj.renew_lease(LEASE)?;
     inj.insert(&rule)?;
     let started = Instant::now();
@@ -99,7 +105,7 @@ async fn serve(rule: Rule, ifaces: Vec<String>, args: &FaultArgs) -> Result<(), 
         "faultbpf: active: {} on {} via {}; {}",
         rule.describe(),
         ifaces.join(", "),
-        inj.mode().name(),
+        inj.attach_name(),
         match rule.lasts {
             Some(d) => format!("heals in {}", humantime::format_duration(d)),
             None => "Ctrl-C to heal".into(),
@@ -137,11 +143,11 @@ async fn serve(rule: Rule, ifaces: Vec<String>, args: &FaultArgs) -> Result<(), 
 
     // Read the counters before detaching: they die with the maps.
     let counters = inj.counters(rule.id)?;
-    let mode = inj.mode().name();
+    let mode = inj.attach_name();
     drop(inj);
     if args.json {
         let r = Report {
-            attach: mode,
+            attach: &mode,
             interfaces: &ifaces,
             rules: vec![RuleReport::new(&rule, &counters)],
         };

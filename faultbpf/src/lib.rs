@@ -17,10 +17,11 @@ pub mod reaper;
 pub mod report;
 pub mod rules;
 pub mod scenario;
+mod span;
 pub mod spec;
 pub mod target;
 
 pub use error::Error;
 pub use faults::Fault;
-pub use loader::{AttachMode, Injector};
+pub use loader::{AttachMode, Hooks, Injector, XdpMode};
 pub use rules::{Direction, Proto, Rule};

@@ -6,6 +6,14 @@
 //! Netlink (cls_bpf) filters do not die with their process, so on that path
 //! a reaper process removes them if we die first (`reaper.rs`), and the
 //! lease in the `LEASE` map makes them inert anyway.
+//!
+//! With `--xdp` ([`Hooks::xdp`]) the XDP program `faultbpf_xdp` takes the
+//! ingress half instead of the tc ingress program, native (in the driver)
+//! or generic, and the tc egress program keeps the egress half if asked.
+//! aya attaches XDP with a bpf_link (Linux >= 5.9), which dies with its
+//! file descriptor like a TCX link. Only where the kernel refuses XDP links
+//! does aya fall back to netlink, whose attachment outlives the process:
+//! those are detached on drop here, and by the reaper if we die.
 
 use std::time::Duration;
 
@@ -16,14 +24,15 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        links::FdLink,
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError},
     },
     util::KernelVersion,
 };
 use faultbpf_common::{
     COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP, RULES_MAP,
-    RuleCounters, RuleKey, RuleValue,
+    RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -69,6 +78,86 @@ impl AttachMode {
     }
 }
 
+/// How the XDP program is attached (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    /// Native where the driver supports it, generic otherwise (per interface).
+    Auto,
+    /// In the driver, before the kernel builds an skb: the cheap drop.
+    Native,
+    /// In the kernel's receive path, on the skb: works on every device.
+    Generic,
+}
+
+impl XdpMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// The modes to try, in order.
+    fn candidates(self) -> &'static [Self] {
+        match self {
+            Self::Auto => &[Self::Native, Self::Generic],
+            Self::Native => &[Self::Native],
+            Self::Generic => &[Self::Generic],
+        }
+    }
+
+    /// aya's mode (`XDP_FLAGS_DRV_MODE` / `XDP_FLAGS_SKB_MODE`), and the
+    /// hook name errors show.
+    fn flags(self) -> (AyaXdpMode, &'static str) {
+        match self {
+            Self::Generic => (AyaXdpMode::Skb, "xdp generic"),
+            _ => (AyaXdpMode::Driver, "xdp native"),
+        }
+    }
+}
+
+/// Which programs attach where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hooks {
+    /// How the tc programs attach.
+    pub tc: AttachMode,
+    /// `Some`: the XDP program takes the ingress half, in this mode, and
+    /// the tc ingress program is not attached.
+    pub xdp: Option<XdpMode>,
+    /// Whether the tc egress program attaches (always true without XDP).
+    pub egress: bool,
+}
+
+impl Hooks {
+    /// Both tc programs, attached in `mode`.
+    pub fn tc(mode: AttachMode) -> Self {
+        Self {
+            tc: mode,
+            xdp: None,
+            egress: true,
+        }
+    }
+
+    /// XDP for ingress, plus the tc egress program (attached in `egress`'s
+    /// mode) if `egress` is `Some`.
+    pub fn xdp(xdp: XdpMode, egress: Option<AttachMode>) -> Self {
+        Self {
+            tc: egress.unwrap_or(AttachMode::Auto),
+            xdp: Some(xdp),
+            egress: egress.is_some(),
+        }
+    }
+
+    fn tc_hooks(self) -> impl Iterator<Item = (&'static str, TcAttachType, &'static str)> {
+        HOOKS.into_iter().filter(move |(_, hook, _)| match hook {
+            TcAttachType::Egress => self.egress,
+            _ => self.xdp.is_none(),
+        })
+    }
+}
+
 const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (INGRESS_PROGRAM, TcAttachType::Ingress, "ingress"),
     (EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
@@ -80,6 +169,13 @@ pub struct Injector {
     ebpf: Ebpf,
     links: Vec<SchedClassifierLink>,
     mode: AttachMode,
+    hooks: Hooks,
+    /// XDP links (fd-owned) and the mode each interface got.
+    xdp_links: Vec<FdLink>,
+    xdp_modes: Vec<(String, XdpMode)>,
+    /// XDP programs aya could only attach through netlink: they outlive
+    /// us, so we (and the reaper) detach them.
+    xdp_netlink: Vec<reaper::XdpAttachment>,
     interfaces: Vec<String>,
     /// Netlink filters we attached and clsact qdiscs we created, for the
     /// reaper (netlink path only).
@@ -92,6 +188,16 @@ impl Injector {
     /// Loads the programs and attaches them on ingress and egress of each
     /// interface. Nothing acts until a rule is inserted.
     pub fn attach(interfaces: &[String], mode: AttachMode) -> Result<Self, Error> {
+        Self::attach_hooks(interfaces, Hooks::tc(mode))
+    }
+
+    /// Like [`Injector::attach`], with the XDP program for ingress if
+    /// `hooks.xdp` says so.
+    ///
+    /// # Minimum kernel version
+    ///
+    /// 5.18 for the XDP program (`bpf_xdp_load_bytes`).
+    pub fn attach_hooks(interfaces: &[String], hooks: Hooks) -> Result<Self, Error> {
         for i in interfaces {
             if iface::index(i).is_none() {
                 return Err(Error::NoSuchInterface(i.clone()));
@@ -102,10 +208,17 @@ impl Injector {
         for (name, _, _) in HOOKS {
             program(&mut ebpf, name)?.load().map_err(Error::load)?;
         }
+        if hooks.xdp.is_some() {
+            xdp_program(&mut ebpf)?.load().map_err(Error::xdp_load)?;
+        }
         let mut inj = Self {
             ebpf,
             links: Vec::new(),
-            mode: mode.resolve(),
+            mode: hooks.tc.resolve(),
+            hooks,
+            xdp_links: Vec::new(),
+            xdp_modes: Vec::new(),
+            xdp_netlink: Vec::new(),
             interfaces: interfaces.to_vec(),
             filters: Vec::new(),
             added_clsact: Vec::new(),
@@ -114,13 +227,23 @@ impl Injector {
         for i in interfaces {
             inj.attach_one(i)?;
         }
-        if inj.mode == AttachMode::Netlink {
-            inj.reaper = Some(reaper::spawn(&inj.filters, &inj.added_clsact)?);
+        if inj.mode == AttachMode::Netlink || !inj.xdp_netlink.is_empty() {
+            inj.reaper = Some(reaper::spawn(
+                &inj.filters,
+                &inj.added_clsact,
+                &inj.xdp_netlink,
+            )?);
         }
         Ok(inj)
     }
 
     fn attach_one(&mut self, ifname: &str) -> Result<(), Error> {
+        if let Some(want) = self.hooks.xdp {
+            self.attach_xdp(ifname, want)?;
+        }
+        if self.hooks.tc_hooks().next().is_none() {
+            return Ok(());
+        }
         if self.mode == AttachMode::Netlink {
             match tc::qdisc_add_clsact(ifname) {
                 Ok(()) => self.added_clsact.push(ifname.to_string()),
@@ -128,7 +251,7 @@ impl Injector {
                 Err(e) => return Err(Error::attach(ifname, "clsact qdisc", e)),
             }
         }
-        for (name, hook, hook_name) in HOOKS {
+        for (name, hook, hook_name) in self.hooks.tc_hooks() {
             let opts = match self.mode {
                 AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
                 _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
@@ -148,6 +271,64 @@ impl Injector {
         Ok(())
     }
 
+    /// Attaches the XDP program to `ifname`: each mode `want` allows, in
+    /// order, until one works.
+    fn attach_xdp(&mut self, ifname: &str, want: XdpMode) -> Result<(), Error> {
+        let prog = xdp_program(&mut self.ebpf)?;
+        let mut failed = None;
+        for &mode in want.candidates() {
+            let (flags, hook_name) = mode.flags();
+            let id = match prog.attach(ifname, flags) {
+                Ok(id) => id,
+                Err(e) => {
+                    failed = Some(Error::attach(ifname, hook_name, e));
+                    continue;
+                }
+            };
+            let link = prog
+                .take_link(id)
+                .map_err(|e| Error::attach(ifname, hook_name, e))?;
+            match FdLink::try_from(link) {
+                Ok(fd) => self.xdp_links.push(fd),
+                // aya fell back to netlink (no XDP links before Linux 5.9),
+                // and dropped its handle without detaching: ours to remove.
+                Err(_) => self.xdp_netlink.push(reaper::XdpAttachment {
+                    iface: ifname.to_string(),
+                    generic: mode == XdpMode::Generic,
+                }),
+            }
+            self.xdp_modes.push((ifname.to_string(), mode));
+            return Ok(());
+        }
+        Err(failed
+            .unwrap_or_else(|| Error::attach(ifname, "xdp", anyhow::anyhow!("no XDP mode to try"))))
+    }
+
+    /// How the programs are attached, for people and for `--json`: the tc
+    /// mode (`tcx`, `netlink`), or with XDP `xdp-native` / `xdp-generic`
+    /// (`xdp-native(eth0)+xdp-generic(lo)` when interfaces differ), then
+    /// `+tcx` or `+netlink` when the tc egress program is attached too.
+    pub fn attach_name(&self) -> String {
+        if self.hooks.xdp.is_none() {
+            return self.mode.name().to_string();
+        }
+        let first = self.xdp_modes.first().map(|(_, m)| *m);
+        let mut out = if self.xdp_modes.iter().all(|(_, m)| Some(*m) == first) {
+            format!("xdp-{}", first.map_or("none", XdpMode::name))
+        } else {
+            self.xdp_modes
+                .iter()
+                .map(|(i, m)| format!("xdp-{}({i})", m.name()))
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        if self.hooks.egress {
+            out.push('+');
+            out.push_str(self.mode.name());
+        }
+        out
+    }
+
     /// Attaches to one more interface (a container's new veth, say).
     pub fn attach_interface(&mut self, ifname: &str) -> Result<(), Error> {
         if iface::index(ifname).is_none() {
@@ -160,7 +341,11 @@ impl Injector {
             if let Some(old) = self.reaper.take() {
                 old.dismiss();
             }
-            self.reaper = Some(reaper::spawn(&self.filters, &self.added_clsact)?);
+            self.reaper = Some(reaper::spawn(
+                &self.filters,
+                &self.added_clsact,
+                &self.xdp_netlink,
+            )?);
         }
         Ok(())
     }
@@ -299,6 +484,10 @@ impl Drop for Injector {
     /// there is nothing left to do.
     fn drop(&mut self) {
         self.links.clear();
+        self.xdp_links.clear();
+        for x in &self.xdp_netlink {
+            x.remove();
+        }
         for i in &self.added_clsact {
             reaper::remove_clsact(i);
         }
@@ -312,6 +501,15 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
     let p = ebpf.program_mut(name).ok_or_else(|| {
         Error::load(anyhow::anyhow!(
             "program `{name}` is missing from the object"
+        ))
+    })?;
+    p.try_into().map_err(Error::load)
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
+    let p = ebpf.program_mut(XDP_PROGRAM).ok_or_else(|| {
+        Error::load(anyhow::anyhow!(
+            "program `{XDP_PROGRAM}` is missing from the object"
         ))
     })?;
     p.try_into().map_err(Error::load)

@@ -32,7 +32,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Scenario(ScenarioCommand::Run { file, json }) => {
-            scenario::run(&file, json, &client).map_err(Failure::from)
+            match scenario::run(&file, json, &client) {
+                Ok(code) => return ExitCode::from(code),
+                Err(e) => Err(Failure::Runtime(e)),
+            }
         }
         Command::Scenario(ScenarioCommand::Check { file }) => {
             scenario::check(&file).map_err(Failure::from)
@@ -53,7 +56,7 @@ fn main() -> ExitCode {
         Command::Stats { watch, json } => remote::stats(&client, watch, json),
         Command::Check { file } => check(&file),
         Command::Reap(args) => {
-            faultbpf::reaper::run(&args.filters, &args.clsact);
+            faultbpf::reaper::run(&args.filters, &args.clsact, &args.xdp);
             Ok(())
         }
     };
@@ -107,7 +110,8 @@ fn daemon_for<'a>(args: &FaultArgs, client: &'a Client) -> Result<Option<&'a Cli
         t.enter().map_err(|e| Failure::Runtime(e.into()))?;
         return Ok(None);
     }
-    Ok((!args.standalone && client.is_up()).then_some(client))
+    // --xdp attaches its own program: standalone only.
+    Ok((!args.standalone && !args.xdp && client.is_up()).then_some(client))
 }
 
 /// `faultbpf check FILE`.

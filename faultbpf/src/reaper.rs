@@ -6,6 +6,11 @@
 //! any way closes the pipe without it, and the reaper removes exactly the
 //! filters the parent attached. TCX links need none of this: they die with
 //! their file descriptors.
+//!
+//! The same goes for XDP: aya attaches it with a bpf_link, which dies with
+//! its file descriptor, except on kernels without XDP links (before 5.9)
+//! where it falls back to netlink. Those attachments ([`XdpAttachment`])
+//! are detached by the parent on exit and by the reaper if it dies.
 
 use std::{
     io::{BufRead, Write},
@@ -16,6 +21,8 @@ use aya::programs::{
     TcAttachType,
     tc::{SchedClassifierLink, TcHandle},
 };
+
+use faultbpf_common::XDP_PROGRAM;
 
 use crate::error::Error;
 
@@ -81,6 +88,72 @@ impl Filter {
     }
 }
 
+/// An XDP program attached through netlink, as given to `__reap --xdp`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpAttachment {
+    pub iface: String,
+    /// Generic (skb) mode; native (driver) mode otherwise.
+    pub generic: bool,
+}
+
+impl XdpAttachment {
+    /// `IFACE:native|generic`.
+    pub fn to_arg(&self) -> String {
+        let mode = if self.generic { "generic" } else { "native" };
+        format!("{}:{mode}", self.iface)
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad XDP attachment `{s}`: expected IFACE:native|generic");
+        let (iface, mode) = s.rsplit_once(':').ok_or_else(bad)?;
+        let generic = match mode {
+            "generic" => true,
+            "native" => false,
+            _ => return Err(bad()),
+        };
+        if iface.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            iface: iface.to_string(),
+            generic,
+        })
+    }
+
+    /// Detaches the program, unless the one attached there now is not
+    /// ours (someone replaced it). aya has no public netlink detach, hence
+    /// `ip`.
+    pub fn remove(&self) {
+        if !xdp_program_is_ours(&self.iface) {
+            return;
+        }
+        let mode = if self.generic { "xdpgeneric" } else { "xdpdrv" };
+        let _ = Command::new("ip")
+            .args(["link", "set", "dev", &self.iface, mode, "off"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether `ip -d -j link show` names faultbpf's XDP program on `iface`.
+fn xdp_program_is_ours(iface: &str) -> bool {
+    let Ok(out) = Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", iface])
+        .output()
+    else {
+        return false;
+    };
+    let Ok(links) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    let xdp = &links[0]["xdp"];
+    // One program: `xdp.prog`; several modes at once: `xdp.attached[].prog`.
+    let attached = xdp["attached"].as_array().cloned().unwrap_or_default();
+    std::iter::once(xdp)
+        .chain(attached.iter())
+        .any(|a| a["prog"]["name"].as_str() == Some(XDP_PROGRAM))
+}
+
 /// The parent's end of the pipe.
 pub struct Guard {
     child: Child,
@@ -96,8 +169,8 @@ impl Guard {
     }
 }
 
-/// Starts `faultbpf __reap` for these filters and qdiscs.
-pub fn spawn(filters: &[Filter], clsact: &[String]) -> Result<Guard, Error> {
+/// Starts `faultbpf __reap` for these filters, qdiscs and XDP attachments.
+pub fn spawn(filters: &[Filter], clsact: &[String], xdp: &[XdpAttachment]) -> Result<Guard, Error> {
     let exe = std::env::current_exe().map_err(|source| Error::Io {
         what: "could not find our own executable to start the reaper".into(),
         source,
@@ -109,6 +182,9 @@ pub fn spawn(filters: &[Filter], clsact: &[String]) -> Result<Guard, Error> {
     }
     for i in clsact {
         cmd.arg("--clsact").arg(i);
+    }
+    for x in xdp {
+        cmd.arg("--xdp").arg(x.to_arg());
     }
     // Its own process group: a Ctrl-C on the terminal must reach only the
     // parent, which then dismisses the reaper. No stdout/stderr: whoever
@@ -129,7 +205,7 @@ pub fn spawn(filters: &[Filter], clsact: &[String]) -> Result<Guard, Error> {
 }
 
 /// The reaper's body: wait for the parent, clean up if it died.
-pub fn run(filters: &[Filter], clsact: &[String]) {
+pub fn run(filters: &[Filter], clsact: &[String], xdp: &[XdpAttachment]) {
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
     if line.trim() == "done" {
@@ -140,6 +216,9 @@ pub fn run(filters: &[Filter], clsact: &[String]) {
     }
     for i in clsact {
         remove_clsact(i);
+    }
+    for x in xdp {
+        x.remove();
     }
 }
 
@@ -178,5 +257,23 @@ mod tests {
         assert_eq!(Filter::parse(&f.to_arg()).unwrap(), f);
         assert!(Filter::parse("veth0:sideways:1:1").is_err());
         assert!(Filter::parse(":ingress:1:1").is_err());
+    }
+
+    #[test]
+    fn xdp_arg_round_trips() {
+        for generic in [false, true] {
+            let x = XdpAttachment {
+                iface: "eth0".into(),
+                generic,
+            };
+            assert_eq!(XdpAttachment::parse(&x.to_arg()).unwrap(), x);
+        }
+        assert_eq!(
+            XdpAttachment::parse("veth0:native").unwrap().to_arg(),
+            "veth0:native"
+        );
+        assert!(XdpAttachment::parse("veth0:offload").is_err());
+        assert!(XdpAttachment::parse(":generic").is_err());
+        assert!(XdpAttachment::parse("veth0").is_err());
     }
 }

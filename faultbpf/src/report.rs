@@ -42,7 +42,9 @@ impl RuleReport {
 /// Everything `--json` prints on exit, on one line.
 #[derive(Debug, Serialize)]
 pub struct Report<'a> {
-    pub attach: &'static str,
+    /// `tcx`, `netlink`, or with `--xdp` e.g. `xdp-native+tcx`
+    /// (`Injector::attach_name`).
+    pub attach: &'a str,
     pub interfaces: &'a [String],
     pub rules: Vec<RuleReport>,
 }

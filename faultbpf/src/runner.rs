@@ -61,14 +61,15 @@ pub fn run(fault: Fault, args: FaultArgs, client: Option<&Client>) -> Result<u8,
         }
         None => {
             let ifaces = foreground::interfaces(&args.ifaces)?;
-            let mut inj = Injector::attach(&ifaces, args.attach)?;
+            let hooks = args.hooks(&rule.fault).map_err(Failure::Usage)?;
+            let mut inj = Injector::attach_hooks(&ifaces, hooks)?;
             inj.renew_lease(LEASE)?;
             inj.insert(&rule)?;
             eprintln!(
                 "faultbpf: active: {} on {} via {}; running {program}",
                 rule.describe(),
                 ifaces.join(", "),
-                inj.mode().name()
+                inj.attach_name()
             );
             let code = rt.block_on(supervise(&mut cmd, program, || {
                 inj.renew_lease(LEASE)

@@ -12,6 +12,7 @@
 
 pub mod attach;
 pub mod daemon;
+pub mod deps;
 pub mod fault_kit;
 pub mod faultbpf;
 pub mod frames;
