@@ -228,11 +228,7 @@ impl Injector {
             inj.attach_one(i)?;
         }
         if inj.mode == AttachMode::Netlink || !inj.xdp_netlink.is_empty() {
-            inj.reaper = Some(reaper::spawn(
-                &inj.filters,
-                &inj.added_clsact,
-                &inj.xdp_netlink,
-            )?);
+            inj.respawn_reaper();
         }
         Ok(inj)
     }
@@ -337,17 +333,27 @@ impl Injector {
         self.attach_one(ifname)?;
         self.interfaces.push(ifname.to_string());
         // The reaper was told the filters of its time; tell a new one all.
-        if self.mode == AttachMode::Netlink {
-            if let Some(old) = self.reaper.take() {
-                old.dismiss();
-            }
-            self.reaper = Some(reaper::spawn(
-                &self.filters,
-                &self.added_clsact,
-                &self.xdp_netlink,
-            )?);
+        if self.mode == AttachMode::Netlink || !self.xdp_netlink.is_empty() {
+            self.respawn_reaper();
         }
         Ok(())
+    }
+
+    /// (Re)starts the reaper for every filter attached so far. Without one
+    /// (the library inside a program that cannot find the faultbpf binary)
+    /// we still run: our own exit detaches, and the lease, where the owner
+    /// renews one, makes filters left by a crash inert.
+    fn respawn_reaper(&mut self) {
+        if let Some(old) = self.reaper.take() {
+            old.dismiss();
+        }
+        match reaper::spawn(&self.filters, &self.added_clsact, &self.xdp_netlink) {
+            Ok(r) => self.reaper = Some(r),
+            Err(e) => eprintln!(
+                "faultbpf: warning: no reaper, a crash would leave tc filters behind: {}",
+                crate::error::chain(&e)
+            ),
+        }
     }
 
     /// Drops interfaces that no longer exist (their links went with them).

@@ -14,6 +14,7 @@
 
 use std::{
     io::{BufRead, Write},
+    path::PathBuf,
     process::{Child, ChildStdin, Command, Stdio},
 };
 
@@ -171,9 +172,11 @@ impl Guard {
 
 /// Starts `faultbpf __reap` for these filters, qdiscs and XDP attachments.
 pub fn spawn(filters: &[Filter], clsact: &[String], xdp: &[XdpAttachment]) -> Result<Guard, Error> {
-    let exe = std::env::current_exe().map_err(|source| Error::Io {
-        what: "could not find our own executable to start the reaper".into(),
-        source,
+    let exe = reaper_exe().ok_or_else(|| Error::Io {
+        what: "could not find the faultbpf executable to start the reaper \
+               (put it on PATH or set FAULTBPF_BIN)"
+            .into(),
+        source: std::io::ErrorKind::NotFound.into(),
     })?;
     let mut cmd = Command::new(exe);
     cmd.arg("__reap");
@@ -202,6 +205,30 @@ pub fn spawn(filters: &[Filter], clsact: &[String], xdp: &[XdpAttachment]) -> Re
         })?;
     let stdin = child.stdin.take().expect("stdin was piped");
     Ok(Guard { child, stdin })
+}
+
+/// The program that knows `__reap`: ourselves when we are faultbpf; for
+/// the library inside another program (a test binary), `$FAULTBPF_BIN` or
+/// `faultbpf` on PATH.
+fn reaper_exe() -> Option<PathBuf> {
+    let me = std::env::current_exe().ok();
+    if me
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "faultbpf")
+    {
+        return me;
+    }
+    if let Some(p) = std::env::var_os("FAULTBPF_BIN").map(PathBuf::from)
+        && p.is_file()
+    {
+        return Some(p);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("faultbpf"))
+            .find(|p| p.is_file())
+    })
 }
 
 /// The reaper's body: wait for the parent, clean up if it died.
