@@ -26,6 +26,16 @@ pub fn sum<const N: usize>(buf: &mut Words<N>, seed: u32) -> Result<u32, ()> {
     if r < 0 { Err(()) } else { Ok(r as u32) }
 }
 
+/// One's complement sum of `len` bytes at `ptr` (a multiple of 4, in a
+/// map value or on the stack) added to `seed` (unfolded).
+#[inline(always)]
+pub fn sum_raw(ptr: *mut u8, len: u32, seed: u32) -> Result<u32, ()> {
+    // SAFETY: the caller passes `len` valid bytes at `ptr`; the helper
+    // rejects sizes that are not a multiple of 4.
+    let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ptr.cast(), len, seed) };
+    if r < 0 { Err(()) } else { Ok(r as u32) }
+}
+
 /// Sum of the bytes `to` minus the bytes `from`, for an incremental update
 /// with `bpf_l4_csum_replace(.., 0, diff, 0)`.
 #[inline(always)]

@@ -24,3 +24,15 @@ pub static LEASE: Array<Lease> = Array::with_max_entries(1, 0);
 /// rule that has peers, whatever their number.
 #[map]
 pub static PEERS: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(MAX_PEERS, 0);
+
+/// Room to build an answer (ICMPv6 unreachable: 96 bytes plus 8 of
+/// pseudo-header) outside the 512-byte stack.
+pub const SCRATCH_LEN: usize = 104;
+
+/// A 4-byte aligned buffer, as `bpf_csum_diff` reads 32-bit words.
+#[repr(C, align(8))]
+pub struct Scratch(pub [u8; SCRATCH_LEN]);
+
+/// One scratch buffer per CPU.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

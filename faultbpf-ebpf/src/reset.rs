@@ -32,7 +32,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
 use faultbpf_common::{PROTO_TCP, PROTO_UDP};
@@ -40,6 +40,7 @@ use faultbpf_common::{PROTO_TCP, PROTO_UDP};
 use crate::{
     actions::Hook,
     csum::{self, Words},
+    maps::{SCRATCH, SCRATCH_LEN},
     parse::{Flow, TCP_HDR_LEN, UDP_HDR_LEN},
 };
 
@@ -186,6 +187,9 @@ fn trim_tcp(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
 
 /// ICMP port unreachable for an IPv4/UDP datagram without IP options:
 /// [eth][new IPv4][ICMP][quoted IPv4 header + 8 bytes of UDP].
+///
+/// Built in the per-CPU `SCRATCH` buffer, not on the stack: the tc
+/// programs are close to the verifier's 512-byte stack limit.
 #[inline(always)]
 fn udp4(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
     const QUOTE: usize = IPV4_HDR_LEN + UDP_HDR_LEN;
@@ -193,38 +197,34 @@ fn udp4(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
     if f.l4 != f.l3 + IPV4_HDR_LEN {
         return Err(());
     }
-    let q: Words<QUOTE> = ctx.load(f.l3).map_err(|_| ())?;
-    let q = q.0;
+    let b = scratch()?;
+    // [0..20) new IP header, [20..28) ICMP header, [28..56) the quote.
+    b.fill(0);
+    load_into(ctx, f.l3, &mut b[ROOM..ROOM + QUOTE])?;
     make_room(ctx, f.l3 + QUOTE, ROOM)?;
 
-    let mut ip = Words([0u8; IPV4_HDR_LEN]);
     let tot = ((ROOM + QUOTE) as u16).to_be_bytes();
-    ip.0[0] = 0x45;
-    ip.0[2] = tot[0];
-    ip.0[3] = tot[1];
-    ip.0[8] = REPLY_TTL;
-    ip.0[9] = IPPROTO_ICMP;
+    b[0] = 0x45;
+    b[2] = tot[0];
+    b[3] = tot[1];
+    b[8] = REPLY_TTL;
+    b[9] = IPPROTO_ICMP;
     for i in 0..4 {
-        ip.0[12 + i] = q[16 + i];
-        ip.0[16 + i] = q[12 + i];
+        b[12 + i] = b[ROOM + 16 + i];
+        b[16 + i] = b[ROOM + 12 + i];
     }
-    let c = csum::finish(csum::sum(&mut ip, 0)?);
-    ip.0[10] = c[0];
-    ip.0[11] = c[1];
-
+    let c = csum::finish(csum::sum_raw(b.as_mut_ptr(), IPV4_HDR_LEN as u32, 0)?);
+    b[10] = c[0];
+    b[11] = c[1];
     // Type 3 (destination unreachable), code 3 (port unreachable).
-    let mut icmp = Words([0u8; ICMP_HDR_LEN + QUOTE]);
-    icmp.0[0] = 3;
-    icmp.0[1] = 3;
-    for i in 0..QUOTE {
-        icmp.0[ICMP_HDR_LEN + i] = q[i];
-    }
-    let c = csum::finish(csum::sum(&mut icmp, 0)?);
-    icmp.0[2] = c[0];
-    icmp.0[3] = c[1];
-
-    ctx.store(f.l3, &ip, 0).map_err(|_| ())?;
-    ctx.store(f.l3 + IPV4_HDR_LEN, &icmp, 0).map_err(|_| ())
+    b[IPV4_HDR_LEN] = 3;
+    b[IPV4_HDR_LEN + 1] = 3;
+    // SAFETY: the ICMP part lies inside the scratch buffer.
+    let icmp = unsafe { b.as_mut_ptr().add(IPV4_HDR_LEN) };
+    let c = csum::finish(csum::sum_raw(icmp, (ICMP_HDR_LEN + QUOTE) as u32, 0)?);
+    b[IPV4_HDR_LEN + 2] = c[0];
+    b[IPV4_HDR_LEN + 3] = c[1];
+    store_from(ctx, f.l3, &b[..ROOM + QUOTE])
 }
 
 /// ICMPv6 port unreachable for an IPv6/UDP datagram without extension
@@ -234,48 +234,87 @@ fn udp6(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
     const QUOTE: usize = IPV6_HDR_LEN + UDP_HDR_LEN;
     const ROOM: usize = IPV6_HDR_LEN + ICMP_HDR_LEN;
     const ICMP_LEN: usize = ICMP_HDR_LEN + QUOTE;
+    /// Where the pseudo-header's length and next-header words go.
+    const TAIL: usize = ROOM + QUOTE;
     if f.l4 != f.l3 + IPV6_HDR_LEN {
         return Err(());
     }
-    let q: Words<QUOTE> = ctx.load(f.l3).map_err(|_| ())?;
-    let q = q.0;
+    let b = scratch()?;
+    // [0..40) new IPv6 header, [40..48) ICMPv6 header, [48..96) the quote,
+    // [96..104) the rest of the pseudo-header.
+    b.fill(0);
+    load_into(ctx, f.l3, &mut b[ROOM..ROOM + QUOTE])?;
     make_room(ctx, f.l3 + QUOTE, ROOM)?;
 
-    let mut ip = Words([0u8; IPV6_HDR_LEN]);
     let plen = (ICMP_LEN as u16).to_be_bytes();
-    ip.0[0] = 0x60;
-    ip.0[4] = plen[0];
-    ip.0[5] = plen[1];
-    ip.0[6] = IPPROTO_ICMPV6;
-    ip.0[7] = REPLY_TTL;
+    b[0] = 0x60;
+    b[4] = plen[0];
+    b[5] = plen[1];
+    b[6] = IPPROTO_ICMPV6;
+    b[7] = REPLY_TTL;
     for i in 0..16 {
-        ip.0[8 + i] = q[24 + i];
-        ip.0[24 + i] = q[8 + i];
+        b[8 + i] = b[ROOM + 24 + i];
+        b[24 + i] = b[ROOM + 8 + i];
     }
-
-    // The ICMPv6 checksum covers a pseudo-header: addresses, length, next
-    // header.
-    let mut pseudo = Words([0u8; 40]);
-    for i in 0..32 {
-        pseudo.0[i] = ip.0[8 + i];
-    }
-    pseudo.0[34] = plen[0];
-    pseudo.0[35] = plen[1];
-    pseudo.0[39] = IPPROTO_ICMPV6;
+    // The ICMPv6 checksum covers a pseudo-header: both addresses (in the
+    // new header), the length and the next header.
+    b[TAIL + 2] = plen[0];
+    b[TAIL + 3] = plen[1];
+    b[TAIL + 7] = IPPROTO_ICMPV6;
     // Type 1 (destination unreachable), code 4 (port unreachable).
-    let mut icmp = Words([0u8; ICMP_LEN]);
-    icmp.0[0] = 1;
-    icmp.0[1] = 4;
-    for i in 0..QUOTE {
-        icmp.0[ICMP_HDR_LEN + i] = q[i];
-    }
-    let s = csum::sum(&mut pseudo, 0)?;
-    let c = csum::finish(csum::sum(&mut icmp, s)?);
-    icmp.0[2] = c[0];
-    icmp.0[3] = c[1];
+    b[IPV6_HDR_LEN] = 1;
+    b[IPV6_HDR_LEN + 1] = 4;
+    let base = b.as_mut_ptr();
+    // SAFETY: every range below lies inside the scratch buffer.
+    let s = unsafe {
+        let s = csum::sum_raw(base.add(8), 32, 0)?;
+        let s = csum::sum_raw(base.add(TAIL), 8, s)?;
+        csum::sum_raw(base.add(IPV6_HDR_LEN), ICMP_LEN as u32, s)?
+    };
+    let c = csum::finish(s);
+    b[IPV6_HDR_LEN + 2] = c[0];
+    b[IPV6_HDR_LEN + 3] = c[1];
+    store_from(ctx, f.l3, &b[..ROOM + QUOTE])
+}
 
-    ctx.store(f.l3, &ip, 0).map_err(|_| ())?;
-    ctx.store(f.l3 + IPV6_HDR_LEN, &icmp, 0).map_err(|_| ())
+/// This CPU's scratch buffer for building answers.
+#[inline(always)]
+fn scratch() -> Result<&'static mut [u8; SCRATCH_LEN], ()> {
+    let p = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: a per-CPU value is only touched by this CPU, and a program
+    // run is not preempted by another run of itself on the same CPU.
+    Ok(unsafe { &mut (*p).0 })
+}
+
+/// `bpf_skb_load_bytes` into `dst` (a constant-length part of the scratch).
+#[inline(always)]
+fn load_into(ctx: &TcContext, off: usize, dst: &mut [u8]) -> Result<(), ()> {
+    // SAFETY: `dst` is valid for its length; the helper checks the packet.
+    let r = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            off as u32,
+            dst.as_mut_ptr().cast(),
+            dst.len() as u32,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(()) }
+}
+
+/// `bpf_skb_store_bytes` from `src` (a constant-length part of the scratch).
+#[inline(always)]
+fn store_from(ctx: &TcContext, off: usize, src: &[u8]) -> Result<(), ()> {
+    // SAFETY: `src` is valid for its length; the helper checks the packet.
+    let r = unsafe {
+        bpf_skb_store_bytes(
+            ctx.skb.skb.cast(),
+            off as u32,
+            src.as_ptr().cast(),
+            src.len() as u32,
+            0,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(()) }
 }
 
 /// Trims the packet to `keep` bytes (which also ends GSO), then opens
