@@ -58,6 +58,9 @@ pub enum FaultKind {
     Ecn = 6,
     /// Draw an action from `RuleValue::mix`.
     Mix = 7,
+    /// Hold the packet for `RuleValue::delay_us` (± `jitter_us`) on the
+    /// delay device, then send it on (tc only).
+    Delay = 8,
 }
 
 impl FaultKind {
@@ -76,6 +79,7 @@ impl FaultKind {
             5 => Some(Self::Mark),
             6 => Some(Self::Ecn),
             7 => Some(Self::Mix),
+            8 => Some(Self::Delay),
             _ => None,
         }
     }
@@ -157,7 +161,8 @@ pub struct RuleValue {
     pub directions: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// `Delay`: `DIST_UNIFORM` or `DIST_NORMAL` jitter.
+    pub dist: u8,
     /// Act when the draw is below `threshold`; `THRESHOLD_ALWAYS` acts on
     /// every packet and 0 on none (see `threshold_from_pct`).
     pub threshold: u32,
@@ -171,8 +176,38 @@ pub struct RuleValue {
     pub expires_ns: u64,
     /// `Mix`: the actions and their cumulative thresholds.
     pub mix: [MixEntry; MIX_LEN],
+    /// `Delay`: the mean delay and the jitter around it, in microseconds.
+    pub delay_us: u32,
+    pub jitter_us: u32,
 }
-const _: () = assert!(core::mem::size_of::<RuleValue>() == 64);
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 72);
+
+/// `RuleValue::dist`: jitter uniform in [-jitter, +jitter].
+pub const DIST_UNIFORM: u8 = 0;
+/// `RuleValue::dist`: jitter roughly normal with standard deviation jitter
+/// (a sum of three uniform draws), cut at zero delay.
+pub const DIST_NORMAL: u8 = 1;
+
+/// `RuleValue::flags`: let jitter reorder packets of a flow (by default a
+/// packet is never scheduled before the previous one of its flow).
+pub const FLAG_REORDER: u8 = 4;
+
+/// Name of the one-entry array holding the delay device's sending-end
+/// ifindex (0: no device, delay passes packets untouched).
+pub const DELAY_DEV_MAP: &str = "DELAY_DEV";
+/// Name of the tc program on the far end of the delay device, which sends
+/// held packets back where they came from.
+pub const RETURN_PROGRAM: &str = "faultbpf_ret";
+
+/// `skb->mark` of a packet on its delay detour: this magic in the top byte,
+/// `DELAY_MARK_INGRESS` if it was taken at ingress, and the ifindex it came
+/// from in the low bits. Lost on the detour, by design: an egress packet's
+/// own mark (and its priority, which must be 0 for fq to honour the
+/// delivery time).
+pub const DELAY_MARK_MAGIC: u32 = 0xfb00_0000;
+pub const DELAY_MARK_MASK: u32 = 0xff00_0000;
+pub const DELAY_MARK_INGRESS: u32 = 0x0080_0000;
+pub const DELAY_MARK_IFINDEX: u32 = 0x007f_ffff;
 
 /// `RuleValue::flags`: decide once per flow (5-tuple hash) instead of per
 /// packet.

@@ -24,7 +24,7 @@ use aya_ebpf::{
 use faultbpf_common::{FaultKind, RuleValue};
 
 use crate::{
-    corrupt, draw, mark,
+    corrupt, delay, draw, mark,
     parse::{self, Flow},
     reset,
 };
@@ -73,9 +73,9 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
             Some(n) if n > 0 => Outcome::Acted(drop(hook)),
             _ => Outcome::Untouched,
         },
-        // A packet we cannot answer (a RST, IPv4 options, ...) is still
-        // dropped: the rule's port must stay closed.
-        // Our own RSTs cross our other hook on the way out: they pass.
+        // A packet we cannot answer (IPv4 options, ...) is still dropped:
+        // the rule's port must stay closed. Our own RSTs cross our other
+        // hook on the way out: they pass.
         FaultKind::Reset => match reset::reply(ctx, flow, hook) {
             Ok(verdict) => Outcome::Acted(verdict),
             Err(reset::NoReply::Pass) => Outcome::Untouched,
@@ -87,6 +87,10 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
             Outcome::Acted(NO_VERDICT)
         }
         FaultKind::Ecn => done(mark::ecn_ce(ctx, flow)),
+        FaultKind::Delay => match delay::hold(ctx, flow, rule, hook) {
+            Some(verdict) => Outcome::Acted(verdict),
+            None => Outcome::Untouched,
+        },
         FaultKind::Mix => Outcome::Untouched,
     }
 }

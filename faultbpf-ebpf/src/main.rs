@@ -11,6 +11,7 @@ mod answer;
 mod corrupt;
 mod counters;
 mod csum;
+mod delay;
 mod draw;
 mod maps;
 mod mark;
@@ -39,6 +40,12 @@ pub fn faultbpf_out(ctx: TcContext) -> i32 {
     run(&ctx, Hook::Egress)
 }
 
+/// Far end of the delay device: held packets go back where they came from.
+#[classifier]
+pub fn faultbpf_ret(ctx: TcContext) -> i32 {
+    delay::back(&ctx)
+}
+
 /// `--xdp`: the ingress half at the driver (or generic XDP), instead of
 /// `faultbpf_in`.
 #[xdp]
@@ -48,6 +55,10 @@ pub fn faultbpf_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn run(ctx: &TcContext, hook: Hook) -> i32 {
+    // Back from the delay device: already faulted once, pass it on.
+    if delay::returning(ctx) {
+        return NO_VERDICT;
+    }
     // A packet we cannot parse is never ours: pass it untouched.
     let Some(flow) = parse::flow(ctx) else {
         return NO_VERDICT;

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use faultbpf_common::{Lease, MAX_PEERS, MAX_RULES, MAX_SLOTS, RuleCounters, RuleKey, RuleValue};
 
@@ -36,3 +36,13 @@ pub struct Scratch(pub [u8; SCRATCH_LEN]);
 /// One scratch buffer per CPU.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The delay device's sending-end ifindex; 0 while there is none.
+#[map]
+pub static DELAY_DEV: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Flows seen by delay rules: the delivery time last given to each, so
+/// jitter never schedules a packet before the one ahead of it (fq orders a
+/// flow by delivery time, so independent jitter would reorder it).
+#[map]
+pub static FLOW_LAST: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65_536, 0);

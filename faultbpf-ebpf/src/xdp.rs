@@ -107,7 +107,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
             XDP_PASS => return XDP_PASS,
             v => v,
         },
-        FaultKind::Corrupt | FaultKind::Mark | FaultKind::Ecn | FaultKind::Mix => {
+        FaultKind::Corrupt
+        | FaultKind::Mark
+        | FaultKind::Ecn
+        | FaultKind::Delay
+        | FaultKind::Mix => {
             return XDP_PASS;
         }
     };

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use faultbpf::{
     AttachMode, Direction, Fault, Hooks, Proto, XdpMode,
-    faults::Mix,
+    faults::{DelayParams, Dist, Mix},
     rules::{Peer, Per, PortRange, Side},
     spec::parse_duration,
 };
@@ -189,6 +189,18 @@ pub enum FaultCommand {
         faultbpf chaos --port 5672 --mix drop:20,reset:10\n  \
         faultbpf chaos --port 8080 --mix reset:30,hang:20 --per flow")]
     Chaos(ChaosArgs),
+
+    /// Make the port slow: deliver its packets later, in order, by the kernel
+    ///
+    /// Every matched packet arrives --ms (± --jitter) later in each direction it is
+    /// delayed, so a round trip through both grows by twice that; a flow's packets
+    /// stay in order unless --reorder. The way to make a timeout test deterministic
+    /// without touching the server. Needs the kernel's sch_fq and sch_netem modules.
+    #[command(after_help = "Examples:\n  \
+        faultbpf delay --port 5432 --ms 300                  Postgres answers 0.6 s later\n  \
+        faultbpf delay --dport 8080 --ms 50 --jitter 20ms    50 ± 20 ms on requests only\n  \
+        faultbpf delay --port 6379 --ms 100 --pct 10         one packet in ten is late")]
+    Delay(DelayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,9 +223,10 @@ pub enum ScenarioCommand {
 
 impl FaultCommand {
     /// The fault and its flags.
-    pub fn into_parts(self) -> (faultbpf::Fault, FaultArgs) {
+    /// The fault and its flags; `Err` names a bad combination of flags.
+    pub fn into_parts(self) -> Result<(faultbpf::Fault, FaultArgs), String> {
         use faultbpf::Fault;
-        match self {
+        Ok(match self {
             Self::Blackhole(a) => (Fault::Blackhole, a),
             Self::Reset(a) => (Fault::Reset, a),
             Self::Hang(a) => (Fault::Hang, a),
@@ -222,8 +235,20 @@ impl FaultCommand {
                 Some(value) => (Fault::Mark { value }, m.common),
                 None => (Fault::Ecn, m.common),
             },
-            Self::Chaos(c) => (Fault::Chaos(c.mix), c.common),
-        }
+            Self::Chaos(c) => {
+                let mut mix = c.mix;
+                if mix.delays() {
+                    mix.delay = c.delay.params(true)?;
+                } else if c.delay.ms.is_some() {
+                    return Err("--ms applies to `delay` entries, and the mix has none".into());
+                }
+                (Fault::Chaos(mix), c.common)
+            }
+            Self::Delay(d) => {
+                let params = d.delay.params(true)?.expect("required");
+                (Fault::Delay(params), d.common)
+            }
+        })
     }
 }
 
@@ -494,12 +519,76 @@ pub struct MarkArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct DelayArgs {
+    #[command(flatten)]
+    pub delay: DelayFlags,
+
+    #[command(flatten)]
+    pub common: FaultArgs,
+}
+
+/// The delay's own flags (also used by `chaos` for its `delay` entries).
+#[derive(Debug, Args)]
+pub struct DelayFlags {
+    /// Mean delay in milliseconds (fractions allowed), e.g. --ms 300 or --ms 0.5
+    #[arg(long, value_name = "MS", value_parser = parse_ms)]
+    pub ms: Option<Duration>,
+
+    /// Jitter around the mean, e.g. 20ms (default none)
+    ///
+    /// With --dist uniform (default) each packet gets mean ± up to jitter; with
+    /// --dist normal jitter is the standard deviation (never below 0 delay).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub jitter: Option<Duration>,
+
+    /// Jitter distribution: uniform or normal
+    #[arg(long, value_name = "DIST", value_enum, default_value_t = Dist::Uniform)]
+    pub dist: Dist,
+
+    /// Let jitter reorder packets of a flow (default: never before the previous one)
+    #[arg(long)]
+    pub reorder: bool,
+}
+
+impl DelayFlags {
+    /// The delay, if `--ms` was given; `needed` makes it mandatory.
+    pub fn params(&self, needed: bool) -> Result<Option<DelayParams>, String> {
+        let Some(mean) = self.ms else {
+            return if needed {
+                Err("--ms is required: the delay in milliseconds, e.g. --ms 300".into())
+            } else {
+                Ok(None)
+            };
+        };
+        DelayParams::new(
+            mean,
+            self.jitter.unwrap_or_default(),
+            self.dist,
+            self.reorder,
+        )
+        .map(Some)
+    }
+}
+
+fn parse_ms(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of milliseconds, e.g. 300 or 0.5"))?;
+    faultbpf::faults::delay::ms(v)
+}
+
+#[derive(Debug, Args)]
 pub struct ChaosArgs {
     /// The mix: ACTION:PCT,... with actions drop, reset, hang, corrupt (sum <= 100)
     ///
     /// Example: --mix drop:20,reset:10,corrupt:5 (65 % of packets pass untouched)
     #[arg(long, value_name = "MIX")]
     pub mix: Mix,
+
+    /// For `delay` entries of the mix: --ms, --jitter, --dist, --reorder
+    #[command(flatten)]
+    pub delay: DelayFlags,
 
     #[command(flatten)]
     pub common: FaultArgs,
@@ -664,7 +753,7 @@ mod tests {
         else {
             panic!()
         };
-        let (f, a) = fault.into_parts();
+        let (f, a) = fault.into_parts().unwrap();
         assert_eq!(f, faultbpf::Fault::Blackhole);
         assert_eq!(a.command, ["pytest", "-x"]);
     }

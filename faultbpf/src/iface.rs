@@ -52,6 +52,32 @@ pub fn index(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// The MTU of `name`, if it exists.
+pub fn mtu(name: &str) -> Option<u32> {
+    let sock = Socket::new().ok()?;
+    let mut req = ifreq(name).ok()?;
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu.
+    if unsafe { libc::ioctl(sock.0, libc::SIOCGIFMTU, &mut req) } < 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled the mtu member of the union.
+    u32::try_from(unsafe { req.ifr_ifru.ifru_mtu }).ok()
+}
+
+/// An ifreq naming `name`.
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok(req)
+}
+
 /// A datagram socket, only for interface ioctls.
 struct Socket(libc::c_int);
 
@@ -69,15 +95,7 @@ impl Socket {
     }
 
     fn flags(&self, name: &str) -> io::Result<u32> {
-        // SAFETY: ifreq is plain old data; zeroed is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        let bytes = name.as_bytes();
-        if bytes.len() >= req.ifr_name.len() {
-            return Err(io::ErrorKind::InvalidInput.into());
-        }
-        for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
-            *d = *s as libc::c_char;
-        }
+        let mut req = ifreq(name)?;
         // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags.
         if unsafe { libc::ioctl(self.0, libc::SIOCGIFFLAGS, &mut req) } < 0 {
             return Err(io::Error::last_os_error());

@@ -31,12 +31,13 @@ use aya::{
     util::KernelVersion,
 };
 use faultbpf_common::{
-    COUNTERS_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP, RULES_MAP,
-    RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
+    COUNTERS_MAP, DELAY_DEV_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP,
+    RETURN_PROGRAM, RULES_MAP, RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
 };
 use serde::Serialize;
 
 use crate::{
+    delaydev::DelayDevice,
     error::Error,
     iface, reaper,
     rules::{Rule, monotonic_ns},
@@ -182,6 +183,12 @@ pub struct Injector {
     filters: Vec<reaper::Filter>,
     added_clsact: Vec<String>,
     reaper: Option<reaper::Guard>,
+    /// The delay device, made on the first delay rule; its return
+    /// program's link sits in `delay_link`, detached before the device goes.
+    delay: Option<DelayDevice>,
+    delay_link: Option<SchedClassifierLink>,
+    /// The longest delay the device's qdiscs are sized for.
+    delay_max: Duration,
 }
 
 impl Injector {
@@ -208,6 +215,9 @@ impl Injector {
         for (name, _, _) in HOOKS {
             program(&mut ebpf, name)?.load().map_err(Error::load)?;
         }
+        program(&mut ebpf, RETURN_PROGRAM)?
+            .load()
+            .map_err(Error::load)?;
         if hooks.xdp.is_some() {
             xdp_program(&mut ebpf)?.load().map_err(Error::xdp_load)?;
         }
@@ -223,6 +233,9 @@ impl Injector {
             filters: Vec::new(),
             added_clsact: Vec::new(),
             reaper: None,
+            delay: None,
+            delay_link: None,
+            delay_max: Duration::ZERO,
         };
         for i in interfaces {
             inj.attach_one(i)?;
@@ -373,6 +386,9 @@ impl Injector {
     /// Puts `rule` in force; its expiry counts from now. Peers go in
     /// before the rule, so the rule never acts on everyone for a moment.
     pub fn insert(&mut self, rule: &Rule) -> Result<(), Error> {
+        if let Some(d) = rule.fault.delay() {
+            self.ensure_delay_device(d.max())?;
+        }
         // Zero the rule's counters first so a reused slot starts clean.
         self.reset_counters(rule.id)?;
         {
@@ -388,6 +404,58 @@ impl Injector {
             map.insert(k, v, 0)
                 .map_err(|e| map_err(RULES_MAP, "could not insert a rule", e))?;
         }
+        Ok(())
+    }
+
+    /// Makes the delay device on first use (or widens its qdiscs' horizon),
+    /// attaches the return program to its far end and tells the programs
+    /// its ifindex.
+    fn ensure_delay_device(&mut self, max: Duration) -> Result<(), Error> {
+        if let Some(dev) = &self.delay {
+            if max > self.delay_max {
+                dev.set_horizon(max)?;
+                self.delay_max = max;
+            }
+            return Ok(());
+        }
+        let mtu = self
+            .interfaces
+            .iter()
+            .filter_map(|i| iface::mtu(i))
+            .max()
+            .unwrap_or(1500)
+            // veth takes 68..=65535; lo says 65536.
+            .clamp(1500, 65_535);
+        let dev = DelayDevice::create(mtu, max)?;
+        let opts = match self.mode {
+            AttachMode::Netlink => {
+                match tc::qdisc_add_clsact(&dev.far) {
+                    Ok(()) => {}
+                    Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(Error::attach(&dev.far, "clsact qdisc", e)),
+                }
+                TcAttachOptions::Netlink(NlOptions::default())
+            }
+            _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        };
+        let prog = program(&mut self.ebpf, RETURN_PROGRAM)?;
+        let id = prog
+            .attach_with_options(&dev.far, TcAttachType::Ingress, opts)
+            .map_err(|e| Error::attach(&dev.far, "ingress", e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| Error::attach(&dev.far, "ingress", e))?;
+        let map = self
+            .ebpf
+            .map_mut(DELAY_DEV_MAP)
+            .ok_or_else(|| missing(DELAY_DEV_MAP))?;
+        let mut arr: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|e| map_err(DELAY_DEV_MAP, "unexpected map type", e))?;
+        arr.set(0, dev.send_ifindex, 0)
+            .map_err(|e| map_err(DELAY_DEV_MAP, "could not set the delay device", e))?;
+        self.delay_link = Some(link);
+        self.delay = Some(dev);
+        self.delay_max = max;
         Ok(())
     }
 
@@ -490,6 +558,8 @@ impl Drop for Injector {
     /// there is nothing left to do.
     fn drop(&mut self) {
         self.links.clear();
+        self.delay_link = None;
+        self.delay = None;
         self.xdp_links.clear();
         for x in &self.xdp_netlink {
             x.remove();

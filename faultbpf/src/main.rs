@@ -20,17 +20,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = Client::new(&cli.socket);
     let result = match cli.command {
-        Command::Fault(fc) => {
-            let (f, args) = fc.into_parts();
-            fault(f, args, &client)
-        }
-        Command::Run { fault } => {
-            let (f, args) = fault.into_parts();
-            match run(f, args, &client) {
+        Command::Fault(fc) => match fc.into_parts() {
+            Ok((f, args)) => fault(f, args, &client),
+            Err(e) => Err(Failure::Usage(e)),
+        },
+        Command::Run { fault } => match fault.into_parts() {
+            Ok((f, args)) => match run(f, args, &client) {
                 Ok(code) => return ExitCode::from(code),
                 Err(e) => Err(e),
-            }
-        }
+            },
+            Err(e) => Err(Failure::Usage(e)),
+        },
         Command::Scenario(ScenarioCommand::Run { file, json }) => {
             match scenario::run(&file, json, &client) {
                 Ok(code) => return ExitCode::from(code),

@@ -4,8 +4,9 @@
 use std::{collections::BTreeSet, fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use faultbpf_common::{
-    DIR_EGRESS, DIR_INGRESS, FLAG_PEERS, FLAG_PER_FLOW, PEER_SLOT_BITS, PROTO_TCP, PROTO_UDP,
-    RuleKey, RuleValue, SIDE_DST, SIDE_FRAGMENT, SIDE_SRC, peer_key_data, threshold_from_pct,
+    DIR_EGRESS, DIR_INGRESS, FLAG_PEERS, FLAG_PER_FLOW, FLAG_REORDER, PEER_SLOT_BITS, PROTO_TCP,
+    PROTO_UDP, RuleKey, RuleValue, SIDE_DST, SIDE_FRAGMENT, SIDE_SRC, peer_key_data,
+    threshold_from_pct,
 };
 use serde::{Deserialize, Serialize};
 
@@ -276,17 +277,22 @@ impl Rule {
         if !self.peers.is_empty() {
             flags |= FLAG_PEERS;
         }
+        if self.fault.delay().is_some_and(|d| d.reorder) {
+            flags |= FLAG_REORDER;
+        }
         RuleValue {
             slot: self.id,
             action: self.fault.kind().as_u8(),
             directions: self.direction.bits(),
             flags,
-            _pad: 0,
+            dist: self.fault.delay().map_or(0, |d| d.dist.as_u8()),
             threshold: threshold_from_pct(self.pct),
             seed: self.seed,
             mark: self.fault.mark(),
             expires_ns,
             mix: self.fault.mix(),
+            delay_us: self.fault.delay().map_or(0, |d| micros(d.mean)),
+            jitter_us: self.fault.delay().map_or(0, |d| micros(d.jitter)),
         }
     }
 
@@ -311,6 +317,9 @@ impl Rule {
         let mut s = self.fault.name().to_string();
         if let Fault::Chaos(mix) = &self.fault {
             s += &format!(" [{mix}]");
+        }
+        if let Some(d) = self.fault.delay() {
+            s += &format!(" {}", d.describe());
         }
         if let Fault::Mark { value } = &self.fault {
             s += &format!(" {value:#x}");
@@ -341,6 +350,10 @@ impl Rule {
         }
         s
     }
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
 /// Now on CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    faults::{Fault, Mix},
+    faults::{DelayParams, Dist, Fault, Mix, delay},
     rules::{Direction, Peer, Per, PortRange, Proto, Rule, Side},
 };
 
@@ -22,6 +22,7 @@ pub enum FaultName {
     Mark,
     Ecn,
     Chaos,
+    Delay,
 }
 
 /// A port as written: `5432` or `"8000-8100"`.
@@ -66,6 +67,18 @@ pub struct RuleSpec {
     /// `chaos`: `drop:20,reset:10`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<String>,
+    /// `delay` (and a chaos mix's `delay` entries): mean delay in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<f64>,
+    /// `delay`: jitter, a duration (`20ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    /// `delay`: `uniform` (default) or `normal` jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dist: Option<Dist>,
+    /// `delay`: let jitter reorder a flow's packets.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reorder: bool,
     /// How long the rule lasts: `30s`, `10m` (the config calls it `ttl`).
     #[serde(
         default,
@@ -117,6 +130,7 @@ impl RuleSpec {
                 Fault::Mark { .. } => FaultName::Mark,
                 Fault::Ecn => FaultName::Ecn,
                 Fault::Chaos(_) => FaultName::Chaos,
+                Fault::Delay(_) => FaultName::Delay,
             },
             port: Vec::new(),
             dport: Vec::new(),
@@ -138,6 +152,18 @@ impl RuleSpec {
             lasts: rule
                 .lasts
                 .map(|d| humantime::format_duration(d).to_string()),
+            delay_ms: rule.fault.delay().map(|d| d.mean.as_secs_f64() * 1e3),
+            jitter: rule
+                .fault
+                .delay()
+                .filter(|d| !d.jitter.is_zero())
+                .map(|d| humantime::format_duration(d.jitter).to_string()),
+            dist: rule
+                .fault
+                .delay()
+                .map(|d| d.dist)
+                .filter(|d| *d != Dist::Uniform),
+            reorder: rule.fault.delay().is_some_and(|d| d.reorder),
             force,
             owner_pid: None,
         };
@@ -175,9 +201,28 @@ impl RuleSpec {
                     .mix
                     .as_deref()
                     .ok_or_else(|| bad("mix", "the chaos fault needs a `mix`, e.g. \"drop:20\""))?;
-                Fault::Chaos(mix.parse::<Mix>().map_err(|e| bad("mix", e))?)
+                let mut mix = mix.parse::<Mix>().map_err(|e| bad("mix", e))?;
+                if mix.delays() {
+                    mix.delay = Some(self.delay_params()?);
+                }
+                Fault::Chaos(mix)
             }
+            FaultName::Delay => Fault::Delay(self.delay_params()?),
         };
+        let delays = matches!(self.fault, FaultName::Delay)
+            || (self.fault == FaultName::Chaos
+                && self.mix.as_deref().is_some_and(|m| m.contains("delay")));
+        if !delays
+            && (self.delay_ms.is_some()
+                || self.jitter.is_some()
+                || self.dist.is_some()
+                || self.reorder)
+        {
+            return Err(bad(
+                "delay_ms",
+                "only delay (or a mix with delay) takes delay_ms, jitter, dist, reorder",
+            ));
+        }
         if self.mark.is_some() && self.fault != FaultName::Mark {
             return Err(bad("mark", "only the mark fault takes a `mark`"));
         }
@@ -232,6 +277,27 @@ impl RuleSpec {
             lasts,
             ..Rule::new(id, fault, ports)
         })
+    }
+}
+
+impl RuleSpec {
+    /// `delay_ms`, `jitter`, `dist`, `reorder`, checked.
+    fn delay_params(&self) -> Result<DelayParams, SpecError> {
+        let ms = self
+            .delay_ms
+            .ok_or_else(|| bad("delay_ms", "the delay fault needs `delay_ms`"))?;
+        let mean = delay::ms(ms).map_err(|e| bad("delay_ms", e))?;
+        let jitter = match &self.jitter {
+            Some(j) => humantime::parse_duration(j.trim()).map_err(|e| {
+                bad(
+                    "jitter",
+                    format!("`{j}` is not a duration ({e}); e.g. 20ms"),
+                )
+            })?,
+            None => Duration::ZERO,
+        };
+        DelayParams::new(mean, jitter, self.dist.unwrap_or_default(), self.reorder)
+            .map_err(|e| bad("delay_ms", e))
     }
 }
 

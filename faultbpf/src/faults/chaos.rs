@@ -7,7 +7,8 @@
 //! shares are exact in expectation and never overlap. With `--per flow` the
 //! draw is per connection: each connection gets one fate.
 //!
-//! Knobs: `--mix ACTION:PCT,...` with actions drop, reset, hang, corrupt;
+//! Knobs: `--mix ACTION:PCT,...` with actions drop, reset, hang, corrupt,
+//! delay (which takes its delay from `--ms`/`--jitter`);
 //! shares add up to 100 at most; at most 4 entries.
 
 use std::str::FromStr;
@@ -16,19 +17,28 @@ use faultbpf_common::{FaultKind, MIX_LEN};
 
 pub const KIND: FaultKind = FaultKind::Mix;
 
-/// A validated mix: at most `MIX_LEN` entries, shares summing to <= 100.
+/// A validated mix: at most `MIX_LEN` entries, shares summing to <= 100;
+/// a `delay` entry uses `delay` (set from the chaos command's `--ms`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Mix(Vec<(FaultKind, f64)>);
+pub struct Mix {
+    entries: Vec<(FaultKind, f64)>,
+    pub delay: Option<super::delay::DelayParams>,
+}
 
 impl Mix {
     pub fn entries(&self) -> &[(FaultKind, f64)] {
-        &self.0
+        &self.entries
+    }
+
+    /// Whether an entry delays (and so needs `delay`).
+    pub fn delays(&self) -> bool {
+        self.entries.iter().any(|(k, _)| *k == FaultKind::Delay)
     }
 }
 
 impl std::fmt::Display for Mix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (k, p)) in self.0.iter().enumerate() {
+        for (i, (k, p)) in self.entries.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
             write!(f, "{sep}{}:{p}", action_name(*k))?;
         }
@@ -42,6 +52,7 @@ fn action_name(k: FaultKind) -> &'static str {
         FaultKind::Reset => "reset",
         FaultKind::Hang => "hang",
         FaultKind::Corrupt => "corrupt",
+        FaultKind::Delay => "delay",
         _ => "?",
     }
 }
@@ -61,9 +72,10 @@ impl FromStr for Mix {
                 "reset" => FaultKind::Reset,
                 "hang" => FaultKind::Hang,
                 "corrupt" => FaultKind::Corrupt,
+                "delay" => FaultKind::Delay,
                 other => {
                     return Err(format!(
-                        "`{other}` is not a mix action (expected drop, reset, hang or corrupt)"
+                        "`{other}` is not a mix action (expected drop, reset, hang, corrupt or delay)"
                     ));
                 }
             };
@@ -94,7 +106,10 @@ impl FromStr for Mix {
         if total > 100.0 + 1e-9 {
             return Err(format!("`{s}` adds up to {total} %; at most 100"));
         }
-        Ok(Self(out))
+        Ok(Self {
+            entries: out,
+            delay: None,
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod blackhole;
 pub mod chaos;
 pub mod corrupt;
+pub mod delay;
 pub mod hang;
 pub mod mark;
 pub mod reset;
@@ -11,6 +12,7 @@ pub mod reset;
 use faultbpf_common::{FaultKind, MIX_LEN, MixEntry, threshold_from_pct};
 
 pub use chaos::Mix;
+pub use delay::{DelayParams, Dist};
 
 /// A fault a rule applies to the packets it matches.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +31,8 @@ pub enum Fault {
     Ecn,
     /// See `chaos.rs`.
     Chaos(Mix),
+    /// See `delay.rs`.
+    Delay(DelayParams),
 }
 
 impl Fault {
@@ -42,6 +46,7 @@ impl Fault {
             Self::Mark { .. } => "mark",
             Self::Ecn => "ecn",
             Self::Chaos(_) => "chaos",
+            Self::Delay(_) => "delay",
         }
     }
 
@@ -55,6 +60,7 @@ impl Fault {
             Self::Mark { .. } => mark::KIND,
             Self::Ecn => mark::ECN_KIND,
             Self::Chaos(_) => chaos::KIND,
+            Self::Delay(_) => delay::KIND,
         }
     }
 
@@ -66,6 +72,7 @@ impl Fault {
             Self::Corrupt => "corrupted",
             Self::Mark { .. } | Self::Ecn => "marked",
             Self::Chaos(_) => "hit",
+            Self::Delay(_) => "delayed",
         }
     }
 
@@ -74,6 +81,15 @@ impl Fault {
         match self {
             Self::Mark { value } => *value,
             _ => 0,
+        }
+    }
+
+    /// The delay this fault applies, if any (itself, or a mix's entry).
+    pub fn delay(&self) -> Option<DelayParams> {
+        match self {
+            Self::Delay(d) => Some(*d),
+            Self::Chaos(m) if m.delays() => m.delay,
+            _ => None,
         }
     }
 

@@ -112,6 +112,11 @@ struct RawStep {
     fragments: bool,
     mark: Option<u32>,
     mix: Option<String>,
+    delay_ms: Option<f64>,
+    jitter: Option<String>,
+    dist: Option<crate::faults::Dist>,
+    #[serde(default)]
+    reorder: bool,
     #[serde(default)]
     force: bool,
 }
@@ -134,6 +139,10 @@ impl RawStep {
             fragments: self.fragments,
             mark: self.mark,
             mix: self.mix.clone(),
+            delay_ms: self.delay_ms,
+            jitter: self.jitter.clone(),
+            dist: self.dist,
+            reorder: self.reorder,
             lasts: Some(humantime::format_duration(lasts).to_string()),
             force: self.force,
             owner_pid: None,
