@@ -215,9 +215,6 @@ impl Injector {
         for (name, _, _) in HOOKS {
             program(&mut ebpf, name)?.load().map_err(Error::load)?;
         }
-        program(&mut ebpf, RETURN_PROGRAM)?
-            .load()
-            .map_err(Error::load)?;
         if hooks.xdp.is_some() {
             xdp_program(&mut ebpf)?.load().map_err(Error::xdp_load)?;
         }
@@ -438,7 +435,10 @@ impl Injector {
             }
             _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
         };
+        // Loaded only now: verifying it costs start-up time that faults
+        // without delay need not pay.
         let prog = program(&mut self.ebpf, RETURN_PROGRAM)?;
+        prog.load().map_err(Error::load)?;
         let id = prog
             .attach_with_options(&dev.far, TcAttachType::Ingress, opts)
             .map_err(|e| Error::attach(&dev.far, "ingress", e))?;
