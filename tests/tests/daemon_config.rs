@@ -375,12 +375,13 @@ fn sighup_with_a_broken_file_changes_nothing() {
             "config not applied",
             format!("port {S}"),
         ),
-        // Valid, but two of its rules share a port.
+        // Two of its rules share a port: refused when the file is read,
+        // at the second rule's `port` key, as `faultbpf check` does.
         (
             "two rules on one port",
             config(&format!("{}{}", rule("sink", P), rule("twin", P))),
-            "config not applied",
-            format!("port {P}"),
+            "config not reloaded",
+            format!("port {P} is already faulted by rule `sink`"),
         ),
     ];
     for (what, text, says, detail) in cases {

@@ -40,12 +40,43 @@ const APT_PACKAGES: &[&str] = &[
     "socat",
     "curl",
     "iperf3",
+    // `cargo xtask bench`: program sizes (bpftool) and the font its PNG
+    // plot's text is drawn with.
+    "bpftool",
+    "fonts-dejavu-core",
     // `modprobe`, to load veth/sch_ingress/... where they are modules.
     "kmod",
+    // Real dependencies the e2e tests fault (started by the tests inside
+    // their own namespaces, never as system services: see
+    // `install_without_services`), and the clients that talk to them.
+    "rabbitmq-server",
+    "python3-pika",
+    "postgresql",
+    "python3-psycopg2",
+    // The Python client's pytest fixture, a real Prometheus text parser and
+    // the OpenAPI checker the daemon tests use (through /usr/bin/python3).
+    "python3-pytest",
+    "python3-prometheus-client",
+    "python3-jsonschema",
+    "python3-yaml",
+    // The VM lane (xtask/src/vm): qemu, the Debian 6.1 LTS kernel it boots
+    // (installed into /boot, never booted on the host), and the static
+    // busybox its initramfs runs; virtiofsd is built from crates.io (see
+    // ensure_virtiofsd) and needs the last three.
+    "qemu-system-x86",
+    "linux-image-cloud-amd64",
+    "busybox-static",
+    "libcap-ng-dev",
+    "libseccomp-dev",
+    "pkg-config",
 ];
 
 /// The bpf-linker release that matches aya 0.14 and LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The virtiofsd the VM lane exports the host's root with (bookworm's qemu
+/// ships only the old C daemon, which cannot do this).
+const VIRTIOFSD_VERSION: &str = "1.14.0";
 
 /// Debian's rustc, whose LLVM bpf-linker must match.
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -58,9 +89,10 @@ pub fn run() -> Result<()> {
     let started = Instant::now();
     let apt = timed(ensure_apt_packages).context("installing Debian packages")?;
     let linker = timed(ensure_bpf_linker).context("installing bpf-linker")?;
+    let virtiofsd = timed(ensure_virtiofsd).context("installing virtiofsd")?;
     let toolchain = timed(verify_debian_toolchain).context("checking Debian's toolchain")?;
     eprintln!(
-        "setup: done in {:.2}s: {apt}; {linker}; {toolchain}",
+        "setup: done in {:.2}s: {apt}; {linker}; {virtiofsd}; {toolchain}",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -99,7 +131,7 @@ fn ensure_apt_packages() -> Result<String> {
         apt
     };
     cmd::run(&mut apt_get(&["update"]))?;
-    cmd::run(apt_get(&["install", "-y"]).args(&missing))?;
+    install_without_services(|| cmd::run(apt_get(&["install", "-y"]).args(&missing)))?;
     let still = missing_packages()?;
     if !still.is_empty() {
         bail!(
@@ -108,6 +140,25 @@ fn ensure_apt_packages() -> Result<String> {
         );
     }
     Ok(format!("apt: installed {list}"))
+}
+
+/// Runs an install with a `policy-rc.d` that forbids starting services, so
+/// rabbitmq-server and postgresql do not start in the root namespace (the
+/// tests start their own, inside namespaces). An existing policy is kept.
+fn install_without_services(install: impl FnOnce() -> Result<()>) -> Result<()> {
+    const POLICY: &str = "/usr/sbin/policy-rc.d";
+    let ours = !std::path::Path::new(POLICY).exists();
+    if ours {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(POLICY, "#!/bin/sh\n# written by cargo xtask setup during apt-get install\nexit 101\n")
+            .context("could not write /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(POLICY, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let r = install();
+    if ours {
+        let _ = std::fs::remove_file(POLICY);
+    }
+    r
 }
 
 /// The packages of [`APT_PACKAGES`] that dpkg does not report as installed.
@@ -190,6 +241,31 @@ fn ensure_bpf_linker() -> Result<String> {
         }
         other => bail!(
             "`cargo install bpf-linker` succeeded but `bpf-linker --version` gives {other:?}; \
+             is {} on PATH?",
+            cmd::cargo_bin_dir()?.display()
+        ),
+    }
+}
+
+/// Installs virtiofsd [`VIRTIOFSD_VERSION`] unless a virtiofsd already runs.
+fn ensure_virtiofsd() -> Result<String> {
+    let version = || cmd::stdout_of(command("virtiofsd").arg("--version")).ok();
+    if let Some(out) = version() {
+        return Ok(format!("{} already installed", out.trim()));
+    }
+    eprintln!("setup: building virtiofsd {VIRTIOFSD_VERSION} for the VM lane (a minute or two)");
+    // Outside the workspace, so its .cargo/config.toml does not apply.
+    cmd::run(command("cargo").current_dir(std::env::temp_dir()).args([
+        "install",
+        "virtiofsd",
+        "--version",
+        VIRTIOFSD_VERSION,
+        "--locked",
+    ]))?;
+    match version() {
+        Some(out) => Ok(format!("{} installed", out.trim())),
+        None => bail!(
+            "`cargo install virtiofsd` succeeded but `virtiofsd --version` does not run; \
              is {} on PATH?",
             cmd::cargo_bin_dir()?.display()
         ),
