@@ -109,14 +109,12 @@ pub fn back(ctx: &TcContext) -> i32 {
     unsafe { bpf_redirect(mark & DELAY_MARK_IFINDEX, flags) as i32 }
 }
 
-/// A packet back from its detour: clear the mark and let it go on.
+/// A packet back from its detour: let it go on. The mark stays: another
+/// faultbpf on the same hook may run after us, and a packet it saw
+/// unmarked it would delay again, forever.
 #[inline(always)]
 pub fn returning(ctx: &TcContext) -> bool {
     // SAFETY: `skb` is this run's context pointer.
     let mark = unsafe { (*ctx.skb.skb).mark };
-    if mark & faultbpf_common::DELAY_MARK_MASK != DELAY_MARK_MAGIC {
-        return false;
-    }
-    ctx.set_mark(0);
-    true
+    mark & faultbpf_common::DELAY_MARK_MASK == DELAY_MARK_MAGIC
 }
