@@ -2,11 +2,13 @@
 //! fresh machine needs one command to get the eBPF toolchain and everyone
 //! (CI included) tests the same way. Only dispatches; each task is a module.
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -31,11 +33,30 @@ enum Task {
     Build,
     /// Set up, build, then format check, clippy, unit and e2e tests (root)
     ///
-    /// This is what CI runs. Stops at the first failing step.
+    /// This is what CI runs. Stops at the first failing step. After the e2e
+    /// tests on this machine's kernel, runs them again on Debian's 6.1 LTS
+    /// kernel in a qemu VM (`cargo xtask vm --e2e`).
     Test {
-        /// Test on this machine's kernel, not in a VM (the only lane so far)
+        /// Skip the VM lane: test on this machine's kernel only
         #[arg(long)]
         no_vm: bool,
+    },
+    /// Run the e2e tests, or one command, on Debian's 6.1 kernel in a qemu VM (root)
+    ///
+    /// The guest sees this machine's root filesystem read-only and has no
+    /// network device; it runs what was built here. Examples: `cargo xtask
+    /// vm --e2e`, `cargo xtask vm -- uname -r`, `cargo xtask vm -- sh -c 'ip
+    /// netns add x && ip netns del x'`.
+    Vm {
+        /// Build faultbpf and run the e2e suite in the guest (the VM lane of `test`)
+        #[arg(long, conflicts_with = "command")]
+        e2e: bool,
+        /// Kill the guest after this many seconds (default 600 for --e2e, else 300)
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// The command to run in the guest, after `--`
+        #[arg(last = true, value_name = "CMD", required_unless_present = "e2e")]
+        command: Vec<String>,
     },
     /// Set up, build, then show a blackhole between two throwaway namespaces (root)
     ///
@@ -43,6 +64,13 @@ enum Task {
     /// time out while `faultbpf blackhole --port 8080 --for 6s` runs, then
     /// succeed again. Everything it creates is removed, also on Ctrl-C.
     Demo,
+    /// Set up, build, then measure faultbpf against no injector and nftables (root)
+    ///
+    /// Overhead vs rule count, drop capacity, time to apply, --pct accuracy
+    /// and cost, in throwaway namespaces, interleaved round by round; writes
+    /// target/bench/report.md, CSVs and throughput-vs-rules.png. About 15
+    /// minutes; --quick takes a few.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +79,12 @@ fn main() -> ExitCode {
         Task::Build => build::run(),
         Task::Test { no_vm } => test::run(no_vm),
         Task::Demo => demo::run(),
+        Task::Bench(opts) => bench::run(&opts),
+        Task::Vm {
+            e2e,
+            timeout,
+            command,
+        } => vm::run(e2e, timeout, &command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,7 +117,22 @@ mod tests {
             Ok(Task::Test { no_vm: true })
         ));
         assert!(matches!(task(&["demo"]), Ok(Task::Demo)));
+        assert!(matches!(
+            task(&["bench", "--quick", "--rounds", "2", "--only", "drop,cost"]),
+            Ok(Task::Bench(o)) if o.quick && o.rounds == Some(2) && o.only.len() == 2
+        ));
+        assert!(task(&["bench", "--rounds", "0"]).is_err());
         assert!(task(&["demo", "--no-vm"]).is_err());
+        assert!(matches!(
+            task(&["vm", "--e2e"]),
+            Ok(Task::Vm { e2e: true, timeout: None, command }) if command.is_empty()
+        ));
+        assert!(matches!(
+            task(&["vm", "--timeout", "30", "--", "uname", "-r"]),
+            Ok(Task::Vm { e2e: false, timeout: Some(30), command }) if command == ["uname", "-r"]
+        ));
+        assert!(task(&["vm"]).is_err());
+        assert!(task(&["vm", "--e2e", "--", "uname"]).is_err());
         assert!(task(&[]).is_err());
     }
 }

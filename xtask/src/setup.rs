@@ -150,8 +150,11 @@ fn install_without_services(install: impl FnOnce() -> Result<()>) -> Result<()> 
     let ours = !std::path::Path::new(POLICY).exists();
     if ours {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::write(POLICY, "#!/bin/sh\n# written by cargo xtask setup during apt-get install\nexit 101\n")
-            .context("could not write /usr/sbin/policy-rc.d")?;
+        std::fs::write(
+            POLICY,
+            "#!/bin/sh\n# written by cargo xtask setup during apt-get install\nexit 101\n",
+        )
+        .context("could not write /usr/sbin/policy-rc.d")?;
         std::fs::set_permissions(POLICY, std::fs::Permissions::from_mode(0o755))?;
     }
     let r = install();

@@ -1,14 +1,15 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest
 //! on the cheapest mistake: format, lints, unit tests, then the privileged
-//! end-to-end tests against the freshly built binary. Stops at the first
-//! failing step; the children's output streams through, so cargo test's own
-//! closing lines are the last thing printed on success.
+//! end-to-end tests against the freshly built binary, first on this
+//! machine's kernel, then (unless `--no-vm`) on Debian's 6.1 LTS kernel in a
+//! VM. Stops at the first failing step; the children's output streams
+//! through, and the VM lane ends with its own `N passed, N failed` line.
 
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, setup, vm};
 
 /// The unprivileged steps: name, then cargo's arguments.
 const STEPS: [(&str, &str); 4] = [
@@ -25,8 +26,7 @@ const STEPS: [(&str, &str); 4] = [
     ("unit tests", "test"),
 ];
 
-/// `cargo xtask test`. `no_vm` is accepted so scripts can already ask for
-/// the host-kernel lane; there is no VM lane yet, so it changes nothing.
+/// `cargo xtask test`; `no_vm` skips the VM lane.
 pub fn run(no_vm: bool) -> Result<()> {
     // Checked first, so a non-root run fails in a second rather than after
     // minutes of lints.
@@ -36,9 +36,6 @@ pub fn run(no_vm: bool) -> Result<()> {
              namespaces and load BPF programs (the unprivileged checks also run alone: \
              `cargo fmt --all --check`, `cargo clippy`, `cargo test`)"
         );
-    }
-    if !no_vm {
-        eprintln!("xtask test: no VM lane yet, testing on this machine's kernel");
     }
     setup::run()?;
     let bin = build::build_faultbpf()?;
@@ -51,7 +48,19 @@ pub fn run(no_vm: bool) -> Result<()> {
         build::cargo()
             .args(["test", "-p", "faultbpf-tests", "--", "--test-threads", "4"])
             .env("FAULTBPF_BIN", &bin),
-    )
+    )?;
+    if no_vm {
+        eprintln!("xtask test: --no-vm: skipping the e2e tests on Linux 6.1 in a VM");
+        return Ok(());
+    }
+    eprintln!("xtask test: end-to-end tests on Linux 6.1 in a VM");
+    let started = Instant::now();
+    vm::e2e(&bin).with_context(|| {
+        format!(
+            "test step `end-to-end tests in a VM` failed after {:.1}s",
+            started.elapsed().as_secs_f64()
+        )
+    })
 }
 
 /// Runs one step, announcing it first and naming it if it fails.

@@ -1,0 +1,658 @@
+//! Scenario 2, drop capacity: how many packets per second each injector can
+//! drop when every packet matches. One AF_PACKET sender core (trafgen) floods
+//! 60-byte UDP frames at the server's veth; on a veth pair the receive path
+//! runs on the sender's CPU, so the rate that gets through is the cost of one
+//! packet's trip, dropper included. Compared in one run: faultbpf tc (TCX and
+//! netlink), faultbpf XDP (native, generic), an nftables netdev ingress drop,
+//! and no injector (delivery to a socket). Goal: faultbpf tc >= 1.05x the
+//! nftables drop of the same round, XDP >= nftables.
+//!
+//! A rate is only kept when the packets were in fact dropped: the injector's
+//! own counter must account for the frames the veth received, and the
+//! server's UDP layer must have seen (almost) none of them. A program that
+//! reads only linear packet data would let trafgen's frames (whose headers
+//! are not in the linear part) through, and read as a fake rate otherwise.
+
+use std::{
+    fs,
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Ctx,
+    injector::{self, Faultbpf, Launch, Unavailable, XdpMode},
+    report::{self, Goal, Section, Table, Verdict},
+    stats::{self, Spread},
+    topo::{self, CLIENT_IF, CLIENT_IP, Netns, Proc, SERVER_IF, SERVER_IP, Topology},
+    traffic,
+};
+
+const PORT: u16 = 63_000;
+const FROM: u16 = 63_001;
+const NFT_TABLE: &str = "fbd";
+/// Time for the sender to reach its steady rate before the window opens.
+const WARMUP: Duration = Duration::from_millis(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cond {
+    Socket,
+    Nft,
+    Tc(&'static str),
+    Xdp(XdpMode),
+}
+
+impl Cond {
+    const ALL: [Cond; 6] = [
+        Cond::Socket,
+        Cond::Nft,
+        Cond::Tc("tcx"),
+        Cond::Tc("netlink"),
+        Cond::Xdp(XdpMode::Native),
+        Cond::Xdp(XdpMode::Generic),
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Cond::Socket => "no injector (delivery to a socket)",
+            Cond::Nft => "nftables netdev ingress drop",
+            Cond::Tc("tcx") => "faultbpf tc, TCX",
+            Cond::Tc(_) => "faultbpf tc, netlink (cls_bpf)",
+            Cond::Xdp(XdpMode::Native) => "faultbpf XDP, native",
+            Cond::Xdp(XdpMode::Generic) => "faultbpf XDP, generic",
+        }
+    }
+
+    /// faultbpf's arguments, or why this row cannot be measured.
+    fn faultbpf_args(self) -> Option<Result<Vec<String>, Unavailable>> {
+        let port = PORT.to_string();
+        match self {
+            Cond::Socket | Cond::Nft => None,
+            Cond::Tc(attach) => Some(Ok([
+                "blackhole",
+                "--proto",
+                "udp",
+                "--dport",
+                &port,
+                "--iface",
+                SERVER_IF,
+                "--direction",
+                "ingress",
+                "--attach",
+                attach,
+            ]
+            .map(String::from)
+            .to_vec())),
+            Cond::Xdp(mode) => Some(injector::xdp_blackhole_args(mode, PORT, SERVER_IF).map(
+                |args| {
+                    let mut all = vec!["blackhole".to_owned()];
+                    all.extend(args);
+                    all
+                },
+            )),
+        }
+    }
+}
+
+/// One round of one condition.
+#[derive(Debug, Clone)]
+struct Run {
+    pps: f64,
+    rx_total: u64,
+    /// What the injector's own counter says it dropped (None: no injector).
+    dropped: Option<u64>,
+    reached_udp: u64,
+    /// How faultbpf says it attached (`tcx`, `netlink`, `xdp...`).
+    attach: Option<String>,
+    valid: Result<(), String>,
+}
+
+/// A 60-byte Ethernet/IPv4/UDP frame from the client to the server's PORT.
+fn frame(topo: &Topology) -> Vec<u8> {
+    let payload = *b"faultbpf-bench-flood";
+    let payload = &payload[..traffic::SMALL_UDP];
+    let udp_len = 8 + payload.len();
+    let ip_len = 20 + udp_len;
+    let mut f = Vec::with_capacity(14 + ip_len);
+    f.extend(topo.server_mac);
+    f.extend(topo.client_mac);
+    f.extend(0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    ip.extend(CLIENT_IP.octets());
+    ip.extend(SERVER_IP.octets());
+    let sum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend(ip);
+    f.extend(FROM.to_be_bytes());
+    f.extend(PORT.to_be_bytes());
+    f.extend((udp_len as u16).to_be_bytes());
+    // UDP checksum 0: none, allowed over IPv4.
+    f.extend([0, 0]);
+    f.extend(payload);
+    f
+}
+
+/// The IPv4 header checksum (RFC 1071) of `header`, its checksum field 0.
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let sum = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    !((sum & 0xffff) + (sum >> 16)) as u16
+}
+
+/// Removes a file on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A socket on PORT in the server namespace, drained by a thread, so
+/// packets an injector lets through are delivered rather than refused.
+struct Receiver {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Receiver {
+    fn start(ns: &Netns, cpu: usize) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = ns.spawn("flood receiver", Some(cpu), move || {
+            // The default buffer (a few hundred datagrams): what waits in
+            // it is not counted yet, so it must stay small next to a window.
+            let sock = UdpSocket::bind(SocketAddr::new(SERVER_IP.into(), PORT))?;
+            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let mut buf = [0u8; 256];
+            while !s.load(Ordering::Relaxed) {
+                let _ = sock.recv(&mut buf);
+            }
+            Ok(())
+        })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The server namespace's counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    at: Instant,
+    /// rx_packets of the server's veth.
+    rx: u64,
+    /// Datagrams the UDP layer took in: read by the socket's owner
+    /// (InDatagrams counts at read time) or dropped for a full buffer.
+    udp: u64,
+    /// Bytes still queued on the flood socket (not in `udp` yet).
+    queued: u64,
+}
+
+/// Reads [`Counters`] from a thread in the server namespace.
+fn counters(ns: &Netns) -> Result<Counters> {
+    ns.run(None, || {
+        let dev = fs::read_to_string("/proc/thread-self/net/dev")?;
+        let at = Instant::now();
+        let snmp = fs::read_to_string("/proc/thread-self/net/snmp")?;
+        let sockets = fs::read_to_string("/proc/thread-self/net/udp")?;
+        let rx = traffic::rx_packets(&dev, SERVER_IF)
+            .with_context(|| format!("no {SERVER_IF} in /proc/net/dev"))?;
+        let c = traffic::udp_counters(&snmp);
+        let udp = c.get("InDatagrams").copied().unwrap_or(0)
+            + c.get("RcvbufErrors").copied().unwrap_or(0);
+        let queued = traffic::udp_rx_queue(&sockets, PORT).unwrap_or(0);
+        Ok(Counters {
+            at,
+            rx,
+            udp,
+            queued,
+        })
+    })
+}
+
+/// Waits until the previous flood is fully accounted for: counters no
+/// longer moving and the flood socket's queue read empty (at most 5 s).
+fn settled(ns: &Netns) -> Result<Counters> {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut last = counters(ns)?;
+    loop {
+        topo::sleep(Duration::from_millis(50))?;
+        let now = counters(ns)?;
+        let still = (now.rx, now.udp) == (last.rx, last.udp) && now.queued == 0;
+        if still || Instant::now() > end {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+enum Armed {
+    Nothing,
+    Nft,
+    Faultbpf(Box<Faultbpf>),
+}
+
+/// Scenario 2.
+pub fn run(ctx: &Ctx) -> Result<Section> {
+    let topo = Topology::new()?;
+    let _rx = Receiver::start(&topo.server, ctx.server_cpu())?;
+    let config =
+        TempFile(std::env::temp_dir().join(format!("fbb-{}-trafgen.cfg", std::process::id())));
+    let bytes: Vec<String> = frame(&topo).iter().map(|b| format!("0x{b:02x}")).collect();
+    fs::write(&config.0, format!("{{ {} }}\n", bytes.join(", ")))
+        .with_context(|| format!("writing {}", config.0.display()))?;
+
+    let mut unavailable: Vec<(Cond, Unavailable)> = Vec::new();
+    let mut conds: Vec<Cond> = Cond::ALL
+        .into_iter()
+        .filter(|c| match c.faultbpf_args() {
+            Some(Err(why)) => {
+                unavailable.push((*c, why));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut runs: Vec<Vec<(Cond, Run)>> = Vec::new();
+    for round in 0..ctx.plan.rounds {
+        if round >= 3 && started.elapsed() > ctx.plan.scenario_budget {
+            eprintln!("bench: drop: time budget reached after {round} rounds");
+            break;
+        }
+        let mut this = Vec::new();
+        let order: Vec<Cond> = (0..conds.len())
+            .map(|i| conds[(i + round) % conds.len()])
+            .collect();
+        for cond in order {
+            topo::check_interrupted()?;
+            let run = match one(ctx, &topo, &config.0, cond) {
+                Ok(run) => run,
+                // An XDP mode this kernel, driver or binary cannot attach
+                // becomes an n/a row; the other conditions go on.
+                Err(err) if matches!(cond, Cond::Xdp(_)) => {
+                    eprintln!("bench: {} unavailable: {err:#}", cond.label());
+                    let first = format!("{err:#}");
+                    let first = first.lines().next().unwrap_or_default().to_owned();
+                    unavailable.push((cond, Unavailable(format!("n/a ({first})"))));
+                    conds.retain(|&c| c != cond);
+                    this.retain(|(c, _)| *c != cond);
+                    for r in &mut runs {
+                        r.retain(|(c, _): &(Cond, Run)| *c != cond);
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("{} (round {})", cond.label(), round + 1));
+                }
+            };
+            eprintln!(
+                "bench: drop round {} {}: {}{}",
+                round + 1,
+                cond.label(),
+                report::si(run.pps, "pps"),
+                match &run.valid {
+                    Ok(()) => String::new(),
+                    Err(why) => format!(" (not counted: {why})"),
+                }
+            );
+            this.push((cond, run));
+        }
+        runs.push(this);
+    }
+    Ok(analyze(ctx, &conds, &unavailable, &runs))
+}
+
+fn one(ctx: &Ctx, topo: &Topology, config: &std::path::Path, cond: Cond) -> Result<Run> {
+    let armed = match cond {
+        Cond::Socket => Armed::Nothing,
+        Cond::Nft => {
+            injector::nft(
+                &topo.server,
+                &format!(
+                    "table netdev {NFT_TABLE} {{\n chain in {{\n  type filter hook ingress device \
+                     \"{SERVER_IF}\" priority 0; policy accept;\n  udp dport {PORT} counter \
+                     drop\n }}\n}}\n"
+                ),
+                Duration::from_secs(30),
+            )?;
+            Armed::Nft
+        }
+        Cond::Tc(_) | Cond::Xdp(_) => {
+            let args = match cond.faultbpf_args() {
+                Some(Ok(args)) => args,
+                _ => bail!("no faultbpf arguments for {}", cond.label()),
+            };
+            let mut fb = Faultbpf::start(&ctx.bin, &topo.server, &args, Launch::IpNetnsExec)?;
+            fb.wait_active(Duration::from_secs(60))?;
+            Armed::Faultbpf(Box::new(fb))
+        }
+    };
+
+    let c0 = settled(&topo.server)?;
+    // trafgen forks its sender and does not pass SIGINT on: it runs in its
+    // own process group, which is what gets signalled.
+    let mut trafgen = Proc::spawn_group(
+        "trafgen",
+        topo.client
+            .exec("trafgen")
+            .args(["--dev", CLIENT_IF, "--conf"])
+            .arg(config)
+            // One sender process (it pins itself to CPU 0); leave the
+            // machine's sysctls and IRQ affinities alone.
+            .args([
+                "--cpus",
+                "1",
+                "--no-sock-mem",
+                "--notouch-irq",
+                "--no-cpu-stats",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    let measured = (|| {
+        topo::sleep(WARMUP)?;
+        if let Some(status) = trafgen.child.try_wait()? {
+            bail!("trafgen exited early ({status})");
+        }
+        let c1 = counters(&topo.server)?;
+        topo::sleep(ctx.plan.flood_window)?;
+        let c2 = counters(&topo.server)?;
+        Ok((c2.at - c1.at, c2.rx - c1.rx, c2.udp - c1.udp))
+    })();
+    trafgen.stop(libc::SIGINT, Duration::from_secs(3))?;
+    let c3 = settled(&topo.server)?;
+    let mut attach = None;
+    let dropped = match armed {
+        Armed::Nothing => None,
+        Armed::Nft => {
+            let n = injector::nft_counter(&topo.server, NFT_TABLE, "in")?;
+            injector::nft(
+                &topo.server,
+                &format!("delete table netdev {NFT_TABLE}\n"),
+                Duration::from_secs(30),
+            )?;
+            Some(n)
+        }
+        Armed::Faultbpf(fb) => {
+            let c = fb.stop()?;
+            attach = Some(c.attach);
+            Some(c.acted_packets)
+        }
+    };
+    let (window, rx_window, udp_window) = measured?;
+    let rx_total = c3.rx - c0.rx;
+    let reached_udp = c3.udp - c0.udp;
+    let counted = if cond == Cond::Socket {
+        udp_window
+    } else {
+        rx_window
+    };
+    let valid = match dropped {
+        None if (reached_udp as f64) < 0.99 * rx_total as f64 => Err(format!(
+            "only {reached_udp} of {rx_total} frames reached the UDP layer"
+        )),
+        None => Ok(()),
+        Some(d) if (d as f64) < 0.99 * rx_total as f64 => Err(format!(
+            "the injector counted {d} drops for {rx_total} frames received"
+        )),
+        Some(_) if reached_udp as f64 > 0.01 * rx_total as f64 => Err(format!(
+            "{reached_udp} of {rx_total} frames reached the UDP layer: not dropped"
+        )),
+        Some(_) if rx_total == 0 => Err("no frame arrived".into()),
+        Some(_) => Ok(()),
+    };
+    Ok(Run {
+        pps: counted as f64 / window.as_secs_f64(),
+        rx_total,
+        dropped,
+        reached_udp,
+        attach,
+        valid,
+    })
+}
+
+fn analyze(
+    ctx: &Ctx,
+    conds: &[Cond],
+    unavailable: &[(Cond, Unavailable)],
+    runs: &[Vec<(Cond, Run)>],
+) -> Section {
+    let rate = |round: &[(Cond, Run)], c: Cond| {
+        round
+            .iter()
+            .find(|(k, r)| *k == c && r.valid.is_ok())
+            .map(|(_, r)| r.pps)
+    };
+    let spread_of = |c: Cond, reference: Option<Cond>| -> Option<Spread> {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|round| {
+                let x = rate(round, c)?;
+                match reference {
+                    None => Some(x),
+                    Some(r) => Some(x / rate(round, r)?),
+                }
+            })
+            .collect();
+        stats::spread(&v)
+    };
+
+    let mut section = Section::new("Drop capacity, every packet matching");
+    section.notes.push(format!(
+        "trafgen (one process, CPU 0) floods 60-byte UDP frames (10.200.0.1:{FROM} -> \
+         10.200.0.2:{PORT}, headers not in the skb's linear part) into the client's veth; each \
+         condition's rate is counted over {:?} after a {:?} warm-up, {} rounds, order rotating. \
+         Droppers: the server veth's rx_packets per second. No injector: datagrams reaching the \
+         server's UDP layer per second (a socket drained by a thread on CPU {}). faultbpf: \
+         `blackhole --proto udp --dport {PORT} --direction ingress --attach tcx|netlink`, or \
+         `--xdp --xdp-mode native|generic` instead of `--attach`; \
+         nftables: `udp dport {PORT} counter drop` in a netdev ingress chain.",
+        ctx.plan.flood_window,
+        WARMUP,
+        runs.len(),
+        ctx.server_cpu()
+    ));
+    section.notes.push(
+        "Check that the packets were really dropped: a round counts only if the injector's own \
+         counter (faultbpf's acted_packets, the nft rule's counter) covers >= 99% of the frames \
+         the veth received and <= 1% of them reached the UDP layer (InDatagrams + \
+         RcvbufErrors); for no injector, >= 99% must reach the UDP layer."
+            .into(),
+    );
+    let mut table = Table::new(
+        "",
+        &[
+            "Condition",
+            "Rate, median [min, max]",
+            "x nftables drop (same round)",
+            "x delivery to a socket",
+            "Rounds counted",
+            "Attached as (faultbpf's JSON)",
+        ],
+    );
+    let mut csv = Table::new(
+        "",
+        &[
+            "round",
+            "condition",
+            "pps",
+            "rx_total",
+            "injector_dropped",
+            "reached_udp",
+            "attach",
+            "counted",
+        ],
+    );
+    for c in Cond::ALL {
+        if let Some((_, why)) = unavailable.iter().find(|(k, _)| *k == c) {
+            table.row(vec![
+                c.label().into(),
+                why.0.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+            continue;
+        }
+        if !conds.contains(&c) {
+            continue;
+        }
+        let counted = runs.iter().filter(|round| rate(round, c).is_some()).count();
+        let abs = spread_of(c, None);
+        table.row(vec![
+            c.label().into(),
+            abs.map_or("-".into(), |s| {
+                format!(
+                    "{} [{}, {}]",
+                    report::si(s.median, "pps"),
+                    report::si(s.min, "pps"),
+                    report::si(s.max, "pps")
+                )
+            }),
+            if c == Cond::Nft {
+                "1".into()
+            } else {
+                report::ratio_cell(spread_of(c, Some(Cond::Nft)))
+            },
+            if c == Cond::Socket {
+                "1".into()
+            } else {
+                report::ratio_cell(spread_of(c, Some(Cond::Socket)))
+            },
+            format!("{counted}/{}", runs.len()),
+            {
+                let mut a: Vec<&str> = runs
+                    .iter()
+                    .flatten()
+                    .filter(|(k, _)| *k == c)
+                    .filter_map(|(_, r)| r.attach.as_deref())
+                    .collect();
+                a.sort_unstable();
+                a.dedup();
+                if a.is_empty() {
+                    "-".into()
+                } else {
+                    a.join(", ")
+                }
+            },
+        ]);
+    }
+    for (i, round) in runs.iter().enumerate() {
+        for (c, r) in round {
+            csv.row(vec![
+                (i + 1).to_string(),
+                c.label().into(),
+                format!("{:.0}", r.pps),
+                r.rx_total.to_string(),
+                r.dropped.map_or("".into(), |d| d.to_string()),
+                r.reached_udp.to_string(),
+                r.attach.clone().unwrap_or_default(),
+                match &r.valid {
+                    Ok(()) => "yes".into(),
+                    Err(why) => format!("no: {why}"),
+                },
+            ]);
+        }
+    }
+    let rejected: Vec<String> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, round)| {
+            round.iter().filter_map(move |(c, r)| {
+                r.valid
+                    .as_ref()
+                    .err()
+                    .map(|why| format!("round {} {}: {why}", i + 1, c.label()))
+            })
+        })
+        .collect();
+    if !rejected.is_empty() {
+        section
+            .notes
+            .push(format!("Rounds not counted: {}", rejected.join("; ")));
+    }
+    section.tables.push(table);
+    section.csvs.push(("drop-capacity-rounds.csv".into(), csv));
+
+    for (c, goal, min) in [
+        (Cond::Tc("tcx"), ">= 1.05 x nftables", 1.05),
+        (Cond::Tc("netlink"), ">= 1.05 x nftables", 1.05),
+        (Cond::Xdp(XdpMode::Native), ">= 1.0 x nftables", 1.0),
+        (Cond::Xdp(XdpMode::Generic), ">= 1.0 x nftables", 1.0),
+    ] {
+        let measure = format!("drop rate: {}", c.label());
+        if let Some((_, why)) = unavailable.iter().find(|(k, _)| *k == c) {
+            section.goals.push(Goal::na(&measure, goal, &why.0));
+            continue;
+        }
+        section.goals.push(match spread_of(c, Some(Cond::Nft)) {
+            Some(s) => Goal::new(
+                &measure,
+                goal,
+                format!(
+                    "{:.3} x nft [{:.3}, {:.3}] ({})",
+                    s.median,
+                    s.min,
+                    s.max,
+                    spread_of(c, None).map_or("-".into(), |a| report::si(a.median, "pps"))
+                ),
+                Verdict::check(s.median >= min),
+            ),
+            None => Goal::new(&measure, goal, "no counted round".into(), Verdict::Fail),
+        });
+    }
+    let total: usize = runs.iter().map(Vec::len).sum();
+    section.goals.push(Goal::new(
+        "flood packets really dropped (counters, socket stats)",
+        "every round",
+        format!(
+            "{} of {total} condition-rounds verified",
+            total - rejected.len()
+        ),
+        Verdict::check(rejected.is_empty()),
+    ));
+    section
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_checksum_of_a_known_header() {
+        // The example header of Wikipedia's "IPv4 header checksum" article.
+        let header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(ipv4_checksum(&header), 0xb861);
+    }
+}
