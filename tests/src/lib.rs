@@ -12,6 +12,7 @@
 
 pub mod attach;
 pub mod daemon;
+pub mod delay_kit;
 pub mod deps;
 pub mod fault_kit;
 pub mod faultbpf;
