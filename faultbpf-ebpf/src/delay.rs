@@ -44,8 +44,14 @@ pub fn hold(ctx: &TcContext, f: &Flow, rule: &RuleValue, hook: Hook) -> Option<i
     let now = unsafe { bpf_ktime_get_ns() };
     let mut at = now.saturating_add(delay_ns(rule));
     if rule.flags & FLAG_REORDER == 0 {
-        // Never before the flow's previous packet.
-        let key = flow_hash(0, f.proto, &f.saddr, f.sport_be, &f.daddr, f.dport_be);
+        // Never before the flow's previous packet in the same direction:
+        // the hash is symmetric, so the hook goes into the seed, or a reply
+        // would wait for the last request.
+        let seed = match hook {
+            Hook::Ingress => 1,
+            Hook::Egress => 2,
+        };
+        let key = flow_hash(seed, f.proto, &f.saddr, f.sport_be, &f.daddr, f.dport_be);
         // SAFETY: plain map value read.
         if let Some(last) = unsafe { FLOW_LAST.get(&key) }
             && *last > at
