@@ -27,7 +27,7 @@ use toml::Spanned;
 
 use crate::{
     rules::Rule,
-    span::{key_span, line_col},
+    span::key_span,
     spec::{RuleSpec, parse_duration},
 };
 
@@ -88,44 +88,19 @@ pub struct NamedRule {
     pub rule: Rule,
 }
 
-/// A config error with its position.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
+/// A mistake in the file, with its position.
+pub type ConfigError = crate::span::FileError;
 
 /// Reads and validates `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.display().to_string(),
-        line: 0,
-        column: 0,
-        message: format!("could not read the file: {e}"),
-    })?;
+    let text = crate::span::read(path)?;
     parse(&path.display().to_string(), &text)
 }
 
 /// Validates config `text`, naming it `file` in errors.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-    let at = |span: Range<usize>, message: String| {
-        let (line, column) = line_col(text, span.start);
-        ConfigError {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-        }
-    };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        at(
-            e.span().unwrap_or(0..0),
-            e.message().trim().replace('\n', " "),
-        )
-    })?;
+    let at = |span: Range<usize>, message: String| crate::span::at(file, text, span, message);
+    let raw: RawConfig = crate::span::parse_toml(file, text)?;
 
     let duration = |v: &Option<Spanned<String>>, default: Duration, what: &str| match v {
         None => Ok(default),

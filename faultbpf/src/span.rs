@@ -4,7 +4,54 @@
 //! unknown keys and wrong types, and the line of the key for a value that
 //! parsed but is impossible (pct 101, port 0).
 
-use std::ops::Range;
+use std::{ops::Range, path::Path};
+
+/// A mistake in a TOML file, with its position.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct FileError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// The file's text, or the error that it could not be read.
+pub(crate) fn read(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|e| FileError {
+        file: path.display().to_string(),
+        line: 0,
+        column: 0,
+        message: format!("could not read the file: {e}"),
+    })
+}
+
+/// An error at byte `span.start` of `text`.
+pub(crate) fn at(file: &str, text: &str, span: Range<usize>, message: String) -> FileError {
+    let (line, column) = line_col(text, span.start);
+    FileError {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// `text` parsed as TOML into `T`; syntax, unknown keys and wrong types
+/// at the parser's own span.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, FileError> {
+    toml::from_str(text).map_err(|e| {
+        at(
+            file,
+            text,
+            e.span().unwrap_or(0..0),
+            e.message().trim().replace('\n', " "),
+        )
+    })
+}
 
 /// Where `key = ...` starts inside `within` (a table's span), so a bad
 /// value is reported at its own line. `None` when the key is not written

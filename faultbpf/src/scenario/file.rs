@@ -44,7 +44,7 @@ use toml::Spanned;
 
 use crate::{
     rules::{Direction, Per, Proto, Rule},
-    span::{key_span, line_col},
+    span::key_span,
     spec::{FaultName, PortSpec, RuleSpec, parse_duration},
 };
 
@@ -212,45 +212,20 @@ pub struct PoolEntry {
     pub rule: Rule,
 }
 
-/// A scenario file error with its position.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
-pub struct ScenarioError {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
+/// A mistake in the file, with its position.
+pub type ScenarioError = crate::span::FileError;
 
 /// Reads and checks `path`.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
-        file: path.display().to_string(),
-        line: 0,
-        column: 0,
-        message: format!("could not read the file: {e}"),
-    })?;
+    let text = crate::span::read(path)?;
     parse(&path.display().to_string(), &text)
 }
 
 /// Checks scenario `text`, naming it `file` in errors (and using its stem
 /// as the scenario's name if the file gives none).
 pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
-    let at = |span: Range<usize>, message: String| {
-        let (line, column) = line_col(text, span.start);
-        ScenarioError {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-        }
-    };
-    let raw: RawScenario = toml::from_str(text).map_err(|e| {
-        at(
-            e.span().unwrap_or(0..0),
-            e.message().trim().replace('\n', " "),
-        )
-    })?;
+    let at = |span: Range<usize>, message: String| crate::span::at(file, text, span, message);
+    let raw: RawScenario = crate::span::parse_toml(file, text)?;
     // A positive duration, at its value's span.
     let positive = |s: &Spanned<String>, what: &str| {
         parse_duration(s.get_ref()).map_err(|e| at(s.span(), format!("{what}: {e}")))
