@@ -28,7 +28,10 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{CLIENT_V4, Exit, Netns, SERVER_V4, Topology, faultbpf::faultbpf_bin, force_rcvbuf};
+use crate::{
+    CLIENT_V4, Exit, Netns, SERVER_V4, Topology, faultbpf::faultbpf_bin, force_rcvbuf,
+    net::RecvRetry,
+};
 
 /// How long the daemon may take to load, attach and answer `/healthz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -885,7 +888,7 @@ impl UdpPath {
         loop {
             let sent = Instant::now();
             self.tx.send_to(b"probe", self.to).unwrap();
-            if self.rx.recv(&mut buf).is_ok() {
+            if self.rx.recv_retry(&mut buf).is_ok() {
                 return Some(sent);
             }
             if Instant::now() >= deadline {
@@ -905,7 +908,7 @@ impl UdpPath {
         loop {
             let sent = Instant::now();
             self.tx.send_to(b"probe", self.to).unwrap();
-            if self.rx.recv(&mut buf).is_err() {
+            if self.rx.recv_retry(&mut buf).is_err() {
                 return Some(sent);
             }
             if Instant::now() >= deadline {

@@ -25,7 +25,7 @@ use aya::programs::{SchedClassifier, tc::TcAttachType};
 
 use crate::{
     Exit, Netns, assert_nothing_attached, faultbpf::faultbpf_bin, force_rcvbuf, has_clsact,
-    tc_filters, tcp_connect, tcp_listen, udp_bind,
+    net::RecvRetry, tc_filters, tcp_connect, tcp_listen, udp_bind,
 };
 
 /// A socket path that never exists: no daemon can answer there.
@@ -237,7 +237,7 @@ impl UdpEcho {
         let thread = thread::spawn(move || {
             let mut buf = [0u8; 2048];
             while !flag.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                if let Ok((n, from)) = socket.recv_from_retry(&mut buf) {
                     let _ = socket.send_to(&buf[..n], from);
                 }
             }
@@ -302,7 +302,7 @@ impl UdpProbe {
                 return None;
             }
             self.socket.set_read_timeout(Some(left)).unwrap();
-            match self.socket.recv(&mut buf) {
+            match self.socket.recv_retry(&mut buf) {
                 Ok(4) if buf[..4] == msg => return Some(start.elapsed()),
                 Ok(_) => {}
                 Err(e)
@@ -389,7 +389,7 @@ pub fn burst(
     rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut buf = [0u8; 64];
     let n = rx
-        .recv(&mut buf)
+        .recv_retry(&mut buf)
         .unwrap_or_else(|e| panic!("burst warm-up to {dst} did not arrive: {e}"));
     assert_eq!(n, 12, "warm-up datagram");
     rx.set_read_timeout(Some(idle)).unwrap();
@@ -397,7 +397,7 @@ pub fn burst(
         let mut got = Vec::new();
         let mut buf = [0u8; 64];
         while got.len() < count as usize {
-            match rx.recv(&mut buf) {
+            match rx.recv_retry(&mut buf) {
                 Ok(12) => {
                     let now = epoch().elapsed().as_nanos() as u64;
                     let seq = u32::from_le_bytes(buf[..4].try_into().unwrap());
@@ -490,7 +490,12 @@ pub fn bulk_mbps(
                     s.set_nonblocking(false).unwrap();
                     return s;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
                     assert!(Instant::now() < deadline, "bulk: no connection within 15 s");
                     thread::sleep(Duration::from_millis(5));
                 }
@@ -539,7 +544,9 @@ pub fn bulk_mbps(
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => panic!("bulk: read: {e}"),
         }

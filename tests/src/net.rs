@@ -17,6 +17,53 @@ use crate::Netns;
 /// asm-generic/socket.h, used by x86_64 and arm64.
 const SO_RCVBUFFORCE: libc::c_int = 33;
 
+/// `recv` and `recv_from` that try again when a signal interrupts them.
+///
+/// With a read timeout set, Linux never restarts a socket call cut short by a
+/// signal, and a stop/continue or a cgroup freeze of the test run is enough
+/// to cut it short: an `EINTR` there is neither a datagram nor silence.
+pub trait RecvRetry {
+    /// [`UdpSocket::recv`], retried on `EINTR`.
+    fn recv_retry(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// [`UdpSocket::recv_from`], retried on `EINTR`.
+    fn recv_from_retry(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+}
+
+impl RecvRetry for UdpSocket {
+    fn recv_retry(&self, buf: &mut [u8]) -> io::Result<usize> {
+        retry(|| self.recv(buf))
+    }
+
+    fn recv_from_retry(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        retry(|| self.recv_from(buf))
+    }
+}
+
+/// Runs `call` until it ends with anything but `EINTR`.
+pub fn retry<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// `poll(2)` on one descriptor, retried on `EINTR` (with the full timeout
+/// again: the callers' deadlines are loose). Returns the number of ready
+/// descriptors (0 or 1).
+pub fn poll_one(pfd: &mut libc::pollfd, ms: libc::c_int) -> io::Result<libc::c_int> {
+    retry(|| {
+        // SAFETY: one live pollfd.
+        let rc = unsafe { libc::poll(pfd, 1, ms) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    })
+}
+
 /// A listening TCP socket in `ns`. Connections complete in the kernel
 /// without `accept`, which is all the tests need.
 pub fn tcp_listen(ns: &Netns, addr: SocketAddr) -> TcpListener {
@@ -57,7 +104,7 @@ pub fn count_datagrams(socket: &UdpSocket, limit: usize, idle: Duration) -> Vec<
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
     while got.len() < limit {
-        match socket.recv(&mut buf) {
+        match socket.recv_retry(&mut buf) {
             Ok(n) => got.push(buf[..n].to_vec()),
             Err(e)
                 if matches!(
@@ -145,9 +192,7 @@ pub fn connect_finished(socket: BorrowedFd<'_>, wait: Duration) -> bool {
         revents: 0,
     };
     let ms = libc::c_int::try_from(wait.as_millis()).unwrap();
-    // SAFETY: one live pollfd.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    assert!(rc >= 0, "poll: {}", io::Error::last_os_error());
+    let rc = poll_one(&mut pfd, ms).unwrap_or_else(|e| panic!("poll: {e}"));
     rc == 1
 }
 
@@ -252,9 +297,7 @@ impl PacketSocket {
                 revents: 0,
             };
             let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap();
-            // SAFETY: one live pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            assert!(rc >= 0, "poll: {}", io::Error::last_os_error());
+            let rc = poll_one(&mut pfd, ms).unwrap_or_else(|e| panic!("poll: {e}"));
             if rc == 0 {
                 continue;
             }

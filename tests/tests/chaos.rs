@@ -24,7 +24,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, SERVER_IF, SERVER_V4, Topology,
+    CLIENT_IF, CLIENT_V4, RecvRetry, SERVER_IF, SERVER_V4, Topology,
     fault_kit::{CsumErrors, Fault, nstat, tx_checksum_off},
     force_rcvbuf, udp_bind,
 };
@@ -75,7 +75,7 @@ fn chaos_mix_shares() {
     tx.send_to(&PAYLOAD, to).unwrap();
     let mut buf = [0u8; 2048];
     rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let n = rx.recv(&mut buf).expect("control datagram");
+    let n = rx.recv_retry(&mut buf).expect("control datagram");
     assert_eq!(&buf[..n], &PAYLOAD);
 
     let mut fb = Fault::start(
@@ -112,7 +112,7 @@ fn chaos_mix_shares() {
             while Instant::now() < deadline
                 && !(sent_all.load(Ordering::Relaxed) && last.elapsed() > Duration::from_secs(1))
             {
-                match rx.recv(&mut buf) {
+                match rx.recv_retry(&mut buf) {
                     Ok(n) => {
                         last = Instant::now();
                         delivered += 1;

@@ -38,7 +38,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, Exit, Netns, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    CLIENT_IF, Exit, Netns, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
     delay_kit::{
         Arrival, Sender, UdpEcho, UdpProbe, assert_clean, bulk_mbps, burst, delay_links,
         has_delay_qdiscs, late_arrivals, median, ms, no_duplicates, percentile, qdiscs,
@@ -564,7 +564,7 @@ fn twelve_second_delay_is_held() {
     tx.send(b"warm-up").unwrap();
     rx.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
     let mut buf = [0u8; 64];
-    assert_eq!(rx.recv(&mut buf).expect("warm-up"), 7);
+    assert_eq!(rx.recv_retry(&mut buf).expect("warm-up"), 7);
     // Only the start is heavy (loading the programs); the 12 s wait can
     // overlap another test.
     let mut fb = {
@@ -576,7 +576,7 @@ fn twelve_second_delay_is_held() {
     let sent = Instant::now();
     tx.send(b"late").unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let got = rx.recv(&mut buf);
+    let got = rx.recv_retry(&mut buf);
     let took = sent.elapsed();
     eprintln!("12 s delay: {got:?} after {took:?}");
     assert!(

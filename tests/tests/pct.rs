@@ -14,7 +14,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, Counters, Faultbpf, SERVER_IF, SERVER_V4, Topology, force_rcvbuf, udp_bind,
+    CLIENT_V4, Counters, Faultbpf, RecvRetry, SERVER_IF, SERVER_V4, Topology, force_rcvbuf,
+    udp_bind,
 };
 
 const P: u16 = 5000;
@@ -61,7 +62,7 @@ fn run(tag: &str, pct: &str, n: u64) -> (u64, Counters) {
             let mut last = Instant::now();
             let mut buf = [0u8; 64];
             while got < n && Instant::now() < deadline {
-                match rx.recv(&mut buf) {
+                match rx.recv_retry(&mut buf) {
                     Ok(_) => {
                         got += 1;
                         last = Instant::now();

@@ -14,7 +14,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
+    CLIENT_V4, CLIENT_V6, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
     fault_kit::{EchoServer, Fault, connect_timed},
     udp_bind,
 };
@@ -82,7 +82,7 @@ fn udp_echo(socket: &UdpSocket, stop: &AtomicBool, received: &AtomicU64) {
         .unwrap();
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+        if let Ok((n, from)) = socket.recv_from_retry(&mut buf) {
             received.fetch_add(1, Ordering::Relaxed);
             socket.send_to(&buf[..n], from).unwrap();
         }

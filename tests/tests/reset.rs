@@ -22,7 +22,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, CLIENT_V6, Netns, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    CLIENT_IF, CLIENT_V4, CLIENT_V6, Netns, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
     count_datagrams,
     fault_kit::{
         CsumErrors, EchoServer, Fault, connect_timed, exchange, tx_checksum_off, udp_connect,
@@ -191,7 +191,7 @@ fn reset_everything(tag: &str, placement: Placement) {
         socket.send(b"after the fault").unwrap();
         socket.set_read_timeout(Some(secs(3))).unwrap();
         let mut buf = [0u8; 64];
-        match socket.recv(&mut buf) {
+        match socket.recv_retry(&mut buf) {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
             other => failures.push(format!(
                 "connected UDP socket to {ip}: expected ECONNREFUSED, got {}",

@@ -63,7 +63,12 @@ impl EchoServer {
                                 echo(stream, &stop, &received, &data);
                             }));
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                            ) =>
+                        {
                             thread::sleep(Duration::from_millis(1));
                         }
                         Err(e) => {
@@ -140,7 +145,9 @@ fn echo(mut stream: TcpStream, stop: &AtomicBool, received: &AtomicU64, data: &M
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => return,
         }
@@ -238,12 +245,7 @@ pub fn recv_with_tos(socket: &UdpSocket, timeout: Duration) -> io::Result<(Vec<u
         revents: 0,
     };
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap();
-    // SAFETY: one live pollfd.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if rc == 0 {
+    if crate::net::poll_one(&mut pfd, ms)? == 0 {
         return Err(io::ErrorKind::TimedOut.into());
     }
     let mut buf = vec![0u8; 65536];
