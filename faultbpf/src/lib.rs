@@ -12,6 +12,7 @@ pub mod error;
 pub mod faults;
 pub mod guard;
 pub mod iface;
+mod load;
 pub mod loader;
 pub mod reaper;
 pub mod report;

@@ -18,9 +18,9 @@
 use std::time::Duration;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, MapError, PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -39,7 +39,7 @@ use serde::Serialize;
 use crate::{
     delaydev::DelayDevice,
     error::Error,
-    iface, reaper,
+    iface, load, reaper,
     rules::{Rule, monotonic_ns},
 };
 
@@ -211,12 +211,24 @@ impl Injector {
             }
         }
         raise_memlock();
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(Error::load)?;
+        let mut ebpf = load::loader().load(OBJECT).map_err(Error::load)?;
+        let wanted = |name: &str| {
+            HOOKS.iter().any(|(n, _, _)| *n == name) || (hooks.xdp.is_some() && name == XDP_PROGRAM)
+        };
+        let chosen: Vec<_> = ebpf.programs_mut().filter(|(n, _)| wanted(n)).collect();
+        for (name, result) in load::programs(chosen) {
+            if name == XDP_PROGRAM {
+                result.map_err(Error::xdp_load)?;
+            } else {
+                result.map_err(Error::load)?;
+            }
+        }
+        // A missing program says so here rather than as a type error later.
         for (name, _, _) in HOOKS {
-            program(&mut ebpf, name)?.load().map_err(Error::load)?;
+            program(&mut ebpf, name)?;
         }
         if hooks.xdp.is_some() {
-            xdp_program(&mut ebpf)?.load().map_err(Error::xdp_load)?;
+            xdp_program(&mut ebpf)?;
         }
         let mut inj = Self {
             ebpf,
@@ -486,12 +498,15 @@ impl Injector {
             .ebpf
             .map(COUNTERS_MAP)
             .ok_or_else(|| missing(COUNTERS_MAP))?;
-        let arr: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(map)
+        let counters: PerCpuHashMap<&MapData, u32, RuleCounters> = PerCpuHashMap::try_from(map)
             .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
-        let per_cpu = arr
-            .get(&id, 0)
-            .map_err(|e| map_err(COUNTERS_MAP, "could not read counters", e))?;
         let mut sum = RuleCounters::default();
+        let per_cpu = match counters.get(&id, 0) {
+            Ok(v) => v,
+            // Not inserted yet: nothing counted.
+            Err(MapError::KeyNotFound) => return Ok(sum),
+            Err(e) => return Err(map_err(COUNTERS_MAP, "could not read counters", e)),
+        };
         for c in per_cpu.iter() {
             sum.add(c);
         }
@@ -507,15 +522,17 @@ impl Injector {
             .ebpf
             .map_mut(COUNTERS_MAP)
             .ok_or_else(|| missing(COUNTERS_MAP))?;
-        let mut arr: PerCpuArray<&mut MapData, RuleCounters> = PerCpuArray::try_from(map)
-            .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
+        let mut counters: PerCpuHashMap<&mut MapData, u32, RuleCounters> =
+            PerCpuHashMap::try_from(map)
+                .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
         let zero = aya::maps::PerCpuValues::try_from(vec![RuleCounters::default(); ncpu]).map_err(
             |e| Error::Io {
                 what: "could not build per-CPU values".into(),
                 source: e,
             },
         )?;
-        arr.set(id, zero, 0)
+        counters
+            .insert(id, zero, 0)
             .map_err(|e| map_err(COUNTERS_MAP, "could not reset counters", e))
     }
 
