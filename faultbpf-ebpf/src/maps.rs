@@ -9,6 +9,8 @@ use aya_ebpf::{
 };
 use faultbpf_common::{Lease, MAX_PEERS, MAX_RULES, MAX_SLOTS, RuleCounters, RuleKey, RuleValue};
 
+use crate::parse::Flow;
+
 /// (protocol, side, port) -> rule: one lookup per port of a packet. Not
 /// preallocated: memory follows the rules loaded, and creating the map
 /// costs nothing at start-up (preallocated: ~30 MiB, 10 ms).
@@ -45,6 +47,10 @@ pub struct Scratch(pub [u8; SCRATCH_LEN]);
 /// One scratch buffer per CPU.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A flow passed through memory the verifier cannot see into (`reset.rs`).
+#[map]
+pub static FLOW_COPY: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
 /// The delay device's sending-end ifindex; 0 while there is none.
 #[map]

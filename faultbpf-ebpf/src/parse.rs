@@ -23,6 +23,7 @@ use network_types::{
 
 /// What the matcher and the actions need of a packet. Ports stay in
 /// network byte order; IPv4 addresses are IPv4-mapped IPv6.
+#[derive(Clone)]
 pub struct Flow {
     pub proto: u8,
     pub v6: bool,
