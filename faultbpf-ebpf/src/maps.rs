@@ -48,7 +48,8 @@ pub struct Scratch(pub [u8; SCRATCH_LEN]);
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// A flow passed through memory the verifier cannot see into (`reset.rs`).
+/// A flow passed through memory the verifier cannot see into
+/// (`Flow::opaque`).
 #[map]
 pub static FLOW_COPY: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 

@@ -40,7 +40,7 @@ use faultbpf_common::{PROTO_TCP, PROTO_UDP};
 use crate::{
     actions::Hook,
     csum::{self, Words},
-    maps::{FLOW_COPY, SCRATCH, SCRATCH_LEN},
+    maps::{SCRATCH, SCRATCH_LEN},
     parse::{Flow, TCP_HDR_LEN, UDP_HDR_LEN},
 };
 
@@ -74,7 +74,7 @@ impl From<()> for NoReply {
 /// answer.
 #[inline(always)]
 pub fn reply(ctx: &TcContext, f: &Flow, hook: Hook) -> Result<i32, NoReply> {
-    let f = forget(f)?;
+    let f = f.opaque().ok_or(())?;
     if f.fragment || multicast(f) {
         return Err(NoReply::Drop);
     }
@@ -93,25 +93,6 @@ pub fn reply(ctx: &TcContext, f: &Flow, hook: Hook) -> Result<i32, NoReply> {
     };
     // SAFETY: helper without preconditions.
     Ok(unsafe { bpf_redirect(ifindex, flags) } as i32)
-}
-
-/// The same flow, read back from a map, so the verifier knows nothing of
-/// its values. It walks everything below once per distinct state it
-/// arrives in, and the parser hands over many (IPv4 or IPv6, VLAN or not,
-/// each extension-header path leaves other known offsets): that was 94 k of
-/// the 102 k instructions it checked per tc program, and most of the time
-/// to start faultbpf. From unknown values every path after the first is
-/// pruned; the code below checks every offset it uses anyway.
-#[inline(always)]
-fn forget(f: &Flow) -> Result<&'static Flow, ()> {
-    let p = FLOW_COPY.get_ptr_mut(0).ok_or(())?;
-    // SAFETY: a per-CPU value is only touched by this CPU, and a program
-    // run is not preempted by another run of itself on the same CPU.
-    unsafe { core::ptr::write_volatile(p, f.clone()) };
-    // A second lookup, so the compiler cannot hand the written values on.
-    let p = FLOW_COPY.get_ptr(0).ok_or(())?;
-    // SAFETY: as above; written just now.
-    Ok(unsafe { &*p })
 }
 
 fn multicast(f: &Flow) -> bool {

@@ -54,6 +54,9 @@ const ETH_VLAN_LEN: usize = 18;
 /// cannot be answered (the rule's port must stay closed).
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, f: &Flow) -> u32 {
+    let Some(f) = f.opaque() else {
+        return XDP_DROP;
+    };
     if f.fragment || answer::multicast(f) {
         return XDP_DROP;
     }
