@@ -176,14 +176,14 @@ pub fn run(opts: &Options) -> Result<()> {
             eprintln!("bench: using FAULTBPF_BIN={} (not rebuilt)", bin.display());
             bin
         }
-        None => build::build_faultbpf()?,
+        None => build::build_faultbpf_release()?,
     };
     ctrlc::set_handler(|| topo::INTERRUPTED.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
     let out = cmd::workspace_root().join("target").join("bench");
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // Measure a copy: a rebuild of target/debug/faultbpf in the middle of
+    // Measure a copy: a rebuild of target/release/faultbpf in the middle of
     // the run (another cargo command) must not change what is measured, nor
     // break the helper processes faultbpf starts from its own executable.
     let snapshot = out.join("faultbpf");
