@@ -71,6 +71,16 @@ enum Task {
     /// target/bench/report.md, CSVs and throughput-vs-rules.png. About 15
     /// minutes; --quick takes a few.
     Bench(bench::Options),
+    /// The in-guest half of the bench's delay accuracy (run by `bench`)
+    #[command(hide = true)]
+    BenchDelayGuest {
+        #[arg(long)]
+        bin: std::path::PathBuf,
+        #[arg(long)]
+        rounds: usize,
+        #[arg(long)]
+        samples: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +90,11 @@ fn main() -> ExitCode {
         Task::Test { no_vm } => test::run(no_vm),
         Task::Demo => demo::run(),
         Task::Bench(opts) => bench::run(&opts),
+        Task::BenchDelayGuest {
+            bin,
+            rounds,
+            samples,
+        } => bench::delay_accuracy::guest(&bin, rounds, samples),
         Task::Vm {
             e2e,
             timeout,

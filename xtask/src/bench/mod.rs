@@ -19,6 +19,7 @@ mod accuracy;
 mod apply_time;
 mod cost;
 mod daemon;
+pub mod delay_accuracy;
 mod drop_capacity;
 mod injector;
 mod plot;

@@ -57,18 +57,30 @@ pub fn run(e2e: bool, timeout: Option<u64>, command: &[String]) -> Result<()> {
     if command.is_empty() {
         bail!("nothing to run: give `--e2e` or a command (`cargo xtask vm -- uname -r`)");
     }
+    capture(command, limit.unwrap_or(COMMAND_LIMIT)).map(|_| ())
+}
+
+/// Runs `command` in the guest and returns its console, line by line; an
+/// error if it did not exit 0 within `limit`. The bench's delay accuracy
+/// reads its results from there.
+pub fn capture(command: &[String], limit: Duration) -> Result<Vec<String>> {
+    require_root()?;
     let words: Vec<String> = command
         .iter()
         .map(|word| suite::shell_quote(word))
         .collect();
     let script = format!("{}{}\n", prelude()?, words.join(" "));
-    let outcome = boot(&script, limit.unwrap_or(COMMAND_LIMIT))?;
+    let outcome = boot(&script, limit)?;
     if let Some(killed) = outcome.killed {
         bail!("{killed}");
     }
     match outcome.exit {
-        Some(0) => Ok(()),
-        Some(status) => bail!("`{}` exited {status} in the VM", command.join(" ")),
+        Some(0) => Ok(outcome.serial),
+        Some(status) => bail!(
+            "`{}` exited {status} in the VM; its last lines: {}",
+            command.join(" "),
+            outcome.serial[outcome.serial.len().saturating_sub(5)..].join(" / ")
+        ),
         None => bail!(
             "the VM stopped without reporting the command's exit status ({})",
             qemu_ending(&outcome)
