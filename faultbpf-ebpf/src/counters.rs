@@ -9,7 +9,7 @@ use crate::maps::COUNTERS;
 #[inline(always)]
 pub fn matched(slot: u32, segs: u64, bytes: u64) -> Option<&'static mut RuleCounters> {
     let c = COUNTERS.get_ptr_mut(slot)?;
-    // SAFETY: a per-CPU map value is only ever touched by this CPU, and
+    // SAFETY: a per-CPU array value is only ever touched by this CPU, and
     // the program cannot be preempted mid-run by itself on the same CPU.
     let c = unsafe { &mut *c };
     c.matched_packets += segs;

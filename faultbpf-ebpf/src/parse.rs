@@ -143,8 +143,18 @@ const NH_DEST_OPTS: u8 = 60;
 /// `None` for anything else, including truncated headers.
 #[inline(always)]
 pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
-    let eth: EthHdr = ctx.load(0)?;
-    let mut ether_type = eth.ether_type;
+    // The common case in one copy: every helper call is a good share of
+    // what a packet costs here (~40 ns each, measured with bpf_stats).
+    let head: Option<[u8; FAST_LEN]> = ctx.load(0);
+    let mut ether_type = match &head {
+        Some(h) => {
+            if let Some(decided) = fast_ipv4(ctx, h) {
+                return decided;
+            }
+            u16::from_ne_bytes([h[12], h[13]])
+        }
+        None => ctx.load::<EthHdr>(0)?.ether_type,
+    };
     let mut l3 = EthHdr::LEN;
     if ether_type == EtherType::Ieee8021q as u16 {
         let vlan: VlanHdr = ctx.load(l3)?;
@@ -175,9 +185,61 @@ pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
     Some(f)
 }
 
+/// Ethernet + IPv4 without options + the L4 ports.
+const FAST_LEN: usize = EthHdr::LEN + IPV4_HDR_LEN + 4;
+
+/// The flow of an untagged IPv4 packet without options from its first
+/// `FAST_LEN` bytes: `Some(answer)` when this is such a packet, `None` to
+/// take the general path (VLAN, IPv6, IP options, fragments, ...).
+#[inline(always)]
+fn fast_ipv4<P: Packet>(ctx: &P, h: &[u8; FAST_LEN]) -> Option<Option<Flow>> {
+    const L3: usize = EthHdr::LEN;
+    const L4: usize = L3 + IPV4_HDR_LEN;
+    let ip = &h[L3..L4];
+    let proto = ip[9];
+    if u16::from_ne_bytes([h[12], h[13]]) != EtherType::Ipv4 as u16
+        || ip[0] != 0x45
+        || u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAG_OFFSET_MASK != 0
+        || (proto != PROTO_TCP && proto != PROTO_UDP)
+    {
+        return None;
+    }
+    let l3_end = end(ctx, L3, usize::from(u16::from_be_bytes([ip[2], ip[3]])));
+    let need = if proto == PROTO_TCP {
+        TCP_HDR_LEN
+    } else {
+        UDP_HDR_LEN
+    };
+    if L4 + need > l3_end {
+        return Some(None);
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr[10] = 0xff;
+    saddr[11] = 0xff;
+    daddr[10] = 0xff;
+    daddr[11] = 0xff;
+    saddr[12..].copy_from_slice(&ip[IPV4_SADDR_OFF..IPV4_SADDR_OFF + 4]);
+    daddr[12..].copy_from_slice(&ip[IPV4_DADDR_OFF..IPV4_DADDR_OFF + 4]);
+    Some(Some(Flow {
+        proto,
+        v6: false,
+        fragment: false,
+        sport_be: u16::from_ne_bytes([h[L4], h[L4 + 1]]),
+        dport_be: u16::from_ne_bytes([h[L4 + 2], h[L4 + 3]]),
+        saddr,
+        daddr,
+        l3: L3,
+        l4: L4,
+        l3_end,
+    }))
+}
+
 #[inline(always)]
 fn ipv4<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
-    let ip: [u8; 12] = ctx.load(l3)?;
+    // One copy of the whole fixed header: every helper call counts on the
+    // drop path.
+    let ip: [u8; IPV4_HDR_LEN] = ctx.load(l3)?;
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     if ip[0] >> 4 != 4 || ihl < IPV4_HDR_LEN {
         return None;
@@ -190,11 +252,8 @@ fn ipv4<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
     saddr[11] = 0xff;
     daddr[10] = 0xff;
     daddr[11] = 0xff;
-    if !ctx.load_into(l3 + IPV4_SADDR_OFF, saddr.last_chunk_mut::<4>()?)
-        || !ctx.load_into(l3 + IPV4_DADDR_OFF, daddr.last_chunk_mut::<4>()?)
-    {
-        return None;
-    }
+    saddr[12..].copy_from_slice(&ip[IPV4_SADDR_OFF..IPV4_SADDR_OFF + 4]);
+    daddr[12..].copy_from_slice(&ip[IPV4_DADDR_OFF..IPV4_DADDR_OFF + 4]);
     Some(Flow {
         proto: ip[9],
         v6: false,

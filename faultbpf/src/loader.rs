@@ -20,7 +20,7 @@ use std::time::Duration;
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, MapData, MapError, PerCpuHashMap,
+        Array, HashMap, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -32,14 +32,14 @@ use aya::{
 };
 use faultbpf_common::{
     COUNTERS_MAP, DELAY_DEV_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP,
-    RETURN_PROGRAM, RULES_MAP, RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
+    PORTS_MAP, RETURN_PROGRAM, RULES_MAP, RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
 };
 use serde::Serialize;
 
 use crate::{
     delaydev::DelayDevice,
     error::Error,
-    iface, load, reaper,
+    iface, load, port_filter, reaper,
     rules::{Rule, monotonic_ns},
 };
 
@@ -408,10 +408,22 @@ impl Injector {
                     .map_err(|e| map_err(PEERS_MAP, "could not insert a peer prefix", e))?;
             }
         }
-        let mut map = self.rules_map()?;
-        for (k, v) in rule.entries(monotonic_ns()) {
-            map.insert(k, v, 0)
-                .map_err(|e| map_err(RULES_MAP, "could not insert a rule", e))?;
+        let entries = rule.entries(monotonic_ns());
+        {
+            let mut map = self.rules_map()?;
+            for (k, v) in &entries {
+                map.insert(k, v, 0)
+                    .map_err(|e| map_err(RULES_MAP, "could not insert a rule", e))?;
+            }
+        }
+        // After the rules: a set bit with no rule behind it costs a lookup
+        // that finds nothing, a rule behind a clear bit would be skipped.
+        let mut ports = self.ports_map()?;
+        for (word, mask) in port_filter::words(entries.iter().map(|(k, _)| *k)) {
+            let old = ports.get(&word, 0).unwrap_or(0);
+            ports
+                .set(word, old | mask, 0)
+                .map_err(|e| map_err(PORTS_MAP, "could not update the port filter", e))?;
         }
         Ok(())
     }
@@ -473,15 +485,38 @@ impl Injector {
 
     /// Lifts `rule`; missing entries are not an error.
     pub fn remove(&mut self, rule: &Rule) -> Result<(), Error> {
+        let keys = rule.keys();
         let mut map = self.rules_map()?;
-        for k in rule.keys() {
-            let _ = map.remove(&k);
+        for k in &keys {
+            let _ = map.remove(k);
+        }
+        // A port's bit stays while any rule of either protocol still has it.
+        let unused: Vec<_> = keys
+            .into_iter()
+            .filter(|k| {
+                port_filter::sharing(*k)
+                    .iter()
+                    .all(|other| map.get(other, 0).is_err())
+            })
+            .collect();
+        let mut ports = self.ports_map()?;
+        for (word, mask) in port_filter::words(unused) {
+            let old = ports.get(&word, 0).unwrap_or(0);
+            let _ = ports.set(word, old & !mask, 0);
         }
         let mut peers = self.peers_map()?;
         for (len, data) in rule.peer_entries() {
             let _ = peers.remove(&Key::new(len, data));
         }
         Ok(())
+    }
+
+    fn ports_map(&mut self) -> Result<Array<&mut MapData, u64>, Error> {
+        let map = self
+            .ebpf
+            .map_mut(PORTS_MAP)
+            .ok_or_else(|| missing(PORTS_MAP))?;
+        Array::try_from(map).map_err(|e| map_err(PORTS_MAP, "unexpected map type", e))
     }
 
     fn peers_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], u8>, Error> {
@@ -498,15 +533,12 @@ impl Injector {
             .ebpf
             .map(COUNTERS_MAP)
             .ok_or_else(|| missing(COUNTERS_MAP))?;
-        let counters: PerCpuHashMap<&MapData, u32, RuleCounters> = PerCpuHashMap::try_from(map)
+        let arr: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(map)
             .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
+        let per_cpu = arr
+            .get(&id, 0)
+            .map_err(|e| map_err(COUNTERS_MAP, "could not read counters", e))?;
         let mut sum = RuleCounters::default();
-        let per_cpu = match counters.get(&id, 0) {
-            Ok(v) => v,
-            // Not inserted yet: nothing counted.
-            Err(MapError::KeyNotFound) => return Ok(sum),
-            Err(e) => return Err(map_err(COUNTERS_MAP, "could not read counters", e)),
-        };
         for c in per_cpu.iter() {
             sum.add(c);
         }
@@ -522,17 +554,15 @@ impl Injector {
             .ebpf
             .map_mut(COUNTERS_MAP)
             .ok_or_else(|| missing(COUNTERS_MAP))?;
-        let mut counters: PerCpuHashMap<&mut MapData, u32, RuleCounters> =
-            PerCpuHashMap::try_from(map)
-                .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
+        let mut arr: PerCpuArray<&mut MapData, RuleCounters> = PerCpuArray::try_from(map)
+            .map_err(|e| map_err(COUNTERS_MAP, "unexpected map type", e))?;
         let zero = aya::maps::PerCpuValues::try_from(vec![RuleCounters::default(); ncpu]).map_err(
             |e| Error::Io {
                 what: "could not build per-CPU values".into(),
                 source: e,
             },
         )?;
-        counters
-            .insert(id, zero, 0)
+        arr.set(id, zero, 0)
             .map_err(|e| map_err(COUNTERS_MAP, "could not reset counters", e))
     }
 
