@@ -27,8 +27,8 @@ type FdInfo = BTreeMap<String, String>;
 
 /// The BPF programs and maps a process holds, by id, with their fdinfo.
 #[derive(Debug, Default)]
-struct Objects {
-    progs: BTreeMap<u64, FdInfo>,
+pub(super) struct Objects {
+    pub(super) progs: BTreeMap<u64, FdInfo>,
     maps: BTreeMap<u64, FdInfo>,
 }
 
@@ -43,7 +43,7 @@ fn parse_fdinfo(text: &str) -> FdInfo {
 
 /// Walks `/proc/PID/fd`: bpf-prog and bpf-map fds directly, bpf_link fds
 /// for the programs they hold (TCX keeps a program alive through its link).
-fn objects(pid: u32) -> Result<Objects> {
+pub(super) fn objects(pid: u32) -> Result<Objects> {
     let dir = format!("/proc/{pid}/fd");
     let mut out = Objects::default();
     let mut linked = Vec::new();
@@ -85,7 +85,7 @@ fn objects(pid: u32) -> Result<Objects> {
 }
 
 /// `bpftool -j prog|map show id N`, or None without bpftool.
-fn bpftool(kind: &str, id: u64) -> Option<serde_json::Value> {
+pub(super) fn bpftool(kind: &str, id: u64) -> Option<serde_json::Value> {
     let json = topo::output_within(
         command("bpftool").args(["-j", kind, "show", "id", &id.to_string()]),
         None,

@@ -23,6 +23,7 @@ pub mod delay_accuracy;
 mod drop_capacity;
 mod injector;
 mod plot;
+mod prog_stats;
 mod report;
 mod stats;
 mod throughput;

@@ -15,6 +15,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use faultbpf_common::INGRESS_PROGRAM;
+
 use super::{
     Ctx,
     daemon::Daemon,
@@ -169,6 +171,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
 
     let started = Instant::now();
     let mut samples: HashMap<Cond, Vec<Sample>> = HashMap::new();
+    let mut prog_ns: HashMap<Cond, Vec<f64>> = HashMap::new();
     let mut attach = BTreeSet::new();
     let mut matched = 0u64;
     let mut failures: Vec<String> = Vec::new();
@@ -190,6 +193,17 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             topo::sleep(SETTLE)?;
             let sample = measure(ctx, &topo, &mut failures);
             topo::check_interrupted()?;
+            let pid = match &armed {
+                Armed::Faultbpf(fb) => Some(fb.proc.pid()),
+                Armed::Daemon(d) => Some(d.pid()),
+                _ => None,
+            };
+            if let Some(pid) = pid {
+                match program_ns(ctx, &topo, pid) {
+                    Ok(ns) => prog_ns.entry(cond).or_default().push(ns),
+                    Err(err) => failures.push(format!("bpf_stats: {err:#}")),
+                }
+            }
             match armed {
                 Armed::Faultbpf(fb) => {
                     let c = fb.stop()?;
@@ -221,8 +235,20 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             failures,
             rounds_done,
             load_times,
+            prog_ns,
         },
     )
+}
+
+/// ns per packet of faultbpf's ingress program during a short flood of
+/// unmatched small UDP (`prog_stats`).
+fn program_ns(ctx: &Ctx, topo: &Topology, pid: u32) -> Result<f64> {
+    let per = super::prog_stats::ns_per_run(pid, 1000, || {
+        traffic::udp_flood(&topo.client, ctx.client_cpu(), ctx.plan.probe_for).map(drop)
+    })?;
+    per.get(INGRESS_PROGRAM)
+        .copied()
+        .with_context(|| format!("{INGRESS_PROGRAM} did not run during the flood"))
 }
 
 /// What `run` learnt besides the samples.
@@ -233,6 +259,8 @@ struct Context {
     failures: Vec<String>,
     rounds_done: usize,
     load_times: Vec<(String, Duration)>,
+    /// faultbpf's ingress program, ns per unmatched packet, per round.
+    prog_ns: HashMap<Cond, Vec<f64>>,
 }
 
 /// Loads every rule set into table `netdev fbb` once, unhooked: a linear
@@ -663,6 +691,24 @@ fn analyze(
             Verdict::check((a.median - b.median).abs() <= 0.03),
         ));
     }
+    program_cost(&mut section, conds, &info.prog_ns);
+    // What one condition measured twice differs by: the resolution of every
+    // ratio above on this machine.
+    let base_tcp: Vec<f64> = base.iter().map(|s| s[0]).collect();
+    if let Some(sp) = stats::spread(&base_tcp) {
+        section.goals.push(Goal::new(
+            "noise: no-injector TCP throughput (offloads on), round to round",
+            "(reference)",
+            format!(
+                "{:.2} to {:.2} Gbit/s ({:+.0} % / {:+.0} % of the median)",
+                sp.min / 1e9,
+                sp.max / 1e9,
+                100.0 * (sp.min / sp.median - 1.0),
+                100.0 * (sp.max / sp.median - 1.0)
+            ),
+            Verdict::Info,
+        ));
+    }
     for (m, what) in [(4, "conn/s"), (5, "small UDP pps")] {
         if let Some((n, s)) = worst(m, true) {
             section.goals.push(Goal::new(
@@ -691,4 +737,49 @@ fn analyze(
         }
     }
     Ok(section)
+}
+
+/// The table and goal of faultbpf's own per-packet time (`prog_stats`).
+fn program_cost(section: &mut Section, conds: &[Cond], prog_ns: &HashMap<Cond, Vec<f64>>) {
+    let mut table = Table::new(
+        &format!(
+            "faultbpf's ingress program ({INGRESS_PROGRAM}) per unmatched packet, from the \
+             kernel's BPF statistics during a separate flood of small UDP, ns, median [min, \
+             max] over rounds. It includes the statistics' own two clock reads per run (tens \
+             of ns here), the same at every rule count:"
+        ),
+        &["Rules", "ns per packet"],
+    );
+    let mut medians = Vec::new();
+    for c in conds.iter().filter(|c| c.kind == Kind::Faultbpf) {
+        let Some(s) = prog_ns.get(c).and_then(|v| stats::spread(v)) else {
+            continue;
+        };
+        table.row(vec![
+            c.rules.to_string(),
+            format!("{:.0} [{:.0}, {:.0}]", s.median, s.min, s.max),
+        ]);
+        medians.push((c.rules, s.median));
+    }
+    if medians.is_empty() {
+        section.goals.push(Goal::na(
+            "faultbpf ns per unmatched packet, flat as rules grow",
+            "(reference)",
+            "n/a (no BPF statistics)",
+        ));
+        return;
+    }
+    let lo = medians.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+    let hi = medians.iter().map(|m| m.1).fold(0.0, f64::max);
+    section.goals.push(Goal::new(
+        "faultbpf ns per unmatched packet (ingress program), flat as rules grow",
+        "spread <= 15 ns or 15 %",
+        medians
+            .iter()
+            .map(|(n, m)| format!("{m:.0} ns at {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Verdict::check(hi - lo <= (0.15 * lo).max(15.0)),
+    ));
+    section.tables.push(table);
 }
