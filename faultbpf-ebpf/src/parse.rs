@@ -195,7 +195,7 @@ const FAST_LEN: usize = EthHdr::LEN + IPV4_HDR_LEN + 4;
 fn fast_ipv4<P: Packet>(ctx: &P, h: &[u8; FAST_LEN]) -> Option<Option<Flow>> {
     const L3: usize = EthHdr::LEN;
     const L4: usize = L3 + IPV4_HDR_LEN;
-    let ip = &h[L3..L4];
+    let ip: &[u8; IPV4_HDR_LEN] = h[L3..L4].try_into().ok()?;
     let proto = ip[9];
     if u16::from_ne_bytes([h[12], h[13]]) != EtherType::Ipv4 as u16
         || ip[0] != 0x45
@@ -213,14 +213,7 @@ fn fast_ipv4<P: Packet>(ctx: &P, h: &[u8; FAST_LEN]) -> Option<Option<Flow>> {
     if L4 + need > l3_end {
         return Some(None);
     }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    saddr[10] = 0xff;
-    saddr[11] = 0xff;
-    daddr[10] = 0xff;
-    daddr[11] = 0xff;
-    saddr[12..].copy_from_slice(&ip[IPV4_SADDR_OFF..IPV4_SADDR_OFF + 4]);
-    daddr[12..].copy_from_slice(&ip[IPV4_DADDR_OFF..IPV4_DADDR_OFF + 4]);
+    let (saddr, daddr) = mapped_addrs(ip);
     Some(Some(Flow {
         proto,
         v6: false,
@@ -235,6 +228,20 @@ fn fast_ipv4<P: Packet>(ctx: &P, h: &[u8; FAST_LEN]) -> Option<Option<Flow>> {
     }))
 }
 
+/// The addresses of an IPv4 header as IPv4-mapped IPv6, `::ffff:a.b.c.d`.
+#[inline(always)]
+fn mapped_addrs(ip: &[u8; IPV4_HDR_LEN]) -> ([u8; 16], [u8; 16]) {
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr[10] = 0xff;
+    saddr[11] = 0xff;
+    daddr[10] = 0xff;
+    daddr[11] = 0xff;
+    saddr[12..].copy_from_slice(&ip[IPV4_SADDR_OFF..IPV4_SADDR_OFF + 4]);
+    daddr[12..].copy_from_slice(&ip[IPV4_DADDR_OFF..IPV4_DADDR_OFF + 4]);
+    (saddr, daddr)
+}
+
 #[inline(always)]
 fn ipv4<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
     // One copy of the whole fixed header: every helper call counts on the
@@ -245,15 +252,7 @@ fn ipv4<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
         return None;
     }
     let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    // `::ffff:a.b.c.d`
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    saddr[10] = 0xff;
-    saddr[11] = 0xff;
-    daddr[10] = 0xff;
-    daddr[11] = 0xff;
-    saddr[12..].copy_from_slice(&ip[IPV4_SADDR_OFF..IPV4_SADDR_OFF + 4]);
-    daddr[12..].copy_from_slice(&ip[IPV4_DADDR_OFF..IPV4_DADDR_OFF + 4]);
+    let (saddr, daddr) = mapped_addrs(&ip);
     Some(Flow {
         proto: ip[9],
         v6: false,
