@@ -1125,3 +1125,52 @@ fn openapi_document_describes_every_answer() {
         wrong.join("\n")
     );
 }
+
+/// Rule slots (the kernel's per-rule counters) are finite: when every one
+/// is taken, the next rule is a 507 problem that says so, the daemon keeps
+/// serving, and a freed slot is usable again.
+#[test]
+fn running_out_of_rule_slots_is_a_507_until_one_is_freed() {
+    const SLOTS: u16 = 4096;
+    let topo = Topology::new("dapi-slots");
+    let d = Daemon::start(&topo.server, "slots", &["--iface", "veth-s"]);
+    let started = Instant::now();
+    let mut first = None;
+    for i in 0..SLOTS {
+        let rule = d.add_rule(&json!({ "fault": "blackhole", "port": [10_000 + i] }));
+        first.get_or_insert(rule_id(&rule));
+    }
+    eprintln!("{SLOTS} rules added in {:?}", started.elapsed());
+    let spec = json!({ "fault": "blackhole", "port": [20_000] });
+    let detail = d
+        .post("/v1/rules", spec.to_string().as_bytes())
+        .expect_problem(507);
+    assert!(
+        detail.contains(&SLOTS.to_string()) && detail.contains("remove"),
+        "{detail}"
+    );
+    d.assert_healthy("the 507");
+    assert_eq!(d.rules().len(), usize::from(SLOTS));
+
+    // Give the first rule's counters something, free its slot, and take
+    // it again: the only free slot, so the new rule gets it, from zero.
+    let id = first.unwrap();
+    let to_first = UdpPath::new(&topo, 10_000);
+    assert_eq!(to_first.probe(5), 0, "port 10000 is blackholed");
+    let counted = d.stats_of(id).map(|s| s["matched_packets"].clone());
+    assert!(
+        counted
+            .as_ref()
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n >= 5),
+        "{counted:?}"
+    );
+    assert_eq!(d.delete(&format!("/v1/rules/{id}")).status, 200);
+    let again = d.add_rule(&spec);
+    assert_eq!(
+        d.stats_of(rule_id(&again))
+            .map(|s| s["matched_packets"].clone()),
+        Some(json!(0)),
+        "a reused slot starts from zero"
+    );
+}
