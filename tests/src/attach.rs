@@ -2,7 +2,10 @@
 //! aya's `query_tcx`, netlink filters and qdiscs via `tc`), so tests can
 //! check that faultbpf attached where it said and left nothing behind.
 
-use aya::programs::{SchedClassifier, tc::TcAttachType};
+use aya::{
+    programs::{SchedClassifier, tc::TcAttachType},
+    util::KernelVersion,
+};
 
 use crate::Netns;
 
@@ -19,8 +22,12 @@ pub fn program_name(hook: TcAttachType) -> &'static str {
     }
 }
 
-/// Names of the TCX programs on `ifname`'s `hook` in `ns`.
+/// Names of the TCX programs on `ifname`'s `hook` in `ns`; none on a
+/// kernel without TCX (before 6.6), where the query itself fails.
 pub fn tcx_program_names(ns: &Netns, ifname: &str, hook: TcAttachType) -> Vec<String> {
+    if !kernel_has_tcx() {
+        return Vec::new();
+    }
     // The query resolves the ifindex in the calling thread's namespace.
     ns.run(|| {
         let (_, programs) = SchedClassifier::query_tcx(ifname, hook)
@@ -30,6 +37,11 @@ pub fn tcx_program_names(ns: &Netns, ifname: &str, hook: TcAttachType) -> Vec<St
             .map(|p| p.name_as_str().unwrap_or("<unnamed>").to_owned())
             .collect()
     })
+}
+
+/// TCX links came with Linux 6.6.
+pub fn kernel_has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 
 /// `tc filter show dev IF ingress|egress` (empty when there are none).

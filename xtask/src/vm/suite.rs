@@ -29,9 +29,16 @@ pub struct TestExe {
 /// faultbpf load takes 12-20 s, so the whole suite (over 30 files) does not
 /// fit CI's time: the lane runs what only this kernel can show (delay,
 /// which needs sch_fq and sch_netem) and the foundation's checks on the
-/// netlink attach path that 6.1 takes (tests named `*tcx*` are skipped:
-/// TCX needs 6.6).
-const VM_SUITE: &[&str] = &["delay", "blackhole", "egress_fidelity", "reset"];
+/// netlink attach path that 6.1 takes, including that faultbpf detaches
+/// and removes its clsact qdisc there (`lifecycle`; tests named `*tcx*` are
+/// skipped: TCX needs 6.6).
+const VM_SUITE: &[&str] = &[
+    "delay",
+    "blackhole",
+    "egress_fidelity",
+    "reset",
+    "lifecycle",
+];
 
 /// Tests left out of the VM lane, each with why. The jitter band's upper
 /// bound (p99 within 50 + 20 ms plus the baseline's p99) failed under
