@@ -39,15 +39,12 @@ use faultbpf_common::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     actions::Hook,
+    answer::{self, TCP_RST},
     csum::{self, Words},
     maps::{SCRATCH, SCRATCH_LEN},
     parse::{Flow, TCP_HDR_LEN, UDP_HDR_LEN},
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const TCP_CSUM_OFF: usize = 16;
 const IPV4_HDR_LEN: usize = 20;
 const IPV6_HDR_LEN: usize = 40;
@@ -75,7 +72,7 @@ impl From<()> for NoReply {
 #[inline(always)]
 pub fn reply(ctx: &TcContext, f: &Flow, hook: Hook) -> Result<i32, NoReply> {
     let f = f.opaque().ok_or(())?;
-    if f.fragment || multicast(f) {
+    if f.fragment || answer::multicast(f) {
         return Err(NoReply::Drop);
     }
     match f.proto {
@@ -95,54 +92,17 @@ pub fn reply(ctx: &TcContext, f: &Flow, hook: Hook) -> Result<i32, NoReply> {
     Ok(unsafe { bpf_redirect(ifindex, flags) } as i32)
 }
 
-fn multicast(f: &Flow) -> bool {
-    if f.v6 {
-        f.daddr[0] == 0xff
-    } else {
-        f.daddr[12] >= 224
-    }
-}
-
 #[inline(always)]
 fn tcp(ctx: &TcContext, f: &Flow) -> Result<(), NoReply> {
     let mut old: Words<TCP_HDR_LEN> = ctx.load(f.l4).map_err(|_| ())?;
-    let o = old.0;
-    let flags = o[13];
-    if flags & TCP_RST != 0 {
+    if old.0[13] & TCP_RST != 0 {
         return Err(NoReply::Pass);
     }
-    let doff = usize::from(o[12] >> 4) * 4;
-    let payload = f.l4_len().checked_sub(doff).ok_or(())? as u32;
-
     let mut new = Words([0u8; TCP_HDR_LEN]);
-    let n = &mut new.0;
-    n[0] = o[2];
-    n[1] = o[3];
-    n[2] = o[0];
-    n[3] = o[1];
-    if flags & TCP_ACK != 0 {
-        n[4] = o[8];
-        n[5] = o[9];
-        n[6] = o[10];
-        n[7] = o[11];
-        n[13] = TCP_RST;
-    } else {
-        let seq = u32::from_be_bytes([o[4], o[5], o[6], o[7]]);
-        let ack = seq
-            .wrapping_add(payload)
-            .wrapping_add(u32::from(flags & TCP_SYN != 0))
-            .wrapping_add(u32::from(flags & TCP_FIN != 0))
-            .to_be_bytes();
-        n[8] = ack[0];
-        n[9] = ack[1];
-        n[10] = ack[2];
-        n[11] = ack[3];
-        n[13] = TCP_RST | TCP_ACK;
-    }
-    n[12] = 5 << 4;
+    answer::rst(&old.0, f.l4_len(), &mut new.0)?;
     // Same checksum bytes on both sides: they stay out of the diff.
-    n[16] = o[16];
-    n[17] = o[17];
+    new.0[16] = old.0[16];
+    new.0[17] = old.0[17];
     let d = csum::diff(&mut old, &mut new)?;
     ctx.store(f.l4, &new, 0).map_err(|_| ())?;
     ctx.l4_csum_replace(f.l4 + TCP_CSUM_OFF, 0, u64::from(d), 0)
