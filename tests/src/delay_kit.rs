@@ -12,7 +12,7 @@ use std::{
     mem,
     net::{Shutdown, SocketAddr, UdpSocket},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
@@ -65,47 +65,12 @@ pub fn has_delay_qdiscs(ns: &Netns, ifname: &str) -> bool {
 /// `timeout`.
 pub fn run_to_exit(ns: &Netns, subcommand: &str, args: &[&str], timeout: Duration) -> Exit {
     crate::require_root();
-    let command = format!("faultbpf {subcommand} {} --standalone", args.join(" "));
-    let mut child = ns
-        .command(faultbpf_bin())
-        .arg(subcommand)
+    let mut cmd = ns.command(faultbpf_bin());
+    cmd.arg(subcommand)
         .args(args)
         .arg("--standalone")
-        .env("FAULTBPF_SOCKET", NO_DAEMON)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_thread = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_thread = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`{command}` still running after {timeout:?}; killed it");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Exit {
-        status,
-        stdout: out_thread.join().unwrap(),
-        stderr: err_thread.join().unwrap(),
-    }
+        .env("FAULTBPF_SOCKET", NO_DAEMON);
+    crate::daemon::run_bounded(&mut cmd, timeout)
 }
 
 /// True if the kernel has TCX (6.6 and later): the query that
