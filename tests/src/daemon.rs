@@ -564,19 +564,12 @@ impl Daemon {
     /// it does not. Returns the status and the whole log.
     pub fn wait(&mut self, timeout: Duration) -> (ExitStatus, String) {
         assert!(!self.done, "the daemon was already reaped");
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                panic!(
-                    "faultbpf daemon still running {timeout:?} after it was told to stop; killed it\nstderr:\n{}",
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+        let Some(status) = crate::wait_within(&mut self.child, timeout) else {
+            self.kill();
+            panic!(
+                "faultbpf daemon still running {timeout:?} after it was told to stop; killed it\nstderr:\n{}",
+                self.stderr()
+            );
         };
         self.done = true;
         self.join_stderr();
@@ -648,17 +641,10 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Exit {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} still running after {timeout:?}; killed it");
-        }
-        thread::sleep(Duration::from_millis(10));
+    let Some(status) = crate::wait_within(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} still running after {timeout:?}; killed it");
     };
     Exit {
         status,

@@ -263,23 +263,16 @@ impl Proc {
     /// panicking after that), and returns status and output.
     pub fn wait(&mut self, timeout: Duration) -> Exit {
         drop(self.stdin.take());
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.done = true;
-                panic!(
-                    "{} still running after {timeout:?}; killed it\nstdout:\n{}\nstderr:\n{}",
-                    self.what,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
+        let Some(status) = crate::wait_within(&mut self.child, timeout) else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.done = true;
+            panic!(
+                "{} still running after {timeout:?}; killed it\nstdout:\n{}\nstderr:\n{}",
+                self.what,
+                self.stdout(),
+                self.stderr()
+            );
         };
         self.done = true;
         // The pipes close at exit (unless a grandchild inherited them).

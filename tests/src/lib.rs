@@ -29,6 +29,12 @@ pub use faultbpf::{Counters, Exit, Faultbpf};
 pub use net::*;
 pub use netns::*;
 
+use std::{
+    process::ExitStatus,
+    thread,
+    time::{Duration, Instant},
+};
+
 /// Panics with a clear message unless the tests run as root: creating
 /// namespaces and loading BPF programs both need it, and a test that skipped
 /// itself here would hide a broken CI setup.
@@ -39,4 +45,19 @@ pub fn require_root() {
         euid, 0,
         "faultbpf-tests must run as root (use `cargo xtask test`); euid is {euid}"
     );
+}
+
+/// Waits up to `timeout` for `child` to exit; `None` if it is still
+/// running then (the caller kills it and says why).
+pub fn wait_within(child: &mut std::process::Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }

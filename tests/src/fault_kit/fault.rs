@@ -159,21 +159,14 @@ impl Fault {
     }
 
     fn wait(&mut self, timeout: Duration) -> Exit {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                panic!(
-                    "`{}` (pid {}) still running after {timeout:?}; killed it\nstderr:\n{}",
-                    self.command,
-                    self.pid(),
-                    self.stderr()
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+        let Some(status) = crate::wait_within(&mut self.child, timeout) else {
+            self.kill();
+            panic!(
+                "`{}` (pid {}) still running after {timeout:?}; killed it\nstderr:\n{}",
+                self.command,
+                self.pid(),
+                self.stderr()
+            );
         };
         self.done = true;
         let stdout = join_bounded(self.stdout_thread.take().unwrap());
