@@ -20,6 +20,12 @@
 //! - fq with `nopacing`: it still holds each packet until its delivery
 //!   time, but does not pace flows by their socket's rate, which at long
 //!   delays held a bulk flow far below what netem gives.
+//! - RPS on the far end to one CPU (see [`steer_to_one_cpu`]): without it
+//!   fq's releases from two CPUs landed in two backlogs and a flow could
+//!   come out reordered; at 200 ms a bulk TCP flow then fell to 18-33
+//!   Mbit/s (netem 64-71) from spurious fast retransmits, with it 69-74.
+//!   (NAPI on the far end keeps order too, but its 256-slot ring overflows
+//!   when fq releases a burst: 20 ms bulk fell from ~980 to 120 Mbit/s.)
 //! - Both ends up, no addresses, no IPv6 address generation (so nothing of
 //!   the host's own traffic ever uses them), MTU at least that of every
 //!   attached device (a 1500 device drops a 9000 device's 8000-byte packets).
@@ -72,6 +78,15 @@ impl DelayDevice {
             ip(&["link", "set", "dev", end, "up"])?;
         }
         dev.set_horizon(max_delay)?;
+        // Without it delays still work, but a delayed flow may come out
+        // reordered now and then: say so rather than refuse.
+        if let Err(e) = steer_to_one_cpu(&dev.far) {
+            eprintln!(
+                "faultbpf: warning: {}; packets of a delayed flow may now and then arrive \
+                 out of order",
+                crate::error::chain(&e)
+            );
+        }
         dev.send_ifindex =
             iface::index(&dev.send).ok_or_else(|| Error::NoSuchInterface(dev.send.clone()))?;
         Ok(dev)
@@ -123,6 +138,61 @@ impl Drop for DelayDevice {
         // Deleting one end deletes the pair and its qdiscs.
         let _ = ip(&["link", "del", "dev", &self.send]);
     }
+}
+
+/// RPS on the far end's receive queue, to CPU 0 alone: fq releases held
+/// packets from whichever CPU runs the qdisc, and each CPU would queue what
+/// it sends to its own backlog, where two packets of a flow can be
+/// processed side by side and swap. One backlog keeps fq's order.
+///
+/// sysfs shows the devices of the namespace it was mounted in: under `ip
+/// netns exec` that is ours; otherwise (a library user in a namespace it
+/// entered with setns) this runs on a thread with a mount namespace of its
+/// own and a fresh sysfs.
+fn steer_to_one_cpu(far: &str) -> Result<(), Error> {
+    let path = format!("/sys/class/net/{far}/queues/rx-0/rps_cpus");
+    let result = if std::path::Path::new(&path).exists() {
+        std::fs::write(&path, "1")
+    } else {
+        write_in_own_sysfs(&path)
+    };
+    result.map_err(|source| Error::Io {
+        what: format!("could not steer {far}'s receive queue to one CPU ({path})"),
+        source,
+    })
+}
+
+/// Writes "1" to `path` under a sysfs mounted for this thread alone.
+fn write_in_own_sysfs(path: &str) -> io::Result<()> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: plain syscalls with valid C strings; CLONE_NEWNS
+            // unshares this thread's filesystem context only.
+            let private = unsafe {
+                libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == 0
+                    && libc::mount(
+                        c"sysfs".as_ptr(),
+                        c"/sys".as_ptr(),
+                        c"sysfs".as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    ) == 0
+            };
+            if !private {
+                return Err(io::Error::last_os_error());
+            }
+            std::fs::write(path, "1")
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the RPS thread panicked")))
+    })
 }
 
 /// A tc/ip failure that comes from a missing qdisc becomes the message a
