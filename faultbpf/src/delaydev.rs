@@ -22,8 +22,9 @@
 //!   delays held a bulk flow far below what netem gives.
 //! - RPS on the far end to one CPU (see [`steer_to_one_cpu`]): without it
 //!   fq's releases from two CPUs landed in two backlogs and a flow could
-//!   come out reordered; at 200 ms a bulk TCP flow then fell to 18-33
-//!   Mbit/s (netem 64-71) from spurious fast retransmits, with it 69-74.
+//!   come out reordered; at 200 ms a bulk TCP flow then fell to 7-17
+//!   Mbit/s now and then from spurious fast retransmits, with it 69-74
+//!   (netem 22-73 in the same runs).
 //!   (NAPI on the far end keeps order too, but its 256-slot ring overflows
 //!   when fq releases a burst: 20 ms bulk fell from ~980 to 120 Mbit/s.)
 //! - Both ends up, no addresses, no IPv6 address generation (so nothing of
@@ -35,7 +36,7 @@
 
 use std::{io, process::Command, time::Duration};
 
-use crate::{error::Error, iface};
+use crate::{error::Error, iface, mountns};
 
 /// Name prefix; the rest is the owner's pid and `a` (sending end, with the
 /// qdiscs) or `b` (far end, with the return program).
@@ -151,47 +152,15 @@ impl Drop for DelayDevice {
 /// own and a fresh sysfs.
 fn steer_to_one_cpu(far: &str) -> Result<(), Error> {
     let path = format!("/sys/class/net/{far}/queues/rx-0/rps_cpus");
+    let write = || std::fs::write(&path, "1");
     let result = if std::path::Path::new(&path).exists() {
-        std::fs::write(&path, "1")
+        write()
     } else {
-        write_in_own_sysfs(&path)
+        mountns::with_fresh_mount(c"sysfs", c"/sys", write).and_then(|r| r)
     };
     result.map_err(|source| Error::Io {
         what: format!("could not steer {far}'s receive queue to one CPU ({path})"),
         source,
-    })
-}
-
-/// Writes "1" to `path` under a sysfs mounted for this thread alone.
-fn write_in_own_sysfs(path: &str) -> io::Result<()> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: plain syscalls with valid C strings; CLONE_NEWNS
-            // unshares this thread's filesystem context only.
-            let private = unsafe {
-                libc::unshare(libc::CLONE_NEWNS) == 0
-                    && libc::mount(
-                        std::ptr::null(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) == 0
-                    && libc::mount(
-                        c"sysfs".as_ptr(),
-                        c"/sys".as_ptr(),
-                        c"sysfs".as_ptr(),
-                        0,
-                        std::ptr::null(),
-                    ) == 0
-            };
-            if !private {
-                return Err(io::Error::last_os_error());
-            }
-            std::fs::write(path, "1")
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the RPS thread panicked")))
     })
 }
 

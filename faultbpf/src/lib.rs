@@ -14,6 +14,7 @@ pub mod guard;
 pub mod iface;
 mod load;
 pub mod loader;
+mod mountns;
 mod port_filter;
 pub mod reaper;
 pub mod report;
