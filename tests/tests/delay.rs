@@ -401,17 +401,21 @@ fn jitter_stays_in_band_and_in_order_unless_reorder() {
     );
     // A datagram is never delivered before its own delay (>= 30 ms), and
     // waiting for an earlier one never takes it past that one's 70 ms.
-    assert!(
-        percentile(&o, 0.0) >= 29.5,
-        "in order: a datagram arrived before 50 - 20 ms: {}",
-        summary(&o)
-    );
-    assert!(
-        percentile(&o, 99.0) <= 70.0 + b99 + 3.0 && percentile(&o, 100.0) <= 70.0 + bmax + 10.0,
-        "in order: datagrams later than 50 + 20 ms plus the baseline: {} (baseline {})",
-        summary(&o),
-        summary(&b)
-    );
+    let in_band = |what: &str, one_way: &[f64]| {
+        assert!(
+            percentile(one_way, 0.0) >= 29.5,
+            "{what}: a datagram arrived before 50 - 20 ms: {}",
+            summary(one_way)
+        );
+        assert!(
+            percentile(one_way, 99.0) <= 70.0 + b99 + 3.0
+                && percentile(one_way, 100.0) <= 70.0 + bmax + 10.0,
+            "{what}: datagrams later than 50 + 20 ms plus the baseline: {} (baseline {})",
+            summary(one_way),
+            summary(&b)
+        );
+    };
+    in_band("in order", &o);
 
     let mut reorder = args.to_vec();
     reorder.push("--reorder");
@@ -428,17 +432,7 @@ fn jitter_stays_in_band_and_in_order_unless_reorder() {
         "with --reorder and 40 ms of jitter at 1 ms spacing many datagrams must overtake \
          each other; only {late} of {BURST} arrived late"
     );
-    assert!(
-        percentile(&s, 0.0) >= 29.5,
-        "--reorder: a datagram arrived before 50 - 20 ms: {}",
-        summary(&s)
-    );
-    assert!(
-        percentile(&s, 99.0) <= 70.0 + b99 + 3.0 && percentile(&s, 100.0) <= 70.0 + bmax + 10.0,
-        "--reorder: datagrams later than 50 + 20 ms plus the baseline: {} (baseline {})",
-        summary(&s),
-        summary(&b)
-    );
+    in_band("--reorder", &s);
     // Uniform on [30, 70]: median 50, p10 34, p90 66.
     let m = median(&s) - b50;
     assert!(
