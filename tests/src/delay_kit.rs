@@ -21,8 +21,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, tc::TcAttachType};
-
 use crate::{
     Exit, Netns, assert_nothing_attached, faultbpf::faultbpf_bin, force_rcvbuf, has_clsact,
     net::RecvRetry, tc_filters, tcp_connect, tcp_listen, udp_bind,
@@ -73,38 +71,8 @@ pub fn run_to_exit(ns: &Netns, subcommand: &str, args: &[&str], timeout: Duratio
     crate::daemon::run_bounded(&mut cmd, timeout)
 }
 
-/// True if the kernel has TCX (6.6 and later): the query that
-/// [`assert_nothing_attached`] makes fails on older kernels.
-pub fn kernel_has_tcx(ns: &Netns) -> bool {
-    ns.run(|| SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok())
-}
-
-/// [`assert_nothing_attached`] on any kernel: without TCX, the netlink
-/// filters and the clsact qdisc only.
-pub fn assert_clean(ns: &Netns, ifname: &str) {
-    if kernel_has_tcx(ns) {
-        assert_nothing_attached(ns, &[ifname]);
-        return;
-    }
-    let mut left = Vec::new();
-    for hook in ["ingress", "egress"] {
-        let filters = tc_filters(ns, ifname, hook);
-        if !filters.trim().is_empty() {
-            left.push(format!("{ifname} {hook}: tc filters:\n{filters}"));
-        }
-    }
-    if has_clsact(ns, ifname) {
-        left.push(format!("{ifname}: clsact qdisc"));
-    }
-    assert!(
-        left.is_empty(),
-        "left attached after faultbpf exited:\n{}",
-        left.join("\n")
-    );
-}
-
 /// Waits (up to 10 s) until `ifname` carries nothing of faultbpf's, then
-/// [`assert_clean`]: after a `kill -9` on netlink, the reaper removes the
+/// [`assert_nothing_attached`]: after a `kill -9` on netlink, the reaper removes the
 /// filters in the background.
 pub fn wait_clean(ns: &Netns, ifname: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -117,7 +85,7 @@ pub fn wait_clean(ns: &Netns, ifname: &str) {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    assert_clean(ns, ifname);
+    assert_nothing_attached(ns, &[ifname]);
 }
 
 /// Names of the links in `ns` that look like faultbpf delay devices (`fbd*`).

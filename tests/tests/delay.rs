@@ -39,10 +39,11 @@ use std::{
 
 use faultbpf_tests::{
     CLIENT_IF, Exit, Netns, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    assert_nothing_attached,
     delay_kit::{
-        Arrival, Sender, UdpEcho, UdpProbe, assert_clean, bulk_mbps, burst, delay_links,
-        has_delay_qdiscs, late_arrivals, median, ms, no_duplicates, percentile, qdiscs,
-        run_to_exit, set_priority, wait_clean,
+        Arrival, Sender, UdpEcho, UdpProbe, bulk_mbps, burst, delay_links, has_delay_qdiscs,
+        late_arrivals, median, ms, no_duplicates, percentile, qdiscs, run_to_exit, set_priority,
+        wait_clean,
     },
     fault_kit::Fault,
     faultbpf::ACTIVE_PREFIX,
@@ -146,7 +147,7 @@ fn assert_refused(topo: &Topology, args: &[&str]) {
     let left = delay_links(ns);
     assert!(left.is_empty(), "`{cmd}` left delay links: {left:?}");
     assert_eq!(qdiscs(ns), before, "`{cmd}` changed the qdiscs");
-    assert_clean(ns, SERVER_IF);
+    assert_nothing_attached(ns, &[SERVER_IF]);
     assert!(
         probe_p.rtt(PROBE_TIMEOUT).is_some(),
         "port {P} must still answer after `{cmd}` refused"
@@ -173,7 +174,7 @@ fn assert_refused(topo: &Topology, args: &[&str]) {
         probe_p.rtt(PROBE_TIMEOUT).is_some(),
         "port {P} must answer after the blackhole"
     );
-    assert_clean(ns, SERVER_IF);
+    assert_nothing_attached(ns, &[SERVER_IF]);
 }
 
 // ---------------------------------------------------------------------------
@@ -675,7 +676,7 @@ fn nothing_left_after_exit_and_kill9_leftover_removed() {
         delay_links(ns)
     );
     assert_eq!(qdiscs(ns), before, "qdiscs after SIGTERM");
-    assert_clean(ns, SERVER_IF);
+    assert_nothing_attached(ns, &[SERVER_IF]);
 
     // kill -9: nothing runs the cleanup.
     let mut fb = Fault::start(ns, "delay", &args);
@@ -710,7 +711,7 @@ fn nothing_left_after_exit_and_kill9_leftover_removed() {
     fb.finish();
     assert!(delay_links(ns).is_empty(), "{:?}", delay_links(ns));
     assert_eq!(qdiscs(ns), before);
-    assert_clean(ns, SERVER_IF);
+    assert_nothing_attached(ns, &[SERVER_IF]);
 }
 
 /// A delay next to other faultbpf runs on the same interface: a blackhole
@@ -796,7 +797,7 @@ fn delay_beside_other_runs_on_the_same_interface() {
     first.finish();
     bh.finish();
     assert!(delay_links(ns).is_empty());
-    assert_clean(ns, SERVER_IF);
+    assert_nothing_attached(ns, &[SERVER_IF]);
 }
 
 fn pair_of(pid: u32) -> Vec<String> {
