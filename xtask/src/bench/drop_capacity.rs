@@ -5,7 +5,10 @@
 //! packet's trip, dropper included. Compared in one run: faultbpf tc (TCX and
 //! netlink), faultbpf XDP (native, generic), an nftables netdev ingress drop,
 //! and no injector (delivery to a socket). Goal: faultbpf tc >= 1.05x the
-//! nftables drop of the same round, XDP >= nftables.
+//! nftables drop of the same round, XDP >= nftables. Each hook's floor (a
+//! program that drops without reading the packet, `floor.rs`) runs in the
+//! same rounds: what no dropper on that hook can beat, so the report can
+//! tell what the hook costs here from what faultbpf's program adds.
 //!
 //! A rate is only kept when the packets were in fact dropped: the injector's
 //! own counter must account for the frames the veth received, and the
@@ -29,6 +32,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Ctx,
+    floor::{self, Floor},
     injector::{self, Faultbpf, Launch, Unavailable, XdpMode},
     report::{self, Goal, Section, Table, Verdict},
     stats::{self, Spread},
@@ -48,16 +52,20 @@ enum Cond {
     Nft,
     Tc(&'static str),
     Xdp(XdpMode),
+    Floor(floor::Hook),
 }
 
 impl Cond {
-    const ALL: [Cond; 6] = [
+    const ALL: [Cond; 9] = [
         Cond::Socket,
         Cond::Nft,
         Cond::Tc("tcx"),
         Cond::Tc("netlink"),
         Cond::Xdp(XdpMode::Native),
         Cond::Xdp(XdpMode::Generic),
+        Cond::Floor(floor::Hook::Tcx),
+        Cond::Floor(floor::Hook::XdpNative),
+        Cond::Floor(floor::Hook::XdpGeneric),
     ];
 
     fn label(self) -> &'static str {
@@ -68,14 +76,29 @@ impl Cond {
             Cond::Tc(_) => "faultbpf tc, netlink (cls_bpf)",
             Cond::Xdp(XdpMode::Native) => "faultbpf XDP, native",
             Cond::Xdp(XdpMode::Generic) => "faultbpf XDP, generic",
+            Cond::Floor(floor::Hook::Tcx) => "floor: tc TCX program that only drops",
+            Cond::Floor(floor::Hook::XdpNative) => "floor: XDP native program that only drops",
+            Cond::Floor(floor::Hook::XdpGeneric) => "floor: XDP generic program that only drops",
         }
+    }
+
+    /// The floor of the hook faultbpf uses in this condition.
+    fn floor(self) -> Option<Cond> {
+        let hook = match self {
+            // cls_bpf has no link to hold; the TCX floor stands for it.
+            Cond::Tc(_) => floor::Hook::Tcx,
+            Cond::Xdp(XdpMode::Native) => floor::Hook::XdpNative,
+            Cond::Xdp(XdpMode::Generic) => floor::Hook::XdpGeneric,
+            _ => return None,
+        };
+        Some(Cond::Floor(hook))
     }
 
     /// faultbpf's arguments, or why this row cannot be measured.
     fn faultbpf_args(self) -> Option<Result<Vec<String>, Unavailable>> {
         let port = PORT.to_string();
         match self {
-            Cond::Socket | Cond::Nft => None,
+            Cond::Socket | Cond::Nft | Cond::Floor(_) => None,
             Cond::Tc(attach) => Some(Ok([
                 "blackhole",
                 "--proto",
@@ -253,6 +276,7 @@ enum Armed {
     Nothing,
     Nft,
     Faultbpf(Box<Faultbpf>),
+    Floor(Floor),
 }
 
 /// Scenario 2.
@@ -292,9 +316,9 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             topo::check_interrupted()?;
             let run = match one(ctx, &topo, &config.0, cond) {
                 Ok(run) => run,
-                // An XDP mode this kernel, driver or binary cannot attach
-                // becomes an n/a row; the other conditions go on.
-                Err(err) if matches!(cond, Cond::Xdp(_)) => {
+                // An XDP mode (or TCX) this kernel, driver or binary cannot
+                // attach becomes an n/a row; the other conditions go on.
+                Err(err) if matches!(cond, Cond::Xdp(_) | Cond::Floor(_)) => {
                     eprintln!("bench: {} unavailable: {err:#}", cond.label());
                     let first = format!("{err:#}");
                     let first = first.lines().next().unwrap_or_default().to_owned();
@@ -352,6 +376,7 @@ fn one(ctx: &Ctx, topo: &Topology, config: &std::path::Path, cond: Cond) -> Resu
             fb.wait_active(Duration::from_secs(60))?;
             Armed::Faultbpf(Box::new(fb))
         }
+        Cond::Floor(hook) => Armed::Floor(Floor::attach(&topo.server, SERVER_IF, hook)?),
     };
 
     let c0 = settled(&topo.server)?;
@@ -389,8 +414,14 @@ fn one(ctx: &Ctx, topo: &Topology, config: &std::path::Path, cond: Cond) -> Resu
     trafgen.stop(libc::SIGINT, Duration::from_secs(3))?;
     let c3 = settled(&topo.server)?;
     let mut attach = None;
+    let dropper = !matches!(armed, Armed::Nothing);
     let dropped = match armed {
         Armed::Nothing => None,
+        // No counter of its own: the socket check below is all there is.
+        Armed::Floor(floor) => {
+            drop(floor);
+            None
+        }
         Armed::Nft => {
             let n = injector::nft_counter(&topo.server, NFT_TABLE, "in")?;
             injector::nft(
@@ -415,18 +446,17 @@ fn one(ctx: &Ctx, topo: &Topology, config: &std::path::Path, cond: Cond) -> Resu
         rx_window
     };
     let valid = match dropped {
-        None if (reached_udp as f64) < 0.99 * rx_total as f64 => Err(format!(
+        _ if rx_total == 0 => Err("no frame arrived".into()),
+        None if !dropper && (reached_udp as f64) < 0.99 * rx_total as f64 => Err(format!(
             "only {reached_udp} of {rx_total} frames reached the UDP layer"
         )),
-        None => Ok(()),
         Some(d) if (d as f64) < 0.99 * rx_total as f64 => Err(format!(
             "the injector counted {d} drops for {rx_total} frames received"
         )),
-        Some(_) if reached_udp as f64 > 0.01 * rx_total as f64 => Err(format!(
+        _ if dropper && reached_udp as f64 > 0.01 * rx_total as f64 => Err(format!(
             "{reached_udp} of {rx_total} frames reached the UDP layer: not dropped"
         )),
-        Some(_) if rx_total == 0 => Err("no frame arrived".into()),
-        Some(_) => Ok(()),
+        _ => Ok(()),
     };
     Ok(Run {
         pps: counted as f64 / window.as_secs_f64(),
@@ -473,7 +503,10 @@ fn analyze(
          server's UDP layer per second (a socket drained by a thread on CPU {}). faultbpf: \
          `blackhole --proto udp --dport {PORT} --direction ingress --attach tcx|netlink`, or \
          `--xdp --xdp-mode native|generic` instead of `--attach`; \
-         nftables: `udp dport {PORT} counter drop` in a netdev ingress chain.",
+         nftables: `udp dport {PORT} counter drop` in a netdev ingress chain. Floors: \
+         `r0 = TC_ACT_SHOT; exit` on TCX ingress, `r0 = XDP_DROP; exit` as native or generic \
+         XDP, attached by a BPF link (`floor.rs`): the cost of the hook alone, which no \
+         dropper on it can beat.",
         ctx.plan.flood_window,
         WARMUP,
         runs.len(),
@@ -483,7 +516,8 @@ fn analyze(
         "Check that the packets were really dropped: a round counts only if the injector's own \
          counter (faultbpf's acted_packets, the nft rule's counter) covers >= 99% of the frames \
          the veth received and <= 1% of them reached the UDP layer (InDatagrams + \
-         RcvbufErrors); for no injector, >= 99% must reach the UDP layer."
+         RcvbufErrors); a floor has no counter, so only the second check applies to it; for \
+         no injector, >= 99% must reach the UDP layer."
             .into(),
     );
     let mut table = Table::new(
@@ -493,6 +527,7 @@ fn analyze(
             "Rate, median [min, max]",
             "x nftables drop (same round)",
             "x delivery to a socket",
+            "x its hook's floor (same round)",
             "Rounds counted",
             "Attached as (faultbpf's JSON)",
         ],
@@ -515,6 +550,7 @@ fn analyze(
             table.row(vec![
                 c.label().into(),
                 why.0.clone(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -547,6 +583,8 @@ fn analyze(
             } else {
                 report::ratio_cell(spread_of(c, Some(Cond::Socket)))
             },
+            c.floor()
+                .map_or("-".into(), |f| report::ratio_cell(spread_of(c, Some(f)))),
             format!("{counted}/{}", runs.len()),
             {
                 let mut a: Vec<&str> = runs
@@ -618,11 +656,14 @@ fn analyze(
                 &measure,
                 goal,
                 format!(
-                    "{:.3} x nft [{:.3}, {:.3}] ({})",
+                    "{:.3} x nft [{:.3}, {:.3}] ({}); the hook's floor: {}",
                     s.median,
                     s.min,
                     s.max,
-                    spread_of(c, None).map_or("-".into(), |a| report::si(a.median, "pps"))
+                    spread_of(c, None).map_or("-".into(), |a| report::si(a.median, "pps")),
+                    c.floor()
+                        .and_then(|f| spread_of(f, Some(Cond::Nft)))
+                        .map_or("not measured".into(), |f| format!("{:.3} x nft", f.median)),
                 ),
                 Verdict::check(s.median >= min),
             ),

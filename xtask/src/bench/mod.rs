@@ -21,6 +21,7 @@ mod cost;
 mod daemon;
 pub mod delay_accuracy;
 mod drop_capacity;
+mod floor;
 mod injector;
 mod plot;
 mod prog_stats;

@@ -1,0 +1,172 @@
+//! A hook's floor: a two-instruction program (`r0 = DROP; exit`) that drops
+//! every packet without reading it. No dropper on that hook can be faster,
+//! so the drop scenario measures it beside faultbpf: it tells what the
+//! hook itself costs on this machine (and so which goals can be reached
+//! here) apart from what faultbpf's program adds.
+//!
+//! Loaded with raw bpf(2) calls because xtask deliberately has no aya (it
+//! installs the toolchain aya's build needs). Attached with a BPF link held
+//! by this process, never pinned: dropping [`Floor`] detaches it.
+
+use std::{
+    io,
+    os::fd::{FromRawFd as _, OwnedFd},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::topo::Netns;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress through TCX (kernel >= 6.6).
+    Tcx,
+    /// XDP in the driver (veth's native XDP).
+    XdpNative,
+    /// XDP on the skb (generic XDP).
+    XdpGeneric,
+}
+
+// From include/uapi/linux/bpf.h.
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const BPF_TCX_INGRESS: u32 = 46;
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const TC_ACT_SHOT: i32 = 2;
+const XDP_DROP: i32 = 1;
+
+/// `struct bpf_insn` for `BPF_ALU64 | BPF_MOV | BPF_K` into r0, then exit.
+fn drop_all(verdict: i32) -> [u64; 2] {
+    const MOV64_IMM: u64 = 0xb7;
+    const EXIT: u64 = 0x95;
+    [MOV64_IMM | (u64::from(verdict as u32) << 32), EXIT]
+}
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr`; the kernel wants the
+/// rest zero, hence the padding.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    pad: [u64; 8],
+}
+
+/// The `BPF_LINK_CREATE` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    pad: [u64; 6],
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a `union bpf_attr` prefix of the right layout for
+    // `cmd`, zero beyond the fields set, and lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success bpf(2) returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The floor program, attached to `ifname` in `ns`; detached on drop.
+pub struct Floor {
+    _link: OwnedFd,
+    _prog: OwnedFd,
+}
+
+impl Floor {
+    pub fn attach(ns: &Netns, ifname: &str, hook: Hook) -> Result<Self> {
+        let (prog_type, expected, verdict, attach_type, flags) = match hook {
+            Hook::Tcx => (BPF_PROG_TYPE_SCHED_CLS, 0, TC_ACT_SHOT, BPF_TCX_INGRESS, 0),
+            Hook::XdpNative => (
+                BPF_PROG_TYPE_XDP,
+                BPF_XDP,
+                XDP_DROP,
+                BPF_XDP,
+                XDP_FLAGS_DRV_MODE,
+            ),
+            Hook::XdpGeneric => (
+                BPF_PROG_TYPE_XDP,
+                BPF_XDP,
+                XDP_DROP,
+                BPF_XDP,
+                XDP_FLAGS_SKB_MODE,
+            ),
+        };
+        let insns = drop_all(verdict);
+        let license = c"GPL";
+        let mut name = [0u8; 16];
+        name[..9].copy_from_slice(b"fbb_floor");
+        let mut load = ProgLoad {
+            prog_type,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            prog_name: name,
+            expected_attach_type: expected,
+            ..Default::default()
+        };
+        let prog = bpf(BPF_PROG_LOAD, &mut load).context("loading the floor program")?;
+        let ifname = std::ffi::CString::new(ifname)?;
+        let link = ns.run(None, || {
+            // SAFETY: a NUL-terminated name; the call only reads it.
+            let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+            if ifindex == 0 {
+                bail!("no {ifname:?} in {}", ns.name);
+            }
+            let mut create = LinkCreate {
+                prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+                target_ifindex: ifindex,
+                attach_type,
+                flags,
+                ..Default::default()
+            };
+            bpf(BPF_LINK_CREATE, &mut create)
+                .with_context(|| format!("attaching the floor program ({hook:?})"))
+        })?;
+        Ok(Self {
+            _link: link,
+            _prog: prog,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_all_is_mov_r0_then_exit() {
+        // As `llvm-objdump -d` shows `r0 = 2; exit`: b7 00 00 00 02 00 00 00, 95 00 ...
+        let [mov, exit] = drop_all(TC_ACT_SHOT);
+        assert_eq!(mov.to_le_bytes(), [0xb7, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(exit.to_le_bytes(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+    }
+}
