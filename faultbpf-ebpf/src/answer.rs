@@ -47,9 +47,9 @@ pub const QUOTE6: usize = IPV6_HDR_LEN + UDP_HDR_LEN;
 #[inline(always)]
 pub fn multicast(f: &Flow) -> bool {
     if f.v6 {
-        f.daddr[0] == 0xff
+        f.daddr.0[0] == 0xff
     } else {
-        f.daddr[12] >= 224
+        f.daddr.0[12] >= 224
     }
 }
 
@@ -115,8 +115,8 @@ pub fn ipv4_reply(
     w.0[8] = REPLY_TTL;
     w.0[9] = proto;
     for i in 0..4 {
-        w.0[12 + i] = f.daddr[12 + i];
-        w.0[16 + i] = f.saddr[12 + i];
+        w.0[12 + i] = f.daddr.0[12 + i];
+        w.0[16 + i] = f.saddr.0[12 + i];
     }
     let c = csum::finish(csum::sum(w, 0)?);
     w.0[10] = c[0];
@@ -135,8 +135,8 @@ pub fn ipv6_reply(f: &Flow, proto: u8, payload: usize, w: &mut Words<IPV6_HDR_LE
     w.0[5] = plen[1];
     w.0[6] = proto;
     w.0[7] = REPLY_TTL;
-    w.0[8..24].copy_from_slice(&f.daddr);
-    w.0[24..40].copy_from_slice(&f.saddr);
+    w.0[8..24].copy_from_slice(&f.daddr.0);
+    w.0[24..40].copy_from_slice(&f.saddr.0);
 }
 
 /// Unfolded sum, in native byte order as `csum::sum` makes it, of the
@@ -150,7 +150,7 @@ pub fn pseudo_sum(f: &Flow, proto: u8, len: usize) -> u32 {
     let mut s: u64 = 0;
     for i in 0..4 {
         if 4 * i >= first {
-            s += u64::from(word(&f.saddr, 4 * i)) + u64::from(word(&f.daddr, 4 * i));
+            s += u64::from(word(&f.saddr.0, 4 * i)) + u64::from(word(&f.daddr.0, 4 * i));
         }
     }
     // The words [0, 0, len_hi, len_lo] and [0, 0, 0, proto] (IPv6), or

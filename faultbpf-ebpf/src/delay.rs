@@ -51,7 +51,9 @@ pub fn hold(ctx: &TcContext, f: &Flow, rule: &RuleValue, hook: Hook) -> Option<i
             Hook::Ingress => 1,
             Hook::Egress => 2,
         };
-        let key = flow_hash(seed, f.proto, &f.saddr, f.sport_be, &f.daddr, f.dport_be);
+        let key = flow_hash(
+            seed, f.proto, &f.saddr.0, f.sport_be, &f.daddr.0, f.dport_be,
+        );
         // SAFETY: plain map value read.
         if let Some(last) = unsafe { FLOW_LAST.get(&key) }
             && *last > at

@@ -41,9 +41,9 @@ pub fn hit(flow: &Flow, rule: &RuleValue, segs: u64, bytes: u64) -> Option<Hit> 
         flow_hash(
             rule.seed,
             flow.proto,
-            &flow.saddr,
+            &flow.saddr.0,
             flow.sport_be,
-            &flow.daddr,
+            &flow.daddr.0,
             flow.dport_be,
         )
     } else if rule.threshold == THRESHOLD_ALWAYS && rule.action != FaultKind::Mix as u8 {

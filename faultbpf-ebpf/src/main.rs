@@ -1,5 +1,5 @@
 //! faultbpf's kernel side: the entry points only. Each parses the packet
-//! (`parse`), looks its ports up in the rule map (`matcher`), draws
+//! (`parse`), looks its ports up in the rule maps (`matcher`), draws
 //! (`draw`) and turns a hit into its hook's verdict (`actions` for tc,
 //! `xdp` for XDP); everything else passes with "no verdict" (tc) or
 //! `XDP_PASS`, so programs after ours (a CNI's, say) still run.

@@ -15,12 +15,12 @@
 //! does aya fall back to netlink, whose attachment outlives the process:
 //! those are detached on drop here, and by the reaper if we die.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, MapData, PerCpuArray,
+        Array, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -32,7 +32,8 @@ use aya::{
 };
 use faultbpf_common::{
     COUNTERS_MAP, DELAY_DEV_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP,
-    PORTS_MAP, RETURN_PROGRAM, RULES_MAP, RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
+    PORTS_MAP, RETURN_PROGRAM, RULE_INDEX_MAP, RULES_MAP, RuleCounters, RuleKey, RuleValue,
+    XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -408,18 +409,19 @@ impl Injector {
                     .map_err(|e| map_err(PEERS_MAP, "could not insert a peer prefix", e))?;
             }
         }
-        let entries = rule.entries(monotonic_ns());
-        {
-            let mut map = self.rules_map()?;
-            for (k, v) in &entries {
-                map.insert(k, v, 0)
-                    .map_err(|e| map_err(RULES_MAP, "could not insert a rule", e))?;
-            }
-        }
-        // After the rules: a set bit with no rule behind it costs a lookup
-        // that finds nothing, a rule behind a clear bit would be skipped.
+        // The rule, then its index entries, then the port filter: a packet
+        // can find nothing yet, but never an entry without its rule.
+        let keys = rule.keys();
+        self.rules_map()?
+            .set(rule.id, rule.value(monotonic_ns()), 0)
+            .map_err(|e| map_err(RULES_MAP, "could not insert a rule", e))?;
+        let slot = u16::try_from(rule.id + 1).map_err(|_| Error::Io {
+            what: format!("rule slot {} out of range", rule.id),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        self.set_index(&keys, slot)?;
         let mut ports = self.ports_map()?;
-        for (word, mask) in port_filter::words(entries.iter().map(|(k, _)| *k)) {
+        for (word, mask) in port_filter::words(keys) {
             let old = ports.get(&word, 0).unwrap_or(0);
             ports
                 .set(word, old | mask, 0)
@@ -483,20 +485,19 @@ impl Injector {
         Ok(())
     }
 
-    /// Lifts `rule`; missing entries are not an error.
+    /// Lifts `rule`; missing entries are not an error. Its `RULES` entry
+    /// stays until the slot is reused: nothing points to it any more.
     pub fn remove(&mut self, rule: &Rule) -> Result<(), Error> {
         let keys = rule.keys();
-        let mut map = self.rules_map()?;
-        for k in &keys {
-            let _ = map.remove(k);
-        }
+        let _ = self.set_index(&keys, 0);
         // A port's bit stays while any rule of either protocol still has it.
+        let index = self.index_map()?;
         let unused: Vec<_> = keys
             .into_iter()
             .filter(|k| {
                 port_filter::sharing(*k)
                     .iter()
-                    .all(|other| map.get(other, 0).is_err())
+                    .all(|other| index_slot(&index, other) == 0)
             })
             .collect();
         let mut ports = self.ports_map()?;
@@ -583,12 +584,43 @@ impl Injector {
             .map_err(|e| map_err(LEASE_MAP, "could not renew the lease", e))
     }
 
-    fn rules_map(&mut self) -> Result<HashMap<&mut MapData, RuleKey, RuleValue>, Error> {
+    fn rules_map(&mut self) -> Result<Array<&mut MapData, RuleValue>, Error> {
         let map = self
             .ebpf
             .map_mut(RULES_MAP)
             .ok_or_else(|| missing(RULES_MAP))?;
-        HashMap::try_from(map).map_err(|e| map_err(RULES_MAP, "unexpected map type", e))
+        Array::try_from(map).map_err(|e| map_err(RULES_MAP, "unexpected map type", e))
+    }
+
+    fn index_map(&mut self) -> Result<Array<&mut MapData, u64>, Error> {
+        let map = self
+            .ebpf
+            .map_mut(RULE_INDEX_MAP)
+            .ok_or_else(|| missing(RULE_INDEX_MAP))?;
+        Array::try_from(map).map_err(|e| map_err(RULE_INDEX_MAP, "unexpected map type", e))
+    }
+
+    /// Points `keys` at `slot` (slot + 1 of a rule, or 0 for none), one
+    /// read-modify-write per index word touched. Only this process writes
+    /// the index, so nothing can change a word between the read and write.
+    fn set_index(&mut self, keys: &[RuleKey], slot: u16) -> Result<(), Error> {
+        let mut words: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for k in keys {
+            if let Some((word, shift)) = k.index_bits() {
+                words.entry(word).or_default().push(shift);
+            }
+        }
+        let mut index = self.index_map()?;
+        for (word, shifts) in words {
+            let mut w = index.get(&word, 0).unwrap_or(0);
+            for shift in shifts {
+                w = (w & !(0xffff << shift)) | (u64::from(slot) << shift);
+            }
+            index
+                .set(word, w, 0)
+                .map_err(|e| map_err(RULE_INDEX_MAP, "could not update the rule index", e))?;
+        }
+        Ok(())
     }
 
     /// The first attached interface that no longer exists, if any.
@@ -636,6 +668,14 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
         ))
     })?;
     p.try_into().map_err(Error::load)
+}
+
+/// The slot + 1 `key` points at in the rule index; 0 for none.
+fn index_slot(index: &Array<&mut MapData, u64>, key: &RuleKey) -> u64 {
+    match key.index_bits() {
+        Some((word, shift)) => (index.get(&word, 0).unwrap_or(0) >> shift) & 0xffff,
+        None => 0,
+    }
 }
 
 fn missing(map: &'static str) -> Error {

@@ -17,7 +17,7 @@ pub fn words(keys: impl IntoIterator<Item = RuleKey>) -> BTreeMap<u32, u64> {
     words
 }
 
-/// The keys, of either protocol, whose presence in the rule map keeps the
+/// The keys, of either protocol, whose presence in the rule index keeps the
 /// bit of `key` set.
 pub fn sharing(key: RuleKey) -> [RuleKey; 2] {
     [PROTO_TCP, PROTO_UDP].map(|proto| RuleKey { proto, ..key })

@@ -239,14 +239,7 @@ impl Rule {
         }
     }
 
-    /// The rule-map entries, with expiry counted from `now_ns`
-    /// (CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`).
-    pub fn entries(&self, now_ns: u64) -> Vec<(RuleKey, RuleValue)> {
-        let value = self.value(now_ns);
-        self.keys().into_iter().map(|k| (k, value)).collect()
-    }
-
-    /// The rule-map keys, without duplicates (overlapping ranges).
+    /// The rule-index keys, without duplicates (overlapping ranges).
     pub fn keys(&self) -> Vec<RuleKey> {
         let mut keys = BTreeSet::new();
         for &proto in self.proto.numbers() {
@@ -266,7 +259,9 @@ impl Rule {
             .collect()
     }
 
-    fn value(&self, now_ns: u64) -> RuleValue {
+    /// The rule's entry in the kernel's `RULES`, with expiry counted from
+    /// `now_ns` (CLOCK_MONOTONIC, the clock the kernel side reads).
+    pub fn value(&self, now_ns: u64) -> RuleValue {
         let expires_ns = self.lasts.map_or(0, |d| {
             now_ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         });
@@ -380,17 +375,11 @@ mod tests {
     #[test]
     fn either_port_gives_both_sides_for_each_protocol() {
         let r = Rule::new(3, Fault::Blackhole, vec![port("5672")]);
-        let e = r.entries(1);
+        let e = r.keys();
         assert_eq!(e.len(), 4);
-        assert!(
-            e.iter()
-                .any(|(k, _)| *k == RuleKey::new(PROTO_TCP, SIDE_DST, 5672))
-        );
-        assert!(
-            e.iter()
-                .any(|(k, _)| *k == RuleKey::new(PROTO_UDP, SIDE_SRC, 5672))
-        );
-        let v = e[0].1;
+        assert!(e.contains(&RuleKey::new(PROTO_TCP, SIDE_DST, 5672)));
+        assert!(e.contains(&RuleKey::new(PROTO_UDP, SIDE_SRC, 5672)));
+        let v = r.value(1);
         assert_eq!(v.slot, 3);
         assert_eq!(v.action, FaultKind::Drop.as_u8());
         assert_eq!(v.directions, DIR_INGRESS | DIR_EGRESS);
@@ -426,7 +415,7 @@ mod tests {
         r.lasts = Some(Duration::from_secs(2));
         r.per = Per::Flow;
         r.peers = vec!["10.200.0.0/24".parse().unwrap()];
-        let v = r.entries(1_000)[0].1;
+        let v = r.value(1_000);
         assert_eq!(v.expires_ns, 2_000_001_000);
         assert_eq!(v.flags, FLAG_PER_FLOW | FLAG_PEERS);
         assert_eq!(v.action, FaultKind::Mix.as_u8());

@@ -285,8 +285,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         ]);
     }
     let mut maps = Table::new(
-        "Maps with 1 and with 65 536 rules (hash maps are preallocated, so the size is the \
-         same):",
+        "Maps with 1 and with 65 536 rules (every map but the peers trie is preallocated, so most \
+         sizes are the same):",
         &[
             "Map",
             "Type",

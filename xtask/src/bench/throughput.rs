@@ -502,7 +502,7 @@ fn analyze(
     if ctx.plan.rule_counts.contains(&0) {
         section.notes.push(
             "0 rules: the hooks alone. faultbpf: `faultbpf daemon --iface fbb-s` with no rule \
-             (its programs attached, the rule map empty; the CLI cannot run without a rule); \
+             (its programs attached, no rule loaded; the CLI cannot run without a rule); \
              nftables: an empty base chain."
                 .into(),
         );
