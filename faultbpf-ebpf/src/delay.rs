@@ -88,7 +88,7 @@ fn delay_ns(rule: &RuleValue) -> u64 {
     }
     let span = (2 * j + 1) as u64;
     // SAFETY: helper without preconditions.
-    let u = || (u64::from(unsafe { bpf_get_prandom_u32() }) * span >> 32) as i64 - j;
+    let u = || ((u64::from(unsafe { bpf_get_prandom_u32() }) * span) >> 32) as i64 - j;
     let off = if rule.dist == DIST_NORMAL {
         // Three uniforms on [-j, j] sum to variance j², so std dev j.
         u() + u() + u()

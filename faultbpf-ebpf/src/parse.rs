@@ -388,8 +388,3 @@ pub fn tcp_payload_len<P: Packet>(ctx: &P, f: &Flow) -> Option<usize> {
     f.l4_len().checked_sub(usize::from(b >> 4) * 4)
 }
 
-#[inline(always)]
-pub fn probe<P: Packet>(ctx: &P) -> bool {
-    let mut b = [0u8; FAST_LEN];
-    ctx.load_into(0, &mut b) && b[37] == 0x18
-}
