@@ -29,11 +29,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use faultbpf_common::{INGRESS_PROGRAM, XDP_PROGRAM};
 
 use super::{
     Ctx,
     floor::{self, Floor},
     injector::{self, Faultbpf, Launch, Unavailable, XdpMode},
+    prog_stats,
     report::{self, Goal, Section, Table, Verdict},
     stats::{self, Spread},
     topo::{self, CLIENT_IF, CLIENT_IP, Netns, Proc, SERVER_IF, SERVER_IP, Topology},
@@ -349,11 +351,100 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         }
         runs.push(this);
     }
-    Ok(analyze(ctx, &conds, &unavailable, &runs))
+    let costs = program_costs(ctx, &topo, &config.0, &conds)?;
+    Ok(analyze(ctx, &conds, &unavailable, &runs, &costs))
 }
 
-fn one(ctx: &Ctx, topo: &Topology, config: &std::path::Path, cond: Cond) -> Result<Run> {
-    let armed = match cond {
+/// Passes of the program-cost measurement, and the flood of each.
+const COST_PASSES: usize = 3;
+const COST_FLOOD: Duration = Duration::from_millis(500);
+
+/// Per condition with a program (faultbpf's or a floor), its mean ns per
+/// packet by the kernel's BPF statistics during a separate flood, one per
+/// pass. Measured after the rate rounds, so the statistics' own cost (two
+/// clock reads per run) never weighs on a rate. Unlike the rates, these
+/// barely move with the machine's noise.
+struct Costs {
+    ns: Vec<(Cond, Vec<f64>)>,
+    failures: Vec<String>,
+}
+
+fn program_costs(
+    ctx: &Ctx,
+    topo: &Topology,
+    config: &std::path::Path,
+    conds: &[Cond],
+) -> Result<Costs> {
+    let mut costs = Costs {
+        ns: Vec::new(),
+        failures: Vec::new(),
+    };
+    for _ in 0..COST_PASSES {
+        for &cond in conds {
+            let prog = match cond {
+                Cond::Tc(_) => INGRESS_PROGRAM,
+                Cond::Xdp(_) => XDP_PROGRAM,
+                Cond::Floor(_) => floor::PROGRAM,
+                Cond::Socket | Cond::Nft => continue,
+            };
+            topo::check_interrupted()?;
+            let armed = arm(ctx, topo, cond)?;
+            let pid = match &armed {
+                Armed::Faultbpf(fb) => fb.proc.pid(),
+                // The floor's program is held by this process.
+                _ => std::process::id(),
+            };
+            let per = prog_stats::ns_per_run(pid, 1000, || {
+                let mut t = trafgen(topo, config)?;
+                let slept = topo::sleep(COST_FLOOD);
+                t.stop(libc::SIGINT, Duration::from_secs(3))?;
+                slept
+            });
+            match per.map(|p| p.get(prog).copied()) {
+                Ok(Some(ns)) => match costs.ns.iter_mut().find(|(c, _)| *c == cond) {
+                    Some((_, v)) => v.push(ns),
+                    None => costs.ns.push((cond, vec![ns])),
+                },
+                Ok(None) => costs
+                    .failures
+                    .push(format!("{}: {prog} did not run", cond.label())),
+                Err(err) => costs.failures.push(format!("{}: {err:#}", cond.label())),
+            }
+            if let Armed::Faultbpf(fb) = armed {
+                fb.stop()?;
+            }
+        }
+    }
+    Ok(costs)
+}
+
+/// The flood: one trafgen sender on the client's veth.
+fn trafgen(topo: &Topology, config: &std::path::Path) -> Result<Proc> {
+    // trafgen forks its sender and does not pass SIGINT on: it runs in its
+    // own process group, which is what gets signalled.
+    Proc::spawn_group(
+        "trafgen",
+        topo.client
+            .exec("trafgen")
+            .args(["--dev", CLIENT_IF, "--conf"])
+            .arg(config)
+            // One sender process (it pins itself to CPU 0); leave the
+            // machine's sysctls and IRQ affinities alone.
+            .args([
+                "--cpus",
+                "1",
+                "--no-sock-mem",
+                "--notouch-irq",
+                "--no-cpu-stats",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+fn arm(ctx: &Ctx, topo: &Topology, cond: Cond) -> Result<Armed> {
+    Ok(match cond {
         Cond::Socket => Armed::Nothing,
         Cond::Nft => {
             injector::nft(
@@ -377,30 +468,14 @@ fn one(ctx: &Ctx, topo: &Topology, config: &std::path::Path, cond: Cond) -> Resu
             Armed::Faultbpf(Box::new(fb))
         }
         Cond::Floor(hook) => Armed::Floor(Floor::attach(&topo.server, SERVER_IF, hook)?),
-    };
+    })
+}
+
+fn one(ctx: &Ctx, topo: &Topology, config: &std::path::Path, cond: Cond) -> Result<Run> {
+    let armed = arm(ctx, topo, cond)?;
 
     let c0 = settled(&topo.server)?;
-    // trafgen forks its sender and does not pass SIGINT on: it runs in its
-    // own process group, which is what gets signalled.
-    let mut trafgen = Proc::spawn_group(
-        "trafgen",
-        topo.client
-            .exec("trafgen")
-            .args(["--dev", CLIENT_IF, "--conf"])
-            .arg(config)
-            // One sender process (it pins itself to CPU 0); leave the
-            // machine's sysctls and IRQ affinities alone.
-            .args([
-                "--cpus",
-                "1",
-                "--no-sock-mem",
-                "--notouch-irq",
-                "--no-cpu-stats",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
+    let mut trafgen = trafgen(topo, config)?;
     let measured = (|| {
         topo::sleep(WARMUP)?;
         if let Some(status) = trafgen.child.try_wait()? {
@@ -473,6 +548,7 @@ fn analyze(
     conds: &[Cond],
     unavailable: &[(Cond, Unavailable)],
     runs: &[Vec<(Cond, Run)>],
+    costs: &Costs,
 ) -> Section {
     let rate = |round: &[(Cond, Run)], c: Cond| {
         round
@@ -639,6 +715,7 @@ fn analyze(
     }
     section.tables.push(table);
     section.csvs.push(("drop-capacity-rounds.csv".into(), csv));
+    cost_table(&mut section, costs);
 
     for (c, goal, min) in [
         (Cond::Tc("tcx"), ">= 1.05 x nftables", 1.05),
@@ -681,6 +758,61 @@ fn analyze(
         Verdict::check(rejected.is_empty()),
     ));
     section
+}
+
+/// The program-cost table, and faultbpf's tc figure in the summary.
+fn cost_table(section: &mut Section, costs: &Costs) {
+    let spread = |c: Cond| {
+        costs
+            .ns
+            .iter()
+            .find(|(k, _)| *k == c)
+            .and_then(|(_, v)| stats::spread(v))
+    };
+    let mut table = Table::new(
+        &format!(
+            "Program time per dropped packet, from the kernel's BPF statistics during a \
+             separate {COST_FLOOD:?} flood after the rounds, ns, median [min, max] over \
+             {COST_PASSES} passes. Every figure includes the statistics' own two clock reads \
+             per run, so a floor's figure is that overhead plus two instructions:"
+        ),
+        &[
+            "Condition",
+            "ns per packet",
+            "Above its hook's floor (medians)",
+        ],
+    );
+    for (c, _) in &costs.ns {
+        let Some(s) = spread(*c) else { continue };
+        let above = c
+            .floor()
+            .and_then(spread)
+            .map_or("-".into(), |f| format!("{:+.0} ns", s.median - f.median));
+        table.row(vec![
+            c.label().into(),
+            format!("{:.0} [{:.0}, {:.0}]", s.median, s.min, s.max),
+            above,
+        ]);
+    }
+    if !costs.failures.is_empty() {
+        section.notes.push(format!(
+            "Program cost not measured: {}",
+            costs.failures.join("; ")
+        ));
+    }
+    let tcx = Cond::Tc("tcx");
+    if let (Some(s), Some(f)) = (spread(tcx), tcx.floor().and_then(spread)) {
+        section.goals.push(Goal::new(
+            "drop path: faultbpf tc (TCX) program time per dropped packet",
+            "(reference)",
+            format!(
+                "{:.0} ns; the floor's {:.0} ns (both with the statistics' overhead)",
+                s.median, f.median
+            ),
+            Verdict::Info,
+        ));
+    }
+    section.tables.push(table);
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use anyhow::{Context as _, Result, bail};
 
 use super::topo::Netns;
 
+/// The name the floor program is loaded under.
+pub const PROGRAM: &str = "fbb_floor";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     /// tc ingress through TCX (kernel >= 6.6).
@@ -123,7 +126,7 @@ impl Floor {
         let insns = drop_all(verdict);
         let license = c"GPL";
         let mut name = [0u8; 16];
-        name[..9].copy_from_slice(b"fbb_floor");
+        name[..PROGRAM.len()].copy_from_slice(PROGRAM.as_bytes());
         let mut load = ProgLoad {
             prog_type,
             insn_cnt: insns.len() as u32,
