@@ -58,7 +58,7 @@ enum Cond {
 }
 
 impl Cond {
-    const ALL: [Cond; 9] = [
+    const ALL: [Cond; 10] = [
         Cond::Socket,
         Cond::Nft,
         Cond::Tc("tcx"),
@@ -66,6 +66,7 @@ impl Cond {
         Cond::Xdp(XdpMode::Native),
         Cond::Xdp(XdpMode::Generic),
         Cond::Floor(floor::Hook::Tcx),
+        Cond::Floor(floor::Hook::TcxReadsPort),
         Cond::Floor(floor::Hook::XdpNative),
         Cond::Floor(floor::Hook::XdpGeneric),
     ];
@@ -79,6 +80,9 @@ impl Cond {
             Cond::Xdp(XdpMode::Native) => "faultbpf XDP, native",
             Cond::Xdp(XdpMode::Generic) => "faultbpf XDP, generic",
             Cond::Floor(floor::Hook::Tcx) => "floor: tc TCX program that only drops",
+            Cond::Floor(floor::Hook::TcxReadsPort) => {
+                "floor: tc TCX program that reads the port, then drops"
+            }
             Cond::Floor(floor::Hook::XdpNative) => "floor: XDP native program that only drops",
             Cond::Floor(floor::Hook::XdpGeneric) => "floor: XDP generic program that only drops",
         }
@@ -94,6 +98,11 @@ impl Cond {
             _ => return None,
         };
         Some(Cond::Floor(hook))
+    }
+
+    /// For tc: the floor that also reads the port (`floor::Hook::TcxReadsPort`).
+    fn port_floor(self) -> Option<Cond> {
+        matches!(self, Cond::Tc(_)).then_some(Cond::Floor(floor::Hook::TcxReadsPort))
     }
 
     /// faultbpf's arguments, or why this row cannot be measured.
@@ -582,7 +591,9 @@ fn analyze(
          nftables: `udp dport {PORT} counter drop` in a netdev ingress chain. Floors: \
          `r0 = TC_ACT_SHOT; exit` on TCX ingress, `r0 = XDP_DROP; exit` as native or generic \
          XDP, attached by a BPF link (`floor.rs`): the cost of the hook alone, which no \
-         dropper on it can beat.",
+         dropper on it can beat; and on TCX the same after one `bpf_skb_load_bytes` of the \
+         destination port, the least a dropper that filters by port must do (the first read \
+         of a frame's headers also pays for bringing them into cache).",
         ctx.plan.flood_window,
         WARMUP,
         runs.len(),
@@ -733,7 +744,7 @@ fn analyze(
                 &measure,
                 goal,
                 format!(
-                    "{:.3} x nft [{:.3}, {:.3}] ({}); the hook's floor: {}",
+                    "{:.3} x nft [{:.3}, {:.3}] ({}); the hook's floor: {}{}",
                     s.median,
                     s.min,
                     s.max,
@@ -741,6 +752,12 @@ fn analyze(
                     c.floor()
                         .and_then(|f| spread_of(f, Some(Cond::Nft)))
                         .map_or("not measured".into(), |f| format!("{:.3} x nft", f.median)),
+                    c.port_floor()
+                        .and_then(|f| spread_of(f, Some(Cond::Nft)))
+                        .map_or(String::new(), |f| format!(
+                            ", reading the port: {:.3} x nft",
+                            f.median
+                        )),
                 ),
                 Verdict::check(s.median >= min),
             ),
@@ -780,6 +797,7 @@ fn cost_table(section: &mut Section, costs: &Costs) {
             "Condition",
             "ns per packet",
             "Above its hook's floor (medians)",
+            "Above the floor that reads the port",
         ],
     );
     for (c, _) in &costs.ns {
@@ -788,10 +806,15 @@ fn cost_table(section: &mut Section, costs: &Costs) {
             .floor()
             .and_then(spread)
             .map_or("-".into(), |f| format!("{:+.0} ns", s.median - f.median));
+        let above_port = c
+            .port_floor()
+            .and_then(spread)
+            .map_or("-".into(), |f| format!("{:+.0} ns", s.median - f.median));
         table.row(vec![
             c.label().into(),
             format!("{:.0} [{:.0}, {:.0}]", s.median, s.min, s.max),
             above,
+            above_port,
         ]);
     }
     if !costs.failures.is_empty() {
@@ -801,13 +824,18 @@ fn cost_table(section: &mut Section, costs: &Costs) {
         ));
     }
     let tcx = Cond::Tc("tcx");
-    if let (Some(s), Some(f)) = (spread(tcx), tcx.floor().and_then(spread)) {
+    if let (Some(s), Some(f), Some(p)) = (
+        spread(tcx),
+        tcx.floor().and_then(spread),
+        tcx.port_floor().and_then(spread),
+    ) {
         section.goals.push(Goal::new(
             "drop path: faultbpf tc (TCX) program time per dropped packet",
             "(reference)",
             format!(
-                "{:.0} ns; the floor's {:.0} ns (both with the statistics' overhead)",
-                s.median, f.median
+                "{:.0} ns; the floor {:.0} ns, the floor that reads the port {:.0} ns (all with \
+                 the statistics' overhead)",
+                s.median, f.median, p.median
             ),
             Verdict::Info,
         ));

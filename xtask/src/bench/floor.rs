@@ -4,6 +4,11 @@
 //! hook itself costs on this machine (and so which goals can be reached
 //! here) apart from what faultbpf's program adds.
 //!
+//! On tc there is a second floor, [`Hook::TcxReadsPort`]: the same, plus one
+//! `bpf_skb_load_bytes` of the destination port, the least a dropper that
+//! filters by port must do. The first read of a packet's headers is where
+//! it pays for bringing them into cache; this floor pays it too.
+//!
 //! Loaded with raw bpf(2) calls because xtask deliberately has no aya (it
 //! installs the toolchain aya's build needs). Attached with a BPF link held
 //! by this process, never pinned: dropping [`Floor`] detaches it.
@@ -24,6 +29,8 @@ pub const PROGRAM: &str = "fbb_floor";
 pub enum Hook {
     /// tc ingress through TCX (kernel >= 6.6).
     Tcx,
+    /// The same, reading the UDP destination port first.
+    TcxReadsPort,
     /// XDP in the driver (veth's native XDP).
     XdpNative,
     /// XDP on the skb (generic XDP).
@@ -41,12 +48,37 @@ const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const TC_ACT_SHOT: i32 = 2;
 const XDP_DROP: i32 = 1;
+const BPF_FUNC_SKB_LOAD_BYTES: i32 = 26;
+/// The UDP destination port of an untagged IPv4 frame without options.
+const DPORT_OFFSET: i32 = 14 + 20 + 2;
 
-/// `struct bpf_insn` for `BPF_ALU64 | BPF_MOV | BPF_K` into r0, then exit.
-fn drop_all(verdict: i32) -> [u64; 2] {
-    const MOV64_IMM: u64 = 0xb7;
-    const EXIT: u64 = 0x95;
-    [MOV64_IMM | (u64::from(verdict as u32) << 32), EXIT]
+/// One `struct bpf_insn`.
+fn insn(code: u8, dst: u8, src: u8, imm: i32) -> u64 {
+    u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(imm as u32) << 32
+}
+const MOV64_IMM: u8 = 0xb7;
+const MOV64_REG: u8 = 0xbf;
+const ADD64_IMM: u8 = 0x07;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+
+/// `r0 = verdict; exit`.
+fn drop_all(verdict: i32) -> Vec<u64> {
+    vec![insn(MOV64_IMM, 0, 0, verdict), insn(EXIT, 0, 0, 0)]
+}
+
+/// `bpf_skb_load_bytes(ctx, DPORT_OFFSET, fp - 8, 2)`, then drop whatever
+/// it returned (r1 already holds the context).
+fn read_port_then_drop() -> Vec<u64> {
+    let mut v = vec![
+        insn(MOV64_IMM, 2, 0, DPORT_OFFSET),
+        insn(MOV64_REG, 3, 10, 0),
+        insn(ADD64_IMM, 3, 0, -8),
+        insn(MOV64_IMM, 4, 0, 2),
+        insn(CALL, 0, 0, BPF_FUNC_SKB_LOAD_BYTES),
+    ];
+    v.extend(drop_all(TC_ACT_SHOT));
+    v
 }
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr`; the kernel wants the
@@ -106,24 +138,16 @@ pub struct Floor {
 
 impl Floor {
     pub fn attach(ns: &Netns, ifname: &str, hook: Hook) -> Result<Self> {
-        let (prog_type, expected, verdict, attach_type, flags) = match hook {
-            Hook::Tcx => (BPF_PROG_TYPE_SCHED_CLS, 0, TC_ACT_SHOT, BPF_TCX_INGRESS, 0),
-            Hook::XdpNative => (
-                BPF_PROG_TYPE_XDP,
-                BPF_XDP,
-                XDP_DROP,
-                BPF_XDP,
-                XDP_FLAGS_DRV_MODE,
-            ),
-            Hook::XdpGeneric => (
-                BPF_PROG_TYPE_XDP,
-                BPF_XDP,
-                XDP_DROP,
-                BPF_XDP,
-                XDP_FLAGS_SKB_MODE,
-            ),
+        let (prog_type, expected, attach_type, flags) = match hook {
+            Hook::Tcx | Hook::TcxReadsPort => (BPF_PROG_TYPE_SCHED_CLS, 0, BPF_TCX_INGRESS, 0),
+            Hook::XdpNative => (BPF_PROG_TYPE_XDP, BPF_XDP, BPF_XDP, XDP_FLAGS_DRV_MODE),
+            Hook::XdpGeneric => (BPF_PROG_TYPE_XDP, BPF_XDP, BPF_XDP, XDP_FLAGS_SKB_MODE),
         };
-        let insns = drop_all(verdict);
+        let insns = match hook {
+            Hook::Tcx => drop_all(TC_ACT_SHOT),
+            Hook::TcxReadsPort => read_port_then_drop(),
+            Hook::XdpNative | Hook::XdpGeneric => drop_all(XDP_DROP),
+        };
         let license = c"GPL";
         let mut name = [0u8; 16];
         name[..PROGRAM.len()].copy_from_slice(PROGRAM.as_bytes());
@@ -168,8 +192,22 @@ mod tests {
     #[test]
     fn drop_all_is_mov_r0_then_exit() {
         // As `llvm-objdump -d` shows `r0 = 2; exit`: b7 00 00 00 02 00 00 00, 95 00 ...
-        let [mov, exit] = drop_all(TC_ACT_SHOT);
-        assert_eq!(mov.to_le_bytes(), [0xb7, 0, 0, 0, 2, 0, 0, 0]);
-        assert_eq!(exit.to_le_bytes(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+        let v = drop_all(TC_ACT_SHOT);
+        assert_eq!(v[0].to_le_bytes(), [0xb7, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(v[1].to_le_bytes(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn register_fields_and_negative_immediates() {
+        // `r3 = r10` is bf a3 .., `r3 += -8` is 07 03 00 00 f8 ff ff ff.
+        assert_eq!(
+            insn(MOV64_REG, 3, 10, 0).to_le_bytes(),
+            [0xbf, 0xa3, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            insn(ADD64_IMM, 3, 0, -8).to_le_bytes(),
+            [0x07, 0x03, 0, 0, 0xf8, 0xff, 0xff, 0xff]
+        );
+        assert_eq!(read_port_then_drop().len(), 7);
     }
 }
