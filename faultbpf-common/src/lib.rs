@@ -416,6 +416,8 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn every_key_has_its_own_index_entry() {
         let mut seen = [0u8; (RULE_INDEX_WORDS * 4) as usize];
@@ -432,8 +434,6 @@ mod tests {
         assert_eq!(RuleKey::new(1, SIDE_DST, 80).index_bits(), None);
         assert_eq!(RuleKey::new(PROTO_TCP, 0, 80).index_bits(), None);
     }
-
-    use super::*;
 
     #[test]
     fn port_bits_cover_both_sides_without_overlap() {
