@@ -58,7 +58,7 @@ enum Cond {
 }
 
 impl Cond {
-    const ALL: [Cond; 10] = [
+    const ALL: [Cond; 12] = [
         Cond::Socket,
         Cond::Nft,
         Cond::Tc("tcx"),
@@ -67,6 +67,8 @@ impl Cond {
         Cond::Xdp(XdpMode::Generic),
         Cond::Floor(floor::Hook::Tcx),
         Cond::Floor(floor::Hook::TcxReadsPort),
+        Cond::Floor(floor::Hook::Netlink),
+        Cond::Floor(floor::Hook::NetlinkReadsPort),
         Cond::Floor(floor::Hook::XdpNative),
         Cond::Floor(floor::Hook::XdpGeneric),
     ];
@@ -83,6 +85,10 @@ impl Cond {
             Cond::Floor(floor::Hook::TcxReadsPort) => {
                 "floor: tc TCX program that reads the port, then drops"
             }
+            Cond::Floor(floor::Hook::Netlink) => "floor: cls_bpf (netlink) program that only drops",
+            Cond::Floor(floor::Hook::NetlinkReadsPort) => {
+                "floor: cls_bpf (netlink) program that reads the port, then drops"
+            }
             Cond::Floor(floor::Hook::XdpNative) => "floor: XDP native program that only drops",
             Cond::Floor(floor::Hook::XdpGeneric) => "floor: XDP generic program that only drops",
         }
@@ -91,8 +97,8 @@ impl Cond {
     /// The floor of the hook faultbpf uses in this condition.
     fn floor(self) -> Option<Cond> {
         let hook = match self {
-            // cls_bpf has no link to hold; the TCX floor stands for it.
-            Cond::Tc(_) => floor::Hook::Tcx,
+            Cond::Tc("tcx") => floor::Hook::Tcx,
+            Cond::Tc(_) => floor::Hook::Netlink,
             Cond::Xdp(XdpMode::Native) => floor::Hook::XdpNative,
             Cond::Xdp(XdpMode::Generic) => floor::Hook::XdpGeneric,
             _ => return None,
@@ -100,9 +106,13 @@ impl Cond {
         Some(Cond::Floor(hook))
     }
 
-    /// For tc: the floor that also reads the port (`floor::Hook::TcxReadsPort`).
+    /// For tc: the floor that also reads the port.
     fn port_floor(self) -> Option<Cond> {
-        matches!(self, Cond::Tc(_)).then_some(Cond::Floor(floor::Hook::TcxReadsPort))
+        match self {
+            Cond::Tc("tcx") => Some(Cond::Floor(floor::Hook::TcxReadsPort)),
+            Cond::Tc(_) => Some(Cond::Floor(floor::Hook::NetlinkReadsPort)),
+            _ => None,
+        }
     }
 
     /// faultbpf's arguments, or why this row cannot be measured.
@@ -393,7 +403,10 @@ fn program_costs(
             let prog = match cond {
                 Cond::Tc(_) => INGRESS_PROGRAM,
                 Cond::Xdp(_) => XDP_PROGRAM,
-                Cond::Floor(_) => floor::PROGRAM,
+                Cond::Floor(hook) if hook.held_here() => floor::PROGRAM,
+                // A cls_bpf floor's program is its filter's: no fd to read
+                // statistics through.
+                Cond::Floor(_) => continue,
                 Cond::Socket | Cond::Nft => continue,
             };
             topo::check_interrupted()?;
@@ -593,7 +606,10 @@ fn analyze(
          XDP, attached by a BPF link (`floor.rs`): the cost of the hook alone, which no \
          dropper on it can beat; and on TCX the same after one `bpf_skb_load_bytes` of the \
          destination port, the least a dropper that filters by port must do (the first read \
-         of a frame's headers also pays for bringing them into cache).",
+         of a frame's headers also pays for bringing them into cache). The cls_bpf (netlink) \
+         floors are the same two programs as classic BPF in a clsact qdisc's filter (`tc \
+         filter add ... bpf bytecode '1,6 0 0 2' da`, and `'2,40 0 0 36,6 0 0 2'` to load \
+         the port first).",
         ctx.plan.flood_window,
         WARMUP,
         runs.len(),

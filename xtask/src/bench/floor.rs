@@ -9,6 +9,11 @@
 //! filters by port must do. The first read of a packet's headers is where
 //! it pays for bringing them into cache; this floor pays it too.
 //!
+//! The netlink (cls_bpf) floors are classic BPF given to `tc filter ...
+//! bpf bytecode ... da` (`ret #2`, or `ldh [36]; ret #2`): the kernel turns
+//! them into eBPF and runs them like any cls_bpf program, and no ELF
+//! object is needed. They are removed with the clsact qdisc on drop.
+//!
 //! Loaded with raw bpf(2) calls because xtask deliberately has no aya (it
 //! installs the toolchain aya's build needs). Attached with a BPF link held
 //! by this process, never pinned: dropping [`Floor`] detaches it.
@@ -16,11 +21,13 @@
 use std::{
     io,
     os::fd::{FromRawFd as _, OwnedFd},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use super::topo::Netns;
+use super::topo::{Netns, output_within};
+use crate::cmd::command;
 
 /// The name the floor program is loaded under.
 pub const PROGRAM: &str = "fbb_floor";
@@ -31,6 +38,10 @@ pub enum Hook {
     Tcx,
     /// The same, reading the UDP destination port first.
     TcxReadsPort,
+    /// tc ingress through a clsact qdisc and a cls_bpf filter (netlink).
+    Netlink,
+    /// The same, reading the UDP destination port first.
+    NetlinkReadsPort,
     /// XDP in the driver (veth's native XDP).
     XdpNative,
     /// XDP on the skb (generic XDP).
@@ -130,10 +141,53 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+impl Hook {
+    /// True when this process holds the program (an fd its BPF statistics
+    /// can be read through); a cls_bpf floor belongs to its filter.
+    pub fn held_here(self) -> bool {
+        !matches!(self, Hook::Netlink | Hook::NetlinkReadsPort)
+    }
+}
+
 /// The floor program, attached to `ifname` in `ns`; detached on drop.
-pub struct Floor {
-    _link: OwnedFd,
-    _prog: OwnedFd,
+pub struct Floor(Held);
+
+enum Held {
+    Link {
+        _link: OwnedFd,
+        _prog: OwnedFd,
+    },
+    /// A clsact qdisc this floor added, with its cls_bpf filter.
+    Clsact {
+        netns: String,
+        ifname: String,
+    },
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        if let Held::Clsact { netns, ifname } = &self.0 {
+            let _ = output_within(
+                command("ip").args([
+                    "netns", "exec", netns, "tc", "qdisc", "del", "dev", ifname, "clsact",
+                ]),
+                None,
+                Duration::from_secs(10),
+            );
+        }
+    }
+}
+
+/// Classic BPF for `tc ... bpf bytecode`: `ret #TC_ACT_SHOT`, with
+/// `ldh [DPORT_OFFSET]` first when `read_port`.
+fn classic(read_port: bool) -> String {
+    // BPF_LD | BPF_H | BPF_ABS, and BPF_RET | BPF_K.
+    let ret = format!("6 0 0 {TC_ACT_SHOT}");
+    if read_port {
+        format!("2,40 0 0 {DPORT_OFFSET},{ret}")
+    } else {
+        format!("1,{ret}")
+    }
 }
 
 impl Floor {
@@ -142,11 +196,14 @@ impl Floor {
             Hook::Tcx | Hook::TcxReadsPort => (BPF_PROG_TYPE_SCHED_CLS, 0, BPF_TCX_INGRESS, 0),
             Hook::XdpNative => (BPF_PROG_TYPE_XDP, BPF_XDP, BPF_XDP, XDP_FLAGS_DRV_MODE),
             Hook::XdpGeneric => (BPF_PROG_TYPE_XDP, BPF_XDP, BPF_XDP, XDP_FLAGS_SKB_MODE),
+            Hook::Netlink | Hook::NetlinkReadsPort => {
+                return Self::classic(ns, ifname, hook == Hook::NetlinkReadsPort);
+            }
         };
         let insns = match hook {
-            Hook::Tcx => drop_all(TC_ACT_SHOT),
             Hook::TcxReadsPort => read_port_then_drop(),
             Hook::XdpNative | Hook::XdpGeneric => drop_all(XDP_DROP),
+            _ => drop_all(TC_ACT_SHOT),
         };
         let license = c"GPL";
         let mut name = [0u8; 16];
@@ -178,10 +235,33 @@ impl Floor {
             bpf(BPF_LINK_CREATE, &mut create)
                 .with_context(|| format!("attaching the floor program ({hook:?})"))
         })?;
-        Ok(Self {
+        Ok(Self(Held::Link {
             _link: link,
             _prog: prog,
-        })
+        }))
+    }
+
+    fn classic(ns: &Netns, ifname: &str, read_port: bool) -> Result<Self> {
+        let tc = |args: &[&str]| {
+            output_within(
+                command("ip")
+                    .args(["netns", "exec", &ns.name, "tc"])
+                    .args(args),
+                None,
+                Duration::from_secs(10),
+            )
+        };
+        tc(&["qdisc", "add", "dev", ifname, "clsact"])?;
+        // From here on the qdisc is ours to remove, also if the filter fails.
+        let floor = Self(Held::Clsact {
+            netns: ns.name.clone(),
+            ifname: ifname.to_owned(),
+        });
+        let code = classic(read_port);
+        tc(&[
+            "filter", "add", "dev", ifname, "ingress", "bpf", "bytecode", &code, "da",
+        ])?;
+        Ok(floor)
     }
 }
 
@@ -209,5 +289,11 @@ mod tests {
             [0x07, 0x03, 0, 0, 0xf8, 0xff, 0xff, 0xff]
         );
         assert_eq!(read_port_then_drop().len(), 7);
+    }
+
+    #[test]
+    fn classic_floors_for_tc() {
+        assert_eq!(classic(false), "1,6 0 0 2");
+        assert_eq!(classic(true), "2,40 0 0 36,6 0 0 2");
     }
 }
