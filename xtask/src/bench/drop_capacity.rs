@@ -381,8 +381,9 @@ const COST_FLOOD: Duration = Duration::from_millis(500);
 /// Per condition with a program (faultbpf's or a floor), its mean ns per
 /// packet by the kernel's BPF statistics during a separate flood, one per
 /// pass. Measured after the rate rounds, so the statistics' own cost (two
-/// clock reads per run) never weighs on a rate. Unlike the rates, these
-/// barely move with the machine's noise.
+/// clock reads per run) never weighs on a rate. They move with the
+/// machine's noise too (±20 % from run to run here), but a floor beside
+/// them in the same pass shows what the hook alone costs.
 struct Costs {
     ns: Vec<(Cond, Vec<f64>)>,
     failures: Vec<String>,
