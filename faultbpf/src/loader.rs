@@ -471,13 +471,8 @@ impl Injector {
         let link = prog
             .take_link(id)
             .map_err(|e| Error::attach(&dev.far, "ingress", e))?;
-        let map = self
-            .ebpf
-            .map_mut(DELAY_DEV_MAP)
-            .ok_or_else(|| missing(DELAY_DEV_MAP))?;
-        let mut arr: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(|e| map_err(DELAY_DEV_MAP, "unexpected map type", e))?;
-        arr.set(0, dev.send_ifindex, 0)
+        self.array::<u32>(DELAY_DEV_MAP)?
+            .set(0, dev.send_ifindex, 0)
             .map_err(|e| map_err(DELAY_DEV_MAP, "could not set the delay device", e))?;
         self.delay_link = Some(link);
         self.delay = Some(dev);
@@ -512,12 +507,14 @@ impl Injector {
         Ok(())
     }
 
+    /// One of the object's array maps, by name.
+    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, Error> {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| missing(name))?;
+        Array::try_from(map).map_err(|e| map_err(name, "unexpected map type", e))
+    }
+
     fn ports_map(&mut self) -> Result<Array<&mut MapData, u64>, Error> {
-        let map = self
-            .ebpf
-            .map_mut(PORTS_MAP)
-            .ok_or_else(|| missing(PORTS_MAP))?;
-        Array::try_from(map).map_err(|e| map_err(PORTS_MAP, "unexpected map type", e))
+        self.array(PORTS_MAP)
     }
 
     fn peers_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], u8>, Error> {
@@ -570,34 +567,21 @@ impl Injector {
     /// Renews the dead man's switch: rules act for `lease` from now, unless
     /// renewed again. A zero `lease` disables the switch.
     pub fn renew_lease(&mut self, lease: Duration) -> Result<(), Error> {
-        let map = self
-            .ebpf
-            .map_mut(LEASE_MAP)
-            .ok_or_else(|| missing(LEASE_MAP))?;
-        let mut arr: Array<&mut MapData, Lease> =
-            Array::try_from(map).map_err(|e| map_err(LEASE_MAP, "unexpected map type", e))?;
         let lease = Lease {
             heartbeat_ns: monotonic_ns(),
             lease_ns: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
         };
-        arr.set(0, lease, 0)
+        self.array::<Lease>(LEASE_MAP)?
+            .set(0, lease, 0)
             .map_err(|e| map_err(LEASE_MAP, "could not renew the lease", e))
     }
 
     fn rules_map(&mut self) -> Result<Array<&mut MapData, RuleValue>, Error> {
-        let map = self
-            .ebpf
-            .map_mut(RULES_MAP)
-            .ok_or_else(|| missing(RULES_MAP))?;
-        Array::try_from(map).map_err(|e| map_err(RULES_MAP, "unexpected map type", e))
+        self.array(RULES_MAP)
     }
 
     fn index_map(&mut self) -> Result<Array<&mut MapData, u64>, Error> {
-        let map = self
-            .ebpf
-            .map_mut(RULE_INDEX_MAP)
-            .ok_or_else(|| missing(RULE_INDEX_MAP))?;
-        Array::try_from(map).map_err(|e| map_err(RULE_INDEX_MAP, "unexpected map type", e))
+        self.array(RULE_INDEX_MAP)
     }
 
     /// Points `keys` at `slot` (slot + 1 of a rule, or 0 for none), one
