@@ -167,15 +167,21 @@ enum Held {
 impl Drop for Floor {
     fn drop(&mut self) {
         if let Held::Clsact { netns, ifname } = &self.0 {
-            let _ = output_within(
-                command("ip").args([
-                    "netns", "exec", netns, "tc", "qdisc", "del", "dev", ifname, "clsact",
-                ]),
-                None,
-                Duration::from_secs(10),
-            );
+            let _ = tc(netns, &["qdisc", "del", "dev", ifname, "clsact"]);
         }
     }
+}
+
+/// `ip netns exec NETNS tc ARGS...`, bounded. Takes the name, not the
+/// [`Netns`], because `Floor`'s drop only keeps that.
+fn tc(netns: &str, args: &[&str]) -> Result<String> {
+    output_within(
+        command("ip")
+            .args(["netns", "exec", netns, "tc"])
+            .args(args),
+        None,
+        Duration::from_secs(10),
+    )
 }
 
 /// Classic BPF for `tc ... bpf bytecode`: `ret #TC_ACT_SHOT`, with
@@ -242,25 +248,19 @@ impl Floor {
     }
 
     fn classic(ns: &Netns, ifname: &str, read_port: bool) -> Result<Self> {
-        let tc = |args: &[&str]| {
-            output_within(
-                command("ip")
-                    .args(["netns", "exec", &ns.name, "tc"])
-                    .args(args),
-                None,
-                Duration::from_secs(10),
-            )
-        };
-        tc(&["qdisc", "add", "dev", ifname, "clsact"])?;
+        tc(&ns.name, &["qdisc", "add", "dev", ifname, "clsact"])?;
         // From here on the qdisc is ours to remove, also if the filter fails.
         let floor = Self(Held::Clsact {
             netns: ns.name.clone(),
             ifname: ifname.to_owned(),
         });
         let code = classic(read_port);
-        tc(&[
-            "filter", "add", "dev", ifname, "ingress", "bpf", "bytecode", &code, "da",
-        ])?;
+        tc(
+            &ns.name,
+            &[
+                "filter", "add", "dev", ifname, "ingress", "bpf", "bytecode", &code, "da",
+            ],
+        )?;
         Ok(floor)
     }
 }
