@@ -14,6 +14,7 @@ pub mod guard;
 pub mod iface;
 mod load;
 pub mod loader;
+pub mod mapwrite;
 mod mountns;
 mod port_filter;
 pub mod reaper;

@@ -1,5 +1,11 @@
 //! The daemon's rule table: which rules exist, who owns which map keys,
 //! and the one place where rules go into and out of the kernel maps.
+//!
+//! The order of every change is: compute everything that can fail (id,
+//! keys, guard rails, conflicts, expiry with checked arithmetic, what the
+//! kernel must be able to do), then write the kernel, then record. A panic
+//! between the write and the record removes what was written ([`Undo`]),
+//! so the kernel never holds a rule the API cannot see.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -81,6 +87,18 @@ pub enum StateError {
     /// 507: every counter slot is in use.
     #[error("all {MAX_SLOTS} rule slots are in use; remove rules first")]
     Full,
+    /// 400: a duration the clock cannot count to.
+    #[error(
+        "a rule lasting {0} would end beyond what the clock can count; use a shorter `for`/`ttl`"
+    )]
+    TooLong(String),
+    /// 400: a config rule that cannot be applied, named.
+    #[error("rule `{name}`: {source}")]
+    InRule {
+        name: String,
+        #[source]
+        source: Box<StateError>,
+    },
     /// 500: the kernel refused.
     #[error(transparent)]
     Kernel(#[from] crate::Error),
@@ -117,7 +135,8 @@ impl State {
         let id = self.free_id().ok_or(StateError::Full)?;
         let rule = spec.to_rule(id, Some(self.default_ttl))?;
         self.check(&rule, spec.force, &[])?;
-        self.insert(rule, spec, origin)?;
+        let expires_at = expiry(&rule, Instant::now())?;
+        self.insert(rule, spec, origin, expires_at)?;
         Ok(id)
     }
 
@@ -146,15 +165,32 @@ impl State {
         Ok(())
     }
 
-    fn insert(&mut self, rule: Rule, spec: RuleSpec, origin: Origin) -> Result<(), StateError> {
+    /// Writes a checked rule into the kernel, then records it. Nothing may
+    /// fail after the kernel write; should anything panic there, `Undo`
+    /// takes the rule out of the kernel again while unwinding.
+    fn insert(
+        &mut self,
+        rule: Rule,
+        spec: RuleSpec,
+        origin: Origin,
+        expires_at: Option<Instant>,
+    ) -> Result<(), StateError> {
         if let Err(e) = self.inj.insert(&rule) {
             let _ = self.inj.remove(&rule);
             return Err(e.into());
         }
+        let undo = Undo {
+            inj: &mut self.inj,
+            rule: &rule,
+        };
+        #[cfg(debug_assertions)]
+        if std::env::var_os(PANIC_AFTER_WRITE).is_some() {
+            panic!("{PANIC_AFTER_WRITE} is set: panicking between the kernel write and the record");
+        }
+        std::mem::forget(undo);
         for k in rule.keys() {
             self.owners.insert(k, rule.id);
         }
-        let expires_at = rule.lasts.map(|d| Instant::now() + d);
         self.next_id = (rule.id + 1) % MAX_SLOTS;
         self.rules.insert(
             rule.id,
@@ -220,67 +256,136 @@ impl State {
         done
     }
 
-    /// Replaces the config's rules with `config`'s, all or nothing: rules
-    /// whose spec is unchanged keep their id and counters. Returns (added,
-    /// removed, kept).
-    pub fn reload(&mut self, config: &Config) -> Result<(usize, usize, usize), StateError> {
-        let current: HashMap<String, u32> = self
+    /// Replaces the config's rules with `config`'s, all or nothing: every
+    /// new rule is built and checked (ids, guard rails, conflicts, expiry,
+    /// and what this kernel can do: a delay rule needs its device) before
+    /// the first change; then the old rules go and the new ones come in,
+    /// and if the kernel refuses one, everything is put back as it was.
+    /// Rules whose spec is unchanged keep their id and counters.
+    pub fn reload(&mut self, config: &Config) -> Result<Reloaded, StateError> {
+        let current: BTreeMap<String, u32> = self
             .rules
             .iter()
             .filter(|(_, e)| e.origin == Origin::Config)
             .filter_map(|(id, e)| e.spec.name.clone().map(|n| (n, *id)))
             .collect();
-        let keep: Vec<u32> = config
-            .rules
-            .iter()
-            .filter_map(|nr| {
-                let id = current.get(&nr.name)?;
-                (self.rules[id].spec == nr.spec).then_some(*id)
-            })
-            .collect();
-        let going: Vec<u32> = current
-            .values()
-            .filter(|id| !keep.contains(id))
-            .copied()
-            .collect();
-        let coming: Vec<&RuleSpec> = config
-            .rules
-            .iter()
-            .filter(|nr| !current.get(&nr.name).is_some_and(|id| keep.contains(id)))
-            .map(|nr| &nr.spec)
-            .collect();
+        let mut report = Reloaded::default();
+        let mut going: Vec<u32> = Vec::new();
+        let mut coming: Vec<(&str, &RuleSpec)> = Vec::new();
+        for nr in &config.rules {
+            match current.get(&nr.name) {
+                Some(id) if self.rules[id].spec == nr.spec => report.kept.push(nr.name.clone()),
+                Some(id) => {
+                    report.changed.push(nr.name.clone());
+                    going.push(*id);
+                    coming.push((&nr.name, &nr.spec));
+                }
+                None => {
+                    report.added.push(nr.name.clone());
+                    coming.push((&nr.name, &nr.spec));
+                }
+            }
+        }
+        for (name, id) in &current {
+            if !config.rules.iter().any(|nr| &nr.name == name) {
+                report.removed.push(name.clone());
+                going.push(*id);
+            }
+        }
 
-        // Check everything before touching the maps.
+        // Check everything before touching the maps. New rules take free
+        // ids only, so the old ones can be put back in their slots.
+        let now = Instant::now();
         let mut planned = Vec::new();
         let mut ids: Vec<u32> = Vec::new();
         let mut keys = HashMap::new();
-        for spec in &coming {
+        let mut delay_max = None;
+        for (name, spec) in &coming {
+            let named = |e: StateError| StateError::InRule {
+                name: name.to_string(),
+                source: Box::new(e),
+            };
             let id = (0..MAX_SLOTS)
                 .map(|i| (self.next_id + i) % MAX_SLOTS)
-                .find(|id| {
-                    (!self.rules.contains_key(id) || going.contains(id)) && !ids.contains(id)
-                })
+                .find(|id| !self.rules.contains_key(id) && !ids.contains(id))
                 .ok_or(StateError::Full)?;
-            let rule = spec.to_rule(id, Some(self.default_ttl))?;
-            self.check(&rule, spec.force, &going)?;
+            let rule = spec
+                .to_rule(id, Some(self.default_ttl))
+                .map_err(|e| named(e.into()))?;
+            self.check(&rule, spec.force, &going).map_err(named)?;
+            let expires_at = expiry(&rule, now).map_err(named)?;
             for k in rule.keys() {
-                if let Some(other) = keys.insert(k, id) {
+                if let Some(other) = keys.insert(k, *name) {
                     return Err(StateError::Conflict(format!(
-                        "port {} appears in two config rules ({other} and {id})",
+                        "port {} appears in two config rules (`{other}` and `{name}`)",
                         k.port()
                     )));
                 }
             }
+            if let Some(d) = rule.fault.delay() {
+                delay_max = delay_max.max(Some(d.max()));
+            }
             ids.push(id);
-            planned.push((rule, (*spec).clone()));
+            planned.push((rule, (*spec).clone(), expires_at));
         }
+        if let Some(max) = delay_max {
+            // Makes the delay device now (or finds it there): the one
+            // thing a rule can need that this kernel may lack.
+            self.inj.prepare_delay(max).map_err(|e| {
+                let name = coming
+                    .iter()
+                    .zip(&planned)
+                    .find(|(_, (r, _, _))| r.fault.delay().is_some())
+                    .map_or("?", |((n, _), _)| *n);
+                StateError::InRule {
+                    name: name.to_string(),
+                    source: Box::new(StateError::Kernel(e)),
+                }
+            })?;
+        }
+
+        // Apply: out with the old, in with the new; on a refusal, back.
+        let mut removed: Vec<Entry> = Vec::new();
         for id in &going {
-            self.remove(*id)?;
+            match self.remove(*id) {
+                Ok(e) => removed.push(e),
+                Err(e) => {
+                    self.restore(Vec::new(), removed);
+                    return Err(e);
+                }
+            }
         }
-        for (rule, spec) in planned {
-            self.insert(rule, spec, Origin::Config)?;
+        let mut inserted = Vec::new();
+        for (rule, spec, expires_at) in planned {
+            let id = rule.id;
+            if let Err(e) = self.insert(rule, spec, Origin::Config, expires_at) {
+                self.restore(inserted, removed);
+                return Err(e);
+            }
+            inserted.push(id);
         }
-        Ok((coming.len(), going.len(), keep.len()))
+        Ok(report)
+    }
+
+    /// Undoes a reload half-way: lifts `inserted`, puts `removed` back in
+    /// their slots with the time they had left.
+    fn restore(&mut self, inserted: Vec<u32>, removed: Vec<Entry>) {
+        for id in inserted {
+            let _ = self.remove(id);
+        }
+        let now = Instant::now();
+        for mut e in removed {
+            if e.expires_at.is_some_and(|t| t <= now) {
+                continue;
+            }
+            e.rule.lasts = e.expires_at.map(|t| t.saturating_duration_since(now));
+            let expires_at = e.expires_at;
+            if let Err(err) = self.insert(e.rule, e.spec, e.origin, expires_at) {
+                super::log(&format!(
+                    "could not put a rule back while undoing a reload: {err}"
+                ));
+            }
+        }
     }
 
     pub fn info(&self, id: u32) -> Option<RuleInfo> {
@@ -332,6 +437,73 @@ impl State {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+}
+
+/// What a reload did, by rule name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub kept: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        // A changed rule is replaced: one in, one out.
+        write!(
+            f,
+            "{} rule(s) added, {} removed, {} unchanged (added {}; changed {}; kept {}; removed {})",
+            self.added.len() + self.changed.len(),
+            self.removed.len() + self.changed.len(),
+            self.kept.len(),
+            list(&self.added),
+            list(&self.changed),
+            list(&self.kept),
+            list(&self.removed)
+        )
+    }
+}
+
+/// Debug builds only: panic in [`State::insert`] right after the kernel
+/// write, so a test can show that the write is undone.
+#[cfg(debug_assertions)]
+pub const PANIC_AFTER_WRITE: &str = "FAULTBPF_TEST_PANIC_AFTER_KERNEL_WRITE";
+
+/// Takes a rule back out of the kernel unless forgotten.
+struct Undo<'a> {
+    inj: &'a mut Injector,
+    rule: &'a Rule,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let _ = self.inj.remove(self.rule);
+    }
+}
+
+/// When `rule` ends if inserted at `now`; refused if the clock cannot
+/// count that far (`for: 300000000000y`).
+fn expiry(rule: &Rule, now: Instant) -> Result<Option<Instant>, StateError> {
+    match rule.lasts {
+        None => Ok(None),
+        Some(d) => now
+            .checked_add(d)
+            // The kernel counts in u64 nanoseconds of CLOCK_MONOTONIC.
+            .filter(|_| u64::try_from(d.as_nanos()).is_ok_and(|n| n < u64::MAX / 2))
+            .map(Some)
+            .ok_or_else(|| StateError::TooLong(humantime::format_duration(d).to_string())),
     }
 }
 
