@@ -68,8 +68,11 @@ fn wide_range_requests_stall_neither_other_faults_nor_healthz() {
         thread::spawn(move || -> Result<usize, String> {
             let mut done = 0;
             while !stop.load(Ordering::Relaxed) {
-                let r = unix_request(&socket, &Request::new("POST", "/v1/rules").body(body.as_bytes()))
-                    .map_err(|e| format!("POST: {e}"))?;
+                let r = unix_request(
+                    &socket,
+                    &Request::new("POST", "/v1/rules").body(body.as_bytes()),
+                )
+                .map_err(|e| format!("POST: {e}"))?;
                 if r.status != 201 {
                     return Err(format!("POST: {r}"));
                 }
@@ -87,7 +90,10 @@ fn wide_range_requests_stall_neither_other_faults_nor_healthz() {
     let started = Instant::now();
     let mut loaded = healthz_times(d.socket(), |_| started.elapsed() >= LOAD);
     stop.store(true, Ordering::Relaxed);
-    let rounds = loader.join().unwrap().unwrap_or_else(|e| panic!("{e}\nlog:\n{}", d.stderr()));
+    let rounds = loader
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", d.stderr()));
     let (sent, through) = probe.finish();
 
     let (control, loaded_p99) = (p99(&mut control), p99(&mut loaded));
@@ -98,7 +104,8 @@ fn wide_range_requests_stall_neither_other_faults_nor_healthz() {
     assert!(rounds >= 2, "only {rounds} rounds in {LOAD:?}");
     assert!(sent >= 150, "the probe sent only {sent}");
     assert_eq!(
-        through, 0,
+        through,
+        0,
         "the blackhole on {P} let {through} of {sent} probes through while another client \
          wrote wide ranges\nlog:\n{}",
         d.stderr()

@@ -93,11 +93,10 @@ pub enum StateError {
     )]
     TooLong(String),
     /// 400: a config rule that cannot be applied, named.
-    #[error("rule `{name}`: {source}")]
+    #[error("rule `{name}`: {}", crate::error::chain(error.as_ref()))]
     InRule {
         name: String,
-        #[source]
-        source: Box<StateError>,
+        error: Box<StateError>,
     },
     /// 500: the kernel refused.
     #[error(transparent)]
@@ -303,7 +302,7 @@ impl State {
         for (name, spec) in &coming {
             let named = |e: StateError| StateError::InRule {
                 name: name.to_string(),
-                source: Box::new(e),
+                error: Box::new(e),
             };
             let id = (0..MAX_SLOTS)
                 .map(|i| (self.next_id + i) % MAX_SLOTS)
@@ -326,7 +325,7 @@ impl State {
                 delay_max = delay_max.max(Some(d.max()));
             }
             ids.push(id);
-            planned.push((rule, (*spec).clone(), expires_at));
+            planned.push((*name, rule, (*spec).clone(), expires_at));
         }
         if let Some(max) = delay_max {
             // Makes the delay device now (or finds it there): the one
@@ -335,11 +334,11 @@ impl State {
                 let name = coming
                     .iter()
                     .zip(&planned)
-                    .find(|(_, (r, _, _))| r.fault.delay().is_some())
+                    .find(|(_, (_, r, _, _))| r.fault.delay().is_some())
                     .map_or("?", |((n, _), _)| *n);
                 StateError::InRule {
                     name: name.to_string(),
-                    source: Box::new(StateError::Kernel(e)),
+                    error: Box::new(StateError::Kernel(e)),
                 }
             })?;
         }
@@ -356,11 +355,14 @@ impl State {
             }
         }
         let mut inserted = Vec::new();
-        for (rule, spec, expires_at) in planned {
+        for (name, rule, spec, expires_at) in planned {
             let id = rule.id;
             if let Err(e) = self.insert(rule, spec, Origin::Config, expires_at) {
                 self.restore(inserted, removed);
-                return Err(e);
+                return Err(StateError::InRule {
+                    name: name.to_string(),
+                    error: Box::new(e),
+                });
             }
             inserted.push(id);
         }

@@ -73,7 +73,9 @@ pub fn kernel_ports(pid: u32) -> BTreeSet<SidePort> {
             v.as_array()
                 .unwrap()
                 .iter()
-                .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+                .map(|b| {
+                    u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+                })
                 .collect()
         };
         let key = u32::from_le_bytes(bytes(&e["key"]).try_into().unwrap()) as usize;
