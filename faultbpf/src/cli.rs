@@ -439,6 +439,14 @@ pub struct DaemonArgs {
     /// How to attach the tc programs: auto, tcx or netlink
     #[arg(long, value_name = "MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+
+    /// Group that owns the Unix socket; with --socket-mode 0660 its members may add and remove rules
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Permission bits of the Unix socket, in octal (default 0600: root only; 0660 with --socket-group)
+    #[arg(long, value_name = "MODE", value_parser = faultbpf::config::parse_socket_mode)]
+    pub socket_mode: Option<u32>,
 }
 
 impl FaultArgs {

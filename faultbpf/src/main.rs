@@ -49,6 +49,8 @@ fn main() -> ExitCode {
             ifaces: d.ifaces,
             attach: d.attach,
             lease: d.lease,
+            socket_group: d.socket_group,
+            socket_mode: d.socket_mode,
         })
         .map_err(Failure::Runtime),
         Command::Rules { json } => remote::rules(&client, json),

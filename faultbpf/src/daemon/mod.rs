@@ -16,6 +16,7 @@
 //! anyone can unlink.
 
 pub mod api;
+pub mod http;
 pub mod metrics;
 pub mod state;
 
@@ -64,6 +65,10 @@ pub struct Options {
     pub ifaces: Vec<String>,
     pub attach: AttachMode,
     pub lease: Option<Duration>,
+    /// `--socket-group`: overrides the config's `socket_group`.
+    pub socket_group: Option<String>,
+    /// `--socket-mode`: overrides the config's `socket_mode`.
+    pub socket_mode: Option<u32>,
 }
 
 /// One log line on stderr.
@@ -125,6 +130,13 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         _ => None,
     };
     check_socket_path(&opts.socket)?;
+    let access = SocketAccess {
+        gid: match opts.socket_group.as_ref().or(config.socket_group.as_ref()) {
+            Some(g) => Some(group_id(g)?),
+            None => None,
+        },
+        mode: opts.socket_mode.or(config.socket_mode).unwrap_or(0o600),
+    };
     let _lock = NetnsLock::take(&opts.socket)?;
 
     // Interfaces: named on the command line or in the config, or every one
@@ -149,40 +161,32 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let stop_beat = Arc::new(AtomicBool::new(false));
     let beat = spawn_heartbeat(lease_writer, lease, stop_beat.clone())?;
 
-    let (unix, socket_id) = bind_socket(&opts.socket)?;
-    let app = api::router(shared.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(unix, app).await {
-            log(&format!("unix socket server stopped: {e}"));
-        }
-    });
+    let (unix, socket_id) = bind_socket(&opts.socket, access)?;
+    tokio::spawn(http::serve(unix, api::router(shared.clone()), None));
     if let (Some(addr), Some(token)) = (opts.listen, token) {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("could not listen on {addr}"))?;
-        let app = api::with_token(api::router(shared.clone()), token);
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        let app = api::with_token(api::router(shared.clone()), token.clone());
+        tokio::spawn(http::serve(l, app, Some(token)));
     }
     if let Some(addr) = opts.metrics {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("could not listen on {addr} for metrics"))?;
-        let app = api::metrics_router(shared.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        tokio::spawn(http::serve(l, api::metrics_router(shared.clone()), None));
     }
     {
         let st = shared.lock();
         log(&format!(
-            "serving on {} (lease {}, renewed every {}); attached to {} via {}; config: {loaded}",
+            "serving on {} (lease {}, renewed every {}); attached to {} via {}; {} config \
+             rule(s): {loaded}",
             opts.socket.display(),
             humantime::format_duration(lease),
             humantime::format_duration(heartbeat_every(lease)),
             st.inj.interfaces().join(", "),
             st.inj.mode().name(),
+            st.len(),
         ));
     }
 
@@ -406,9 +410,37 @@ impl SocketId {
     }
 }
 
-/// Binds the Unix socket with mode 0600, refusing to steal a live one or
-/// to replace anything that is not a socket.
-fn bind_socket(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, SocketId)> {
+/// Who may use the Unix socket: root, and the group `gid` as `mode` says.
+#[derive(Debug, Clone, Copy)]
+struct SocketAccess {
+    gid: Option<u32>,
+    mode: u32,
+}
+
+/// The id of group `name` (or a number), or an error naming it.
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let c = std::ffi::CString::new(name)
+        .with_context(|| format!("socket group `{name}` contains a NUL byte"))?;
+    // SAFETY: `c` is a valid C string; getgrnam returns NULL or a pointer
+    // to static storage we read at once, before any other getgr* call.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    if g.is_null() {
+        bail!("socket group `{name}` does not exist; create it (groupadd {name}) or name another");
+    }
+    // SAFETY: non-null, points to a valid `struct group`.
+    Ok(unsafe { (*g).gr_gid })
+}
+
+/// Binds the Unix socket (mode 0600 and root's group unless `access` says
+/// otherwise), refusing to steal a live one or to replace anything that is
+/// not a socket.
+fn bind_socket(
+    path: &Path,
+    access: SocketAccess,
+) -> anyhow::Result<(tokio::net::UnixListener, SocketId)> {
     check_socket_path(path)?;
     if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -426,8 +458,19 @@ fn bind_socket(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, SocketI
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let l = l.with_context(|| format!("could not listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("could not set mode 0600 on {}", path.display()))?;
+    if let Some(gid) = access.gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))
+            .with_context(|| format!("could not give {} to group {gid}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode)).with_context(
+        || {
+            format!(
+                "could not set mode {:04o} on {}",
+                access.mode,
+                path.display()
+            )
+        },
+    )?;
     let id = SocketId::of(path)
         .with_context(|| format!("the socket {} vanished as it was made", path.display()))?;
     Ok((l, id))
