@@ -148,3 +148,25 @@ fn sighup_with_a_huge_ttl_is_refused_and_the_daemon_lives() {
         "the value must be named: {line}"
     );
 }
+
+#[test]
+fn a_config_with_a_huge_ttl_is_refused_at_start_without_a_panic() {
+    let topo = Topology::new("drl-start");
+    let file = TempFile::new(
+        "drl-start",
+        ".toml",
+        &config(&rule("bad", T, "ttl = \"300000000000y\"\n")),
+    );
+    let mut d = Daemon::spawn(&topo.server, "drl-start", &["--config", file.as_str()]);
+    let (status, stderr) = d.wait(Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a clean refusal, not a panic (101): {stderr}"
+    );
+    assert!(
+        stderr.contains("rule `bad`") && stderr.contains("300000000000y"),
+        "the refusal must name the rule and the value: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
