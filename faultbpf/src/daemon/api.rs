@@ -14,13 +14,15 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::json;
 
 use super::{
     log, metrics,
-    state::{Origin, RuleInfo, State, StateError},
+    state::{State, StateError},
 };
-use crate::spec::RuleSpec;
+use crate::{
+    api::{Health, Origin, Removed, RuleInfo, RuleList, RuleStats},
+    spec::RuleSpec,
+};
 
 pub type Shared = Arc<Mutex<State>>;
 
@@ -96,12 +98,12 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let body = crate::api::Problem {
+            kind: "about:blank".into(),
+            title: self.status.canonical_reason().unwrap_or("error").into(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
         let mut r = (self.status, Json(body)).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -143,8 +145,10 @@ fn parse_id(raw: &str) -> Result<u32, Problem> {
     })
 }
 
-async fn list(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
-    Json(json!({ "rules": lock(&s).list() }))
+async fn list(AxState(s): AxState<Shared>) -> Json<RuleList<RuleInfo>> {
+    Json(RuleList {
+        rules: lock(&s).list(),
+    })
 }
 
 async fn create(
@@ -195,14 +199,16 @@ async fn delete_one(
     Ok(Json(info))
 }
 
-async fn delete_all(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
+async fn delete_all(AxState(s): AxState<Shared>) -> Json<Removed> {
     let n = lock(&s).remove_all(None);
     log(&format!("all rules removed ({n}) (api)"));
-    Json(json!({ "removed": n }))
+    Json(Removed { removed: n })
 }
 
-async fn stats(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
-    Json(json!({ "rules": lock(&s).stats() }))
+async fn stats(AxState(s): AxState<Shared>) -> Json<RuleList<RuleStats>> {
+    Json(RuleList {
+        rules: lock(&s).stats(),
+    })
 }
 
 async fn metrics(AxState(s): AxState<Shared>) -> Response {
@@ -210,14 +216,14 @@ async fn metrics(AxState(s): AxState<Shared>) -> Response {
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
-async fn healthz(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
+async fn healthz(AxState(s): AxState<Shared>) -> Json<Health> {
     let st = lock(&s);
-    Json(json!({
-        "status": "ok",
-        "attach": st.inj.mode().name(),
-        "interfaces": st.inj.interfaces(),
-        "rules": st.len(),
-    }))
+    Json(Health {
+        status: "ok".into(),
+        attach: st.inj.mode().name().into(),
+        interfaces: st.inj.interfaces().to_vec(),
+        rules: st.len(),
+    })
 }
 
 async fn not_found(req: Request) -> Problem {

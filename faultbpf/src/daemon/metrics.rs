@@ -71,7 +71,7 @@ mod tests {
         let s = RuleStats {
             id: 3,
             name: Some("a \"b\"\\".into()),
-            fault: "blackhole",
+            fault: "blackhole".into(),
             ports: vec!["port 5672".into()],
             description: String::new(),
             matched_packets: 10,

@@ -92,7 +92,12 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     };
     let mut inj = Injector::attach(&ifaces, opts.attach)?;
     inj.renew_lease(lease)?;
-    let mut st = State::new(inj, opts.listen.map(|a| a.port()), config.default_ttl);
+    let mut st = State::new(
+        inj,
+        opts.listen.map(|a| a.port()),
+        opts.metrics.map(|a| a.port()),
+        config.default_ttl,
+    );
     st.reload(&config)
         .context("could not apply the config's rules")?;
     let shared: api::Shared = Arc::new(Mutex::new(st));
