@@ -606,11 +606,12 @@ fn guard_rails_refuse_port_22_unless_forced() {
     let id = rule_id(&forced);
     assert_eq!(d.delete(&format!("/v1/rules/{id}")).status, 200);
 
-    // The CLI: refused with the daemon's reason, then allowed with --force.
+    // The CLI: refused as a usage error naming the port (the same guard
+    // rail with or without a daemon), then allowed with --force.
     let out = cli(&topo.server, d.socket_str(), &["blackhole", "--port", "22"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        out.stderr.contains("403") && out.stderr.contains("force"),
+        out.stderr.contains("port 22") && out.stderr.contains("force"),
         "{out:?}"
     );
     assert!(d.rules().is_empty());

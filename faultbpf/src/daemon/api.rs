@@ -156,8 +156,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RuleInfo>), Problem> {
     let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
-    let spec: RuleSpec = serde_json::from_slice(&body)
-        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {e}")))?;
+    let spec = parse_spec(&body)?;
     let mut st = lock(&s);
     let id = st.add(spec, Origin::Api)?;
     let info = st.info(id).expect("just added");
@@ -167,6 +166,22 @@ async fn create(
         expiry_text(info.expires_in_seconds)
     ));
     Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// A rule body: JSON, an object, no `null` values (a field is given or
+/// left out, as the OpenAPI document says), then the `RuleSpec` fields.
+fn parse_spec(body: &[u8]) -> Result<RuleSpec, Problem> {
+    let bad = |m: String| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {m}"));
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if let Some((k, _)) = v
+        .as_object()
+        .and_then(|o| o.iter().find(|(_, v)| v.is_null()))
+    {
+        return Err(bad(format!(
+            "`{k}` is null; give it a value or leave it out"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
 }
 
 fn expiry_text(secs: Option<f64>) -> String {

@@ -239,6 +239,39 @@ mod tests {
     }
 
     #[test]
+    fn registry_is_the_openapi_fault_enum() {
+        let doc = include_str!("../../../docs/openapi.yaml");
+        let start = doc.find("    FaultName:").expect("FaultName schema");
+        let line = doc[start..]
+            .lines()
+            .find(|l| l.trim_start().starts_with("enum:"))
+            .unwrap();
+        let listed: Vec<&str> = line
+            .trim()
+            .trim_start_matches("enum:")
+            .trim()
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let names: Vec<&str> = REGISTRY.iter().map(|d| d.name).collect();
+        assert_eq!(
+            listed, names,
+            "docs/openapi.yaml FaultName vs faults::REGISTRY"
+        );
+        // Every fault's own fields are RuleSpec properties there.
+        for def in REGISTRY {
+            for p in def.params {
+                assert!(
+                    doc.contains(&format!("        {}:\n", p.field)),
+                    "{}",
+                    p.field
+                );
+            }
+        }
+    }
+
+    #[test]
     fn registry_xdp_support_is_what_the_kernel_side_says() {
         for def in REGISTRY {
             assert_eq!(def.xdp, def.kind.on_xdp(), "{}", def.name);

@@ -95,6 +95,7 @@ struct RawStep {
     at: Option<Spanned<String>>,
     #[serde(rename = "for")]
     lasts: Option<Spanned<String>>,
+    #[serde(deserialize_with = "crate::spec::known_fault")]
     fault: String,
     #[serde(default)]
     port: Vec<PortSpec>,
