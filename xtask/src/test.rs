@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cmd, setup, vm};
+use crate::{build, cmd, pytools, setup, vm};
 
 /// The unprivileged steps: name, then cargo's arguments.
 const STEPS: [(&str, &str); 4] = [
@@ -43,11 +43,13 @@ pub fn run(no_vm: bool) -> Result<()> {
     for (name, args) in STEPS {
         step(name, build::cargo().args(args.split_whitespace()))?;
     }
+    let schemathesis = pytools::ensure_schemathesis()?;
     step(
         "end-to-end tests",
         build::cargo()
             .args(["test", "-p", "faultbpf-tests", "--", "--test-threads", "4"])
-            .env("FAULTBPF_BIN", &bin),
+            .env("FAULTBPF_BIN", &bin)
+            .env("FAULTBPF_SCHEMATHESIS", &schemathesis),
     )?;
     if no_vm {
         eprintln!("xtask test: --no-vm: skipping the e2e tests on Linux 6.1 in a VM");

@@ -121,6 +121,7 @@ impl From<StateError> for Problem {
             StateError::NotFound(_) => StatusCode::NOT_FOUND,
             StateError::Conflict(_) => StatusCode::CONFLICT,
             StateError::Full => StatusCode::INSUFFICIENT_STORAGE,
+            StateError::Kernel(crate::Error::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Kernel(k) => {
                 log(&format!("internal error: {}", crate::error::chain(k)));
                 StatusCode::INTERNAL_SERVER_ERROR
