@@ -1,7 +1,6 @@
 //! Measuring tools for the `delay` tests: whether the kernel has the qdiscs
 //! delay needs, UDP round trips to an echo server, one-way times of a
-//! numbered UDP burst, bulk TCP throughput over a bounded window, and a
-//! faultbpf run that is expected to end by itself (a refusal).
+//! numbered UDP burst, and bulk TCP throughput over a bounded window.
 //!
 //! Every socket is made inside a test namespace; every loop and wait is
 //! bounded; servers and threads stop on `Drop`.
@@ -22,12 +21,9 @@ use std::{
 };
 
 use crate::{
-    Exit, Netns, assert_nothing_attached, faultbpf::faultbpf_bin, force_rcvbuf, has_clsact,
-    net::RecvRetry, tc_filters, tcp_connect, tcp_listen, udp_bind,
+    Netns, assert_nothing_attached, force_rcvbuf, has_clsact, net::RecvRetry, tc_filters,
+    tcp_connect, tcp_listen, udp_bind,
 };
-
-/// A socket path that never exists: no daemon can answer there.
-const NO_DAEMON: &str = "/nonexistent/faultbpf-tests.sock";
 
 /// What `tc` says when the kernel has no such qdisc (module missing).
 pub const UNKNOWN_QDISC: &str = "Specified qdisc kind is unknown";
@@ -56,19 +52,6 @@ pub fn has_delay_qdiscs(ns: &Netns, ifname: &str) -> bool {
         have = false;
     }
     have
-}
-
-/// Runs `faultbpf SUBCOMMAND ARGS.. --standalone` in `ns` to its end (a
-/// refusal, or `--for`); kills it and panics if it is still running after
-/// `timeout`.
-pub fn run_to_exit(ns: &Netns, subcommand: &str, args: &[&str], timeout: Duration) -> Exit {
-    crate::require_root();
-    let mut cmd = ns.command(faultbpf_bin());
-    cmd.arg(subcommand)
-        .args(args)
-        .arg("--standalone")
-        .env("FAULTBPF_SOCKET", NO_DAEMON);
-    crate::daemon::run_bounded(&mut cmd, timeout)
 }
 
 /// Waits (up to 10 s) until `ifname` carries nothing of faultbpf's, then

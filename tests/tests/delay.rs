@@ -38,15 +38,12 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, Exit, Netns, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
-    assert_nothing_attached,
+    ACTIVE_PREFIX, CLIENT_IF, Exit, Launch, Netns, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6,
+    Topology, assert_nothing_attached,
     delay_kit::{
         Arrival, Sender, UdpEcho, UdpProbe, bulk_mbps, burst, delay_links, has_delay_qdiscs,
-        late_arrivals, median, ms, no_duplicates, percentile, qdiscs, run_to_exit, set_priority,
-        wait_clean,
+        late_arrivals, median, ms, no_duplicates, percentile, qdiscs, set_priority, wait_clean,
     },
-    fault_kit::Fault,
-    faultbpf::ACTIVE_PREFIX,
     udp_bind,
 };
 
@@ -121,7 +118,10 @@ fn assert_refused(topo: &Topology, args: &[&str]) {
     full.extend(["--iface", SERVER_IF]);
     let cmd = format!("faultbpf delay {}", full.join(" "));
     let started = Instant::now();
-    let exit = run_to_exit(ns, "delay", &full, Duration::from_secs(60));
+    let exit = Launch::new(ns, ["delay"])
+        .args(&full)
+        .standalone()
+        .run_within(Duration::from_secs(60));
     eprintln!(
         "`{cmd}` refused in {:?}: {}",
         started.elapsed(),
@@ -155,11 +155,10 @@ fn assert_refused(topo: &Topology, args: &[&str]) {
 
     // The other faults keep working: a blackhole on the same port.
     let port = P.to_string();
-    let mut bh = Fault::start(
-        ns,
-        "blackhole",
-        &["--port", &port, "--iface", SERVER_IF, "--json"],
-    );
+    let mut bh = Launch::new(ns, ["blackhole"])
+        .args(["--port", &port, "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     assert!(
         probe_p.rtt(Duration::from_millis(500)).is_none(),
         "a blackhole on port {P} after the refused delay must drop"
@@ -191,7 +190,7 @@ fn median_rtt(probe: &mut UdpProbe, what: &str) -> f64 {
 fn under_delay<T>(ns: &Netns, args: &[&str], f: impl FnOnce() -> T) -> (T, Exit) {
     let mut full = args.to_vec();
     full.push("--json");
-    let mut fb = Fault::start(ns, "delay", &full);
+    let mut fb = Launch::new(ns, ["delay"]).args(&full).standalone().start();
     let value = f();
     let exit = fb.finish();
     (value, exit)
@@ -566,7 +565,10 @@ fn twelve_second_delay_is_held() {
         let _serial = serial();
         let mut full = args.to_vec();
         full.push("--json");
-        Fault::start(&topo.server, "delay", &full)
+        Launch::new(&topo.server, ["delay"])
+            .args(&full)
+            .standalone()
+            .start()
     };
     let sent = Instant::now();
     tx.send(b"late").unwrap();
@@ -656,7 +658,7 @@ fn nothing_left_after_exit_and_kill9_leftover_removed() {
     };
 
     // SIGTERM.
-    let mut fb = Fault::start(ns, "delay", &args);
+    let mut fb = Launch::new(ns, ["delay"]).args(args).standalone().start();
     assert_eq!(sorted(delay_links(ns)), pair(fb.pid()), "the delay device");
     let dev = format!("fbd{}a", fb.pid());
     let held = ns.tc(&["qdisc", "show", "dev", &dev]);
@@ -679,7 +681,7 @@ fn nothing_left_after_exit_and_kill9_leftover_removed() {
     assert_nothing_attached(ns, &[SERVER_IF]);
 
     // kill -9: nothing runs the cleanup.
-    let mut fb = Fault::start(ns, "delay", &args);
+    let mut fb = Launch::new(ns, ["delay"]).args(args).standalone().start();
     let dead = fb.pid();
     let exit = fb.stop(libc::SIGKILL);
     assert!(!exit.status.success());
@@ -702,7 +704,7 @@ fn nothing_left_after_exit_and_kill9_leftover_removed() {
         ]);
     }
     wait_clean(ns, SERVER_IF);
-    let mut fb = Fault::start(ns, "delay", &args);
+    let mut fb = Launch::new(ns, ["delay"]).args(args).standalone().start();
     assert_eq!(
         sorted(delay_links(ns)),
         pair(fb.pid()),
@@ -731,9 +733,15 @@ fn delay_beside_other_runs_on_the_same_interface() {
     let mut probes = [P, Q, R].map(|port| UdpProbe::new(&topo.client, v4(port)));
     if !kernel_can_delay(&topo) {
         // The refusal must not disturb a faultbpf already running there.
-        let mut bh = Fault::start(ns, "blackhole", &blackhole_r);
+        let mut bh = Launch::new(ns, ["blackhole"])
+            .args(blackhole_r)
+            .standalone()
+            .start();
         let links = delay_links(ns);
-        let exit = run_to_exit(ns, "delay", &delay_p, Duration::from_secs(60));
+        let exit = Launch::new(ns, ["delay"])
+            .args(delay_p)
+            .standalone()
+            .run_within(Duration::from_secs(60));
         assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
         assert_eq!(delay_links(ns), links);
         assert!(
@@ -753,9 +761,18 @@ fn delay_beside_other_runs_on_the_same_interface() {
     let base_p = median_rtt(&mut probes[0], "baseline P");
     let base_q = median_rtt(&mut probes[1], "baseline Q");
 
-    let mut bh = Fault::start(ns, "blackhole", &blackhole_r);
-    let mut first = Fault::start(ns, "delay", &delay_p);
-    let mut second = Fault::start(ns, "delay", &delay_q);
+    let mut bh = Launch::new(ns, ["blackhole"])
+        .args(blackhole_r)
+        .standalone()
+        .start();
+    let mut first = Launch::new(ns, ["delay"])
+        .args(delay_p)
+        .standalone()
+        .start();
+    let mut second = Launch::new(ns, ["delay"])
+        .args(delay_q)
+        .standalone()
+        .start();
     let mut want = [pair_of(first.pid()), pair_of(second.pid())].concat();
     want.sort();
     let mut links = delay_links(ns);

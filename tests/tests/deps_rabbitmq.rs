@@ -9,9 +9,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use faultbpf_tests::{
-    Topology,
+    Launch, Topology,
     deps::{RabbitMq, heavy_deps_skip_reason, python},
-    fault_kit::Fault,
 };
 use serde_json::Value;
 
@@ -172,7 +171,10 @@ fn publisher_buffers_reconnects_and_delivers_every_message_once() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The outage: the client's host loses the broker for 10 s.
-    let mut cut = Fault::start(&topo.client, "blackhole", &["--port", "5672", "--json"]);
+    let mut cut = Launch::new(&topo.client, ["blackhole"])
+        .args(["--port", "5672", "--json"])
+        .standalone()
+        .start();
     std::thread::sleep(OUTAGE);
     let exit = cut.finish();
     let counters = exit.rule(0);

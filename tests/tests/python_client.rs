@@ -14,9 +14,10 @@ use std::{
 
 use faultbpf_tests::{
     SERVER_V4, Topology,
-    daemon::{Daemon, run_bounded},
-    deps::{PYTHON, TempDir, connects, python, wait_connects},
-    tcp_listen,
+    daemon::Daemon,
+    deps::{PYTHON, connects, python, wait_connects},
+    run_bounded, tcp_listen,
+    temp::TempDir,
 };
 
 const P: u16 = 5700;
