@@ -54,6 +54,57 @@ pub fn has_delay_qdiscs(ns: &Netns, ifname: &str) -> bool {
     have
 }
 
+/// The environment variable by which `cargo xtask test` declares, after
+/// probing, that this kernel has neither sch_fq nor sch_netem (`1`); it then
+/// also skips the tests that need them (`--skip needs_qdiscs::`).
+pub const NO_NETEM_ENV: &str = "FAULTBPF_TEST_NO_NETEM";
+
+/// True if [`NO_NETEM_ENV`] is `1`.
+pub fn qdiscs_declared_absent() -> bool {
+    std::env::var_os(NO_NETEM_ENV).is_some_and(|v| v == "1")
+}
+
+/// For a test that needs sch_fq and sch_netem: returns if the kernel has
+/// both (probed on `ifname` in `ns`), and panics otherwise, saying how to
+/// skip it visibly instead. A stale declaration that they are absent,
+/// where they exist, panics too: it would hide these tests.
+pub fn require_delay_qdiscs(ns: &Netns, ifname: &str) {
+    let have = has_delay_qdiscs(ns, ifname);
+    let declared_absent = qdiscs_declared_absent();
+    assert!(
+        !(have && declared_absent),
+        "{NO_NETEM_ENV}=1 says this kernel has no sch_fq/sch_netem, but it has both: \
+         unset it, so the delay tests run"
+    );
+    if have {
+        return;
+    }
+    if declared_absent {
+        panic!(
+            "this kernel has no sch_fq/sch_netem ({NO_NETEM_ENV}=1): this test must be \
+             skipped, not run; pass `--skip needs_qdiscs::` (cargo xtask test does), so \
+             libtest counts it as filtered out"
+        );
+    }
+    panic!(
+        "this kernel has no sch_fq/sch_netem, which this delay test needs: load them \
+         (`modprobe sch_fq sch_netem`), or declare them absent with {NO_NETEM_ENV}=1 and \
+         skip these tests with `--skip needs_qdiscs::` (cargo xtask test does both after \
+         probing)"
+    );
+}
+
+/// For the refusal test: panics if the kernel has sch_fq and sch_netem,
+/// where no refusal can be seen (skip it there: `--skip without_qdiscs::`,
+/// as the VM lane and `cargo xtask test` do).
+pub fn require_no_delay_qdiscs(ns: &Netns, ifname: &str) {
+    assert!(
+        !has_delay_qdiscs(ns, ifname),
+        "this kernel has sch_fq and sch_netem, so `delay` is not refused here: skip this \
+         test with `--skip without_qdiscs::` (cargo xtask test does after probing)"
+    );
+}
+
 /// Waits (up to 10 s) until `ifname` carries nothing of faultbpf's, then
 /// [`assert_nothing_attached`]: after a `kill -9` on netlink, the reaper removes the
 /// filters in the background.
