@@ -39,22 +39,24 @@ const RABBITMQ_START: Duration = Duration::from_secs(60);
 /// How long PostgreSQL's initdb and start may each take.
 const PG_START: Duration = Duration::from_secs(60);
 
-/// `Some(reason)` when Debian's servers cannot be used for these tests
-/// here: a package missing (the test then fails, naming it, unless it is
-/// the VM lane), or the VM lane, whose read-only root and emulated CPU
-/// make RabbitMQ's and PostgreSQL's start take minutes; the kernel paths
-/// these tests use are covered there by the other suites.
-pub fn heavy_deps_skip_reason(packages: &[(&str, &str)]) -> Option<String> {
-    if root_is_read_only() {
-        return Some("the root filesystem is read-only (the VM lane): Debian's servers are not started there".into());
-    }
+/// Panics unless Debian's servers can run here: every `(path, package)`
+/// installed, and a writable root (the VM lane mounts the host's root
+/// read-only, and its emulated CPU makes RabbitMQ's and PostgreSQL's start
+/// take minutes, so it does not run these tests: `VM_SUITE` in
+/// xtask/src/vm/suite.rs). A test that cannot run here fails; it never
+/// reports a pass it did not earn.
+pub fn require_heavy_deps(packages: &[(&str, &str)]) {
+    assert!(
+        !root_is_read_only(),
+        "the root filesystem is read-only (the VM lane?): Debian's servers cannot start \
+         here; run this test on a writable root, or leave it out by name (`--skip`)"
+    );
     for (path, package) in packages {
         assert!(
             Path::new(path).exists(),
             "{path} is missing: install Debian's {package} (`cargo xtask setup` does)"
         );
     }
-    None
 }
 
 /// Kills (SIGKILL, by pid) every process in `ns`, except this test process,

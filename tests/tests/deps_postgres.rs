@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use faultbpf_tests::{
     Launch, Topology,
-    deps::{Postgres, heavy_deps_skip_reason, postgres_installed, python},
+    deps::{Postgres, postgres_installed, python, require_heavy_deps},
 };
 
 /// The client's deadline for one query.
@@ -80,13 +80,10 @@ for line in sys.stdin:
 
 #[test]
 fn a_query_under_hang_ends_at_the_clients_own_deadline() {
-    if let Some(why) = heavy_deps_skip_reason(&[(
+    require_heavy_deps(&[(
         "/usr/lib/python3/dist-packages/psycopg2",
         "python3-psycopg2",
-    )]) {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    )]);
     assert!(
         postgres_installed(),
         "no /usr/lib/postgresql/*/bin/initdb: install Debian's postgresql (`cargo xtask setup` does)"

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use faultbpf_tests::{
     Launch, Topology,
-    deps::{RabbitMq, heavy_deps_skip_reason, python},
+    deps::{RabbitMq, python, require_heavy_deps},
 };
 use serde_json::Value;
 
@@ -142,13 +142,10 @@ fn ids(v: &Value) -> Vec<u64> {
 
 #[test]
 fn publisher_buffers_reconnects_and_delivers_every_message_once() {
-    if let Some(why) = heavy_deps_skip_reason(&[
+    require_heavy_deps(&[
         ("/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server"),
         ("/usr/lib/python3/dist-packages/pika", "python3-pika"),
-    ]) {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    ]);
     let topo = Topology::new("rmq");
     let rabbit = RabbitMq::start(&topo.server, &topo.client);
 
