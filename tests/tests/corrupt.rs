@@ -18,8 +18,9 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
-    fault_kit::{CsumErrors, EchoServer, Fault, connect_timed, exchange, tx_checksum_off},
+    CLIENT_IF, CLIENT_V4, CLIENT_V6, Launch, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    count_datagrams,
+    fault_kit::{CsumErrors, EchoServer, connect_timed, exchange, tx_checksum_off},
     udp_bind,
 };
 
@@ -72,11 +73,10 @@ fn corrupt_tcp_echo_in_server() {
         assert_eq!(echo_round(&topo, ip, &sent, "no fault"), sent, "control");
     }
 
-    let mut fb = Fault::start(
-        &topo.server,
-        "corrupt",
-        &["--port", &P.to_string(), "--iface", SERVER_IF, "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args(["--port", &P.to_string(), "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
         let sent = pattern(ECHO_BYTES, 10 + n);
@@ -106,10 +106,8 @@ fn corrupt_tcp_echo_in_server() {
 fn corrupt_tcp_at_client_egress() {
     let (topo, csum_client, csum_server) = checksummed_topology("cor-tcp-c");
     let echo = EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), P));
-    let mut fb = Fault::start(
-        &topo.client,
-        "corrupt",
-        &[
+    let mut fb = Launch::new(&topo.client, ["corrupt"])
+        .args([
             "--port",
             &P.to_string(),
             "--iface",
@@ -117,8 +115,9 @@ fn corrupt_tcp_at_client_egress() {
             "--direction",
             "egress",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
         let sent = pattern(ECHO_BYTES, 20 + n);
@@ -145,10 +144,8 @@ fn corrupt_tcp_at_client_egress() {
 #[test]
 fn corrupt_udp_at_server_ingress() {
     let (topo, csum_client, csum_server) = checksummed_topology("cor-udp");
-    let mut fb = Fault::start(
-        &topo.server,
-        "corrupt",
-        &[
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args([
             "--port",
             &P.to_string(),
             "--iface",
@@ -156,8 +153,9 @@ fn corrupt_udp_at_server_ingress() {
             "--direction",
             "ingress",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
         let rx = udp_bind(&topo.server, SocketAddr::new(server, P));

@@ -21,12 +21,21 @@ use aya::{
     programs::SchedClassifier,
 };
 use faultbpf_tests::{
-    Netns, SERVER_IF, SERVER_V4, TcAttachType, Topology, assert_nothing_attached,
-    daemon::{Daemon, TempFile, cli},
-    faultbpf::faultbpf_bin,
-    udp_bind,
+    Exit, Launch, Netns, SERVER_IF, SERVER_V4, TcAttachType, Topology, assert_nothing_attached,
+    daemon::Daemon, temp::TempFile, udp_bind,
 };
 use serde_json::{Value, json};
+
+/// `faultbpf ARGS..` in `ns`, its rules sent to `socket` (a daemon's, or a
+/// path where none listens), run to its end.
+fn cli(ns: &Netns, socket: &str, args: &[&str]) -> Exit {
+    Launch::new(ns, args).socket(socket).run()
+}
+
+/// `faultbpf ARGS.. --standalone` in `ns`, run to its end.
+fn standalone(ns: &Netns, args: &[&str]) -> Exit {
+    Launch::new(ns, args).standalone().run()
+}
 
 /// The sentinel: an unrelated blackhole that must hold throughout.
 const SENTINEL: u16 = 6000;
@@ -245,39 +254,16 @@ fn cli_refuses_bad_values_with_exit_2_before_attaching() {
             "port 22",
         ),
     ] {
-        let mut all = args.to_vec();
-        all.push("--standalone");
-        if args[0] == "run" {
-            // `--standalone` belongs before `--`.
-            all = vec![
-                "run",
-                "blackhole",
-                "--port",
-                "22",
-                "--standalone",
-                "--",
-                "true",
-            ];
-        }
-        let out = cli(&ns, "/nonexistent/lce.sock", &all);
-        assert_eq!(out.status.code(), Some(2), "{all:?}: {out:?}");
-        assert!(out.stderr.contains(needle), "{all:?}: {out:?}");
-        assert!(!out.stderr.contains("active:"), "{all:?}: {out:?}");
+        let out = standalone(&ns, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains(needle), "{args:?}: {out:?}");
+        assert!(!out.stderr.contains("active:"), "{args:?}: {out:?}");
     }
     assert_nothing_attached(&ns, &["lo"]);
     // With --force the guard rail gives way.
-    let out = cli(
+    let out = standalone(
         &ns,
-        "/nonexistent/lce.sock",
-        &[
-            "blackhole",
-            "--port",
-            "22",
-            "--force",
-            "--for",
-            "1s",
-            "--standalone",
-        ],
+        &["blackhole", "--port", "22", "--force", "--for", "1s"],
     );
     out.assert_success();
 }
@@ -299,15 +285,9 @@ fn config_and_scenario_refuse_huge_times_and_guarded_ports() {
     );
     // The daemon refuses the same file at start, with the same words, and
     // does not panic.
-    let mut cmd = ns.command(faultbpf_bin());
-    cmd.args([
-        "daemon",
-        "--config",
-        config.as_str(),
-        "--socket",
-        "/tmp/lce-none.sock",
-    ]);
-    let out = faultbpf_tests::daemon::run_bounded(&mut cmd, Duration::from_secs(20));
+    let out = Launch::new(&ns, ["daemon", "--config", config.as_str()])
+        .socket("/tmp/lce-none.sock")
+        .run_within(Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("300000000000y"), "{out:?}");
 
@@ -346,7 +326,7 @@ fn every_command_speaks_json_and_rm_removes_what_it_can() {
     let topo = Topology::new("lce-json");
     let d = Daemon::start(&topo.server, "lce-json", &["--iface", SERVER_IF]);
     let sock = d.socket_str();
-    let json_of = |out: &faultbpf_tests::Exit| -> Value {
+    let json_of = |out: &Exit| -> Value {
         let line = out.stdout.trim();
         assert_eq!(line.lines().count(), 1, "{out:?}");
         serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out:?}"))
@@ -393,45 +373,22 @@ fn every_command_speaks_json_and_rm_removes_what_it_can() {
     assert_eq!(kernel_slots(&topo.server, SERVER_IF), BTreeSet::new());
 
     // The daemon's --wait, standalone, and run: the final counters report.
-    for args in [
-        &[
-            "blackhole",
-            "--port",
-            "7002",
-            "--for",
-            "1s",
-            "--wait",
-            "--json",
-        ][..],
-        &[
-            "blackhole",
-            "--port",
-            "7002",
-            "--for",
-            "1s",
-            "--standalone",
-            "--json",
-        ][..],
+    let args = ["blackhole", "--port", "7002", "--for", "1s", "--json"];
+    for out in [
+        Launch::new(&topo.server, args)
+            .arg("--wait")
+            .socket(sock)
+            .run(),
+        standalone(&topo.server, &args),
     ] {
-        let out = cli(&topo.server, sock, args);
         out.assert_success();
         let v = json_of(&out);
-        assert_eq!(v["rules"][0]["fault"], "blackhole", "{args:?}: {v}");
+        assert_eq!(v["rules"][0]["fault"], "blackhole", "{out:?}: {v}");
         assert!(v["attach"].is_string() && v["interfaces"].is_array(), "{v}");
     }
-    let out = cli(
+    let out = standalone(
         &topo.server,
-        sock,
-        &[
-            "run",
-            "reset",
-            "--port",
-            "7003",
-            "--standalone",
-            "--json",
-            "--",
-            "true",
-        ],
+        &["run", "reset", "--port", "7003", "--json", "--", "true"],
     );
     out.assert_success();
     let last = out.stderr.trim().lines().last().unwrap();

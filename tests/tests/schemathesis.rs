@@ -14,10 +14,7 @@
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use faultbpf_tests::{
-    Netns,
-    daemon::{Daemon, TempFile, run_bounded},
-};
+use faultbpf_tests::{Netns, daemon::Daemon, run_bounded, temp::TempFile};
 
 const API: &str = "127.0.0.1:7070";
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
