@@ -13,7 +13,7 @@ use faultbpf_common::{
     flow_hash,
 };
 
-use crate::{counters, parse::Flow};
+use crate::{counters, flow::Flow};
 
 /// A matched packet the draw selected for `kind`.
 pub struct Hit {

@@ -1,14 +1,16 @@
 //! `corrupt`: flip one 16-bit word of the L4 payload and fix the checksum,
 //! so the damaged data is delivered to the application (nothing below it
-//! notices), as a buggy middlebox or bad memory would.
+//! notices), as a buggy middlebox or bad memory would. The application
+//! reads changed bytes; TCP and UDP, tc only (XDP has no checksum state).
 
 use aya_ebpf::{bindings::BPF_F_MARK_MANGLED_0, helpers::bpf_get_prandom_u32, programs::TcContext};
 use faultbpf_common::{PROTO_TCP, PROTO_UDP};
 
-use crate::parse::{self, Flow, UDP_HDR_LEN};
-
-const TCP_CSUM_OFF: usize = 16;
-const UDP_CSUM_OFF: usize = 6;
+use crate::{
+    flow::Flow,
+    hdr::{TCP_CHECK, UDP_CHECK, UDP_LEN},
+    parse,
+};
 
 /// True when a word was flipped; false for packets with under 2 payload
 /// bytes, which have nothing to corrupt.
@@ -19,14 +21,10 @@ pub fn flip(ctx: &TcContext, f: &Flow) -> bool {
             let Some(payload) = parse::tcp_payload_len(ctx, f) else {
                 return false;
             };
-            (f.l3_end - payload, TCP_CSUM_OFF, 0)
+            (f.l3_end - payload, TCP_CHECK, 0)
         }
         // A UDP checksum of 0 means "none" (IPv4): MARK_MANGLED_0 keeps it so.
-        PROTO_UDP if !f.fragment => (
-            f.l4 + UDP_HDR_LEN,
-            UDP_CSUM_OFF,
-            u64::from(BPF_F_MARK_MANGLED_0),
-        ),
+        PROTO_UDP if !f.fragment => (f.l4 + UDP_LEN, UDP_CHECK, u64::from(BPF_F_MARK_MANGLED_0)),
         _ => return false,
     };
     let words = f.l3_end.saturating_sub(start) / 2;
