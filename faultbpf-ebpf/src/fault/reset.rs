@@ -14,7 +14,8 @@
 //! Both hooks build their answers with `answer.rs` and report the one
 //! [`Outcome`]; each turns it into its own verdict. On tc the answer leaves
 //! where the original came from: out of the same interface at ingress,
-//! into the local stack at egress (`BPF_F_INGRESS`).
+//! into the local stack at egress (`BPF_F_INGRESS`), except on `lo`
+//! ([`send_back`] says why).
 //!
 //! tc checksums: locally sent TCP is still CHECKSUM_PARTIAL here (the field
 //! holds only the pseudo-header sum and is finished later), so a checksum
@@ -96,15 +97,29 @@ fn build(ctx: &TcContext, f: &Flow) -> Result<(), Outcome> {
     Ok(())
 }
 
+/// `lo`'s ifindex in every network namespace (the kernel's
+/// `LOOPBACK_IFINDEX`).
+const LOOPBACK_IFINDEX: u32 = 1;
+
 /// The redirect verdict that sends an answer back where the original came
-/// from.
+/// from: out of the interface at ingress, into the local stack at egress.
+///
+/// Except on `lo`, where egress answers go out of `lo` again, like every
+/// packet on it, and come back in through its own loop. Handing them to
+/// the stack with `BPF_F_INGRESS` drops the skb's route, and IPv4 then
+/// routes the input afresh: a 127.0.0.0/8 destination arriving that way is
+/// a martian (`ip_route_input_slow`, unless `route_localnet`) and is
+/// dropped, so `reset` on IPv4 loopback acted like `blackhole` (IPv6 has no
+/// such check). Sent out of `lo`, the answer keeps the original's local
+/// route, crosses our egress hook (a RST or an ICMP error: it passes) and
+/// is delivered as any loopback packet.
 #[inline(always)]
 pub fn send_back(ctx: &TcContext, hook: Hook) -> i32 {
     // SAFETY: `skb` is the valid context pointer of this program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let flags = match hook {
-        Hook::Ingress => 0,
-        Hook::Egress => u64::from(BPF_F_INGRESS),
+        Hook::Egress if ifindex != LOOPBACK_IFINDEX => u64::from(BPF_F_INGRESS),
+        _ => 0,
     };
     // SAFETY: helper without preconditions.
     unsafe { bpf_redirect(ifindex, flags) as i32 }
