@@ -162,9 +162,10 @@ pub enum FaultCommand {
 
     /// Deliver damaged data: flip bytes in payloads and fix the checksums
     ///
-    /// One 16-bit word of each hit packet's payload is inverted and the TCP/UDP
-    /// checksum corrected, so nothing below the application notices: reads return
-    /// wrong bytes, TLS fails with a bad record MAC, an application CRC catches it.
+    /// One 16-bit word of each hit packet's payload is damaged (0x5555 added, so
+    /// hits on the way in and back never cancel out) and the TCP/UDP checksum
+    /// corrected, so nothing below the application notices: reads return wrong
+    /// bytes, TLS fails with a bad record MAC, an application CRC catches it.
     #[command(after_help = "Examples:\n  \
         faultbpf corrupt --port 11211 --pct 5        5 % of memcached packets damaged\n  \
         faultbpf corrupt --dport 8080 --pct 100      every request body to port 8080")]

@@ -1,7 +1,8 @@
 //! `corrupt`: delivered data is wrong (Vaurien's `errors`, at packet level).
 //!
 //! What the application sees: reads return bytes that differ from what the
-//! peer sent, one flipped 16-bit word per hit packet. The checksums are
+//! peer sent, one damaged 16-bit word per hit packet (0x5555 added, so an
+//! echo through the rule both ways never comes back intact). The checksums are
 //! fixed, so no layer below the application notices and the kernel's
 //! checksum-error counters stay still: only end-to-end checks (TLS, an
 //! application CRC) can catch it. TLS connections fail with a MAC error.
