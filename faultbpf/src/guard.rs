@@ -281,6 +281,7 @@ impl FaultGuard {
                     matched_bytes: r.matched_bytes,
                     acted_packets: r.acted_packets,
                     acted_bytes: r.acted_bytes,
+                    ..Default::default()
                 })
             }
         }

@@ -95,6 +95,7 @@ pub fn add(fault: Fault, args: FaultArgs, client: &Client) -> Result<(), Failure
         matched_bytes: last.as_ref().map_or(0, |s| s.matched_bytes),
         acted_packets: last.as_ref().map_or(0, |s| s.acted_packets),
         acted_bytes: last.as_ref().map_or(0, |s| s.acted_bytes),
+        ..Default::default()
     };
     if args.json {
         let r = report::Report {

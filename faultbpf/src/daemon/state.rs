@@ -61,6 +61,9 @@ pub struct RuleStats {
     pub matched_bytes: u64,
     pub acted_packets: u64,
     pub acted_bytes: u64,
+    /// `chaos`: packets each mix action acted on; absent for other faults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Why a change was refused; each maps to one HTTP status.
@@ -321,6 +324,7 @@ impl State {
                     matched_bytes: c.matched_bytes,
                     acted_packets: c.acted_packets,
                     acted_bytes: c.acted_bytes,
+                    actions: crate::report::action_map(&e.rule, &c),
                 }
             })
             .collect()

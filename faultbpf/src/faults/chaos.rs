@@ -46,7 +46,8 @@ impl std::fmt::Display for Mix {
     }
 }
 
-fn action_name(k: FaultKind) -> &'static str {
+/// An action's name in `--mix`, in reports and in the `action` metric label.
+pub fn action_name(k: FaultKind) -> &'static str {
     match k {
         FaultKind::Drop => "drop",
         FaultKind::Reset => "reset",

@@ -435,6 +435,7 @@ impl Backend<'_> {
                         matched_bytes: r.matched_bytes,
                         acted_packets: r.acted_packets,
                         acted_bytes: r.acted_bytes,
+                        ..Default::default()
                     });
                 let deleted = client.request("DELETE", &format!("/v1/rules/{id}"), None);
                 let err = match (&c, deleted) {
