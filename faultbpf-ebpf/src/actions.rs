@@ -26,6 +26,14 @@ enum Acted {
 
 #[inline(always)]
 pub fn apply(ctx: &TcContext, flow: &Flow, rule: &RuleValue, hook: Hook) -> i32 {
+    // Every action reads the packet at the flow's offsets and checks them
+    // itself: from an opaque copy the verifier walks the actions once, not
+    // once per parser path (L2 tags x IP version x extension headers:
+    // 2.3x the instructions without it, 1.7x with it, against one tag and
+    // 6 extension headers before). Costs a matched packet one per-CPU copy.
+    let Some(flow) = flow.opaque() else {
+        return NO_VERDICT;
+    };
     // SAFETY: `skb` is the valid context pointer of this program run.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }).max(1);
     let Some(hit) = draw::hit(flow, rule, segs, u64::from(ctx.len())) else {

@@ -42,6 +42,11 @@ pub trait Packet {
     fn ether_type_hint(&self) -> Option<u16> {
         None
     }
+    /// 1 when the hook already took a VLAN tag out of the data (tc ingress:
+    /// `skb_vlan_untag` moved it to skb->vlan_tci), else 0.
+    fn offloaded_vlan_tag(&self) -> usize {
+        0
+    }
 
     /// A copy of the `size_of::<T>()` bytes at `off`; `None` past the end.
     /// `T` is plain bytes or integers at every call site.
@@ -107,6 +112,13 @@ impl Packet for TcContext {
     fn ether_type_hint(&self) -> Option<u16> {
         // SAFETY: `skb` is this run's context; `protocol` is readable by tc.
         Some(unsafe { (*self.skb.skb).protocol } as u16)
+    }
+
+    #[inline(always)]
+    fn offloaded_vlan_tag(&self) -> usize {
+        // SAFETY: `skb` is this run's context; `vlan_present` is readable by
+        // tc (0 or 1).
+        usize::from(unsafe { (*self.skb.skb).vlan_present } != 0)
     }
 }
 

@@ -1,5 +1,9 @@
-//! Ethernet > [802.1Q] > IPv4/IPv6 (+ up to `IPV6_MAX_EXT` extension
-//! headers) > TCP/UDP, down to the ports and addresses.
+//! Ethernet > [802.1ad/802.1Q, up to two tags] > IPv4/IPv6 (+ up to
+//! `IPV6_MAX_EXT` extension headers) > TCP/UDP, down to the ports and
+//! addresses. A packet whose headers or length fields do not hold up
+//! (truncated, a length past the frame, a length of 0 on a packet that is
+//! not BIG TCP, too many tags or extension headers) is not parsed: it
+//! passes untouched on every hook.
 //!
 //! One parser for both hooks: it reads through the [`Packet`] trait
 //! (`packet.rs`), so tc and XDP match exactly the same packets. Offsets and
@@ -22,8 +26,14 @@ use crate::{
     packet::Packet,
 };
 
-/// Extension headers walked before giving up (as cilium's IPV6_MAX_HEADERS).
-const IPV6_MAX_EXT: usize = 6;
+/// IPv6 extension headers walked before TCP/UDP; a packet with more is not
+/// matched (it passes, as everything not parsed completely does). RFC 8200
+/// lists seven kinds, each once but destination options twice: 8 covers
+/// any packet that follows it. Same on every hook (README: what is not
+/// matched).
+pub const IPV6_MAX_EXT: usize = 8;
+/// VLAN tags read (802.1Q, 802.1ad): QinQ. A frame with more passes.
+pub const VLAN_MAX: usize = 2;
 
 /// The flow of a TCP or UDP packet (or of a non-first fragment of one);
 /// `None` for anything else, including truncated headers.
@@ -65,8 +75,20 @@ pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
             None => ctx.load::<network_types::eth::EthHdr>(0)?.ether_type,
         }
     };
+    // VLAN tags, 802.1Q or 802.1ad (QinQ), up to VLAN_MAX counting the one
+    // the stack may already have taken out of the data: tc ingress sees a
+    // QinQ frame with its outer tag in skb->vlan_tci, egress and XDP see
+    // both tags in the data, and all must match the same frames.
     let mut l3 = ETH_LEN;
-    if ether_type == EtherType::Ieee8021q as u16 {
+    let mut tags = ctx.offloaded_vlan_tag();
+    for _ in 0..VLAN_MAX {
+        if ether_type != EtherType::Ieee8021q as u16 && ether_type != EtherType::Ieee8021ad as u16 {
+            break;
+        }
+        tags += 1;
+        if tags > VLAN_MAX {
+            return None;
+        }
         let vlan: network_types::vlan::VlanHdr = ctx.load(l3)?;
         ether_type = vlan.ether_type;
         l3 += VLAN_LEN;
@@ -84,7 +106,8 @@ pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
         _ => return None,
     };
     if f.fragment {
-        return Some(f);
+        // Not one of ours if its length did not hold up (`end`).
+        return (f.l3_end != 0).then_some(f);
     }
     if f.l4 + need > f.l3_end {
         return None;
@@ -265,11 +288,27 @@ fn ipv6<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
     })
 }
 
-/// End of the IP packet: `start + len`, except that a length of 0 is a GSO
-/// super-packet over 64 KiB (BIG TCP), bounded only by the skb.
+/// End of the IP packet whose length field says `len` bytes from `start`;
+/// 0 (which every caller's bounds check refuses) when the packet does not
+/// hold that many: a length past the frame is malformed, and what is not
+/// parsed completely passes. A length of 0 is a GSO super-packet over
+/// 64 KiB (BIG TCP, the only packets that carry it), bounded by the skb; on
+/// anything shorter it is malformed too. A plain value rather than an
+/// `Option`: the extra branches cost the verifier twice the instructions.
 #[inline(always)]
 fn end<P: Packet>(ctx: &P, start: usize, len: usize) -> usize {
-    if len == 0 { ctx.len() } else { start + len }
+    let total = ctx.len();
+    if len == 0 {
+        if total > start + usize::from(u16::MAX) {
+            total
+        } else {
+            0
+        }
+    } else if start + len > total {
+        0
+    } else {
+        start + len
+    }
 }
 
 /// Payload bytes of a TCP segment (after the header and its options).

@@ -47,18 +47,23 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(rule) = matcher::rule_for(&flow, Hook::Ingress) else {
         return XDP_PASS;
     };
-    let Some(hit) = draw::hit(&flow, rule, 1, ctx.len() as u64) else {
+    // As on tc (`actions::apply`): the rest sees an opaque flow, so the
+    // verifier walks it once, not once per parser path.
+    let Some(flow) = flow.opaque() else {
+        return XDP_PASS;
+    };
+    let Some(hit) = draw::hit(flow, rule, 1, ctx.len() as u64) else {
         return XDP_PASS;
     };
     let verdict = match hit.kind {
         FaultKind::Drop => XDP_DROP,
         FaultKind::Hang => {
-            if !hang::applies(ctx, &flow) {
+            if !hang::applies(ctx, flow) {
                 return XDP_PASS;
             }
             XDP_DROP
         }
-        FaultKind::Reset => match reset::xdp::reply(ctx, &flow) {
+        FaultKind::Reset => match reset::xdp::reply(ctx, flow) {
             reset::Outcome::Answered => XDP_TX,
             // A RST passes, as on tc: never answered, not counted as acted.
             reset::Outcome::Pass => return XDP_PASS,

@@ -84,7 +84,6 @@ pub fn reply(ctx: &TcContext, f: &Flow) -> Outcome {
 
 #[inline(always)]
 fn build(ctx: &TcContext, f: &Flow) -> Result<(), Outcome> {
-    let f = f.opaque().ok_or(())?;
     if f.fragment || answer::multicast(f) {
         return Err(Outcome::Drop);
     }

@@ -40,23 +40,23 @@ use crate::{
     flow::Flow,
     hdr::{ETH_LEN, MAC_LEN, TCP_FLAGS, TCP_LEN, TCP_RST, VLAN_LEN},
     packet::Packet,
+    parse::VLAN_MAX,
 };
 
-/// Ethernet header with one 802.1Q tag, the most `parse` reads.
+/// Ethernet header with one VLAN tag, and with two (QinQ, the most `parse`
+/// reads: `parse::VLAN_MAX`).
 const ETH_VLAN_LEN: usize = ETH_LEN + VLAN_LEN;
+const ETH_QINQ_LEN: usize = ETH_LEN + VLAN_MAX * VLAN_LEN;
 
 /// Turns the packet into its answer, ready for `XDP_TX`.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, f: &Flow) -> Outcome {
-    let Some(f) = f.opaque() else {
-        return Outcome::Drop;
-    };
     if f.fragment || answer::multicast(f) {
         return Outcome::Drop;
     }
     // Read before a head adjustment moves it. `parse` accepted the packet,
-    // so it is longer than 18 bytes whatever its L2 header.
-    let mut l2 = [0u8; ETH_VLAN_LEN];
+    // so it is longer than 22 bytes whatever its L2 header.
+    let mut l2 = [0u8; ETH_QINQ_LEN];
     if !ctx.load_into(0, &mut l2) {
         return Outcome::Drop;
     }
@@ -71,10 +71,14 @@ pub fn reply(ctx: &XdpContext, f: &Flow) -> Outcome {
         PROTO_UDP => udp(ctx, f).is_ok(),
         _ => false,
     };
-    // `f.l3` is 14 or 18: parse reads at most one VLAN tag.
+    // `f.l3` is 14, 18 or 22: parse reads at most two VLAN tags.
     let done = done
-        && if f.l3 == ETH_VLAN_LEN {
+        && if f.l3 == ETH_QINQ_LEN {
             ctx.store(0, &l2)
+        } else if f.l3 == ETH_VLAN_LEN {
+            let mut eth = [0u8; ETH_VLAN_LEN];
+            eth.copy_from_slice(&l2[..ETH_VLAN_LEN]);
+            ctx.store(0, &eth)
         } else {
             let mut eth = [0u8; ETH_LEN];
             eth.copy_from_slice(&l2[..ETH_LEN]);
