@@ -69,6 +69,10 @@ pub fn fault(fc: FaultCommand, client: &Client) -> Result<(), Failure> {
     }
     let mut placement = place(&args, &rule, client)?;
     let daemon = matches!(placement, Placement::Daemon(_));
+    let rt = runtime()?;
+    // Watched before the fault is in force: a signal the moment the
+    // `active:` line is out must heal, not kill us with the default action.
+    let signals = rt.block_on(async { Signals::watch() })?;
     let handle = placement
         .start(&spec, daemon && args.wait)
         .map_err(Failure::start)?;
@@ -83,8 +87,7 @@ pub fn fault(fc: FaultCommand, client: &Client) -> Result<(), Failure> {
             None => "Ctrl-C to heal".into(),
         }
     );
-    let rt = runtime()?;
-    let held = rt.block_on(hold(&mut placement, &handle, rule.lasts));
+    let held = rt.block_on(hold(&mut placement, &handle, rule.lasts, signals));
     let (counters, err) = placement.stop(handle.clone());
     if let Some(e) = err {
         eprintln!("faultbpf: {e}");
@@ -108,6 +111,8 @@ pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
     };
     let mut placement = place(&args, &rule, client)?;
     let daemon = matches!(placement, Placement::Daemon(_));
+    let rt = runtime()?;
+    let signals = rt.block_on(async { Signals::watch() })?;
     let handle = placement.start(&spec, true).map_err(Failure::start)?;
     eprintln!(
         "faultbpf: active: {}; running {program}",
@@ -118,7 +123,7 @@ pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
-    let code = runtime()?.block_on(supervise(&mut cmd, program, &mut placement));
+    let code = rt.block_on(supervise(&mut cmd, program, &mut placement, signals));
     let (counters, err) = placement.stop(handle.clone());
     if let Some(e) = err {
         eprintln!("faultbpf: {e}");
@@ -280,6 +285,23 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .context("could not start the async runtime")?)
 }
 
+/// SIGINT and SIGTERM, watched from before a fault is in force until it is
+/// lifted.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime.
+    fn watch() -> Result<Self, Failure> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("could not watch SIGINT")?,
+            term: signal(SignalKind::terminate()).context("could not watch SIGTERM")?,
+        })
+    }
+}
+
 /// How holding a rule ended, and its last counters seen.
 struct Held {
     outcome: Result<(), Failure>,
@@ -289,22 +311,15 @@ struct Held {
 /// Keeps the rule in force until SIGINT, SIGTERM, `lasts`, or the rule
 /// goes away (a daemon rule expired or removed); heartbeats every tick and
 /// shows the live status on a terminal.
-async fn hold(placement: &mut Placement, h: &Handle, lasts: Option<Duration>) -> Held {
+async fn hold(
+    placement: &mut Placement,
+    h: &Handle,
+    lasts: Option<Duration>,
+    mut signals: Signals,
+) -> Held {
     let mut held = Held {
         outcome: Ok(()),
         last: None,
-    };
-    let (mut sigint, mut sigterm) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(i), Ok(t)) => (i, t),
-        (Err(e), _) | (_, Err(e)) => {
-            held.outcome = Err(Failure::Runtime(
-                anyhow::Error::from(e).context("could not watch signals"),
-            ));
-            return held;
-        }
     };
     let started = Instant::now();
     let deadline = lasts.map(|d| tokio::time::Instant::now() + d);
@@ -312,8 +327,8 @@ async fn hold(placement: &mut Placement, h: &Handle, lasts: Option<Duration>) ->
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.term.recv() => break,
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -361,19 +376,18 @@ async fn supervise(
     cmd: &mut tokio::process::Command,
     program: &str,
     placement: &mut Placement,
+    mut signals: Signals,
 ) -> Result<u8, Failure> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("could not start `{program}`"))?;
     let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
-    let mut sigint = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
     let mut tick = tokio::time::interval(TICK);
     let status = loop {
         tokio::select! {
             s = child.wait() => break s.with_context(|| format!("could not wait for `{program}`"))?,
-            _ = sigint.recv() => forward(pid, libc::SIGINT),
-            _ = sigterm.recv() => forward(pid, libc::SIGTERM),
+            _ = signals.int.recv() => forward(pid, libc::SIGINT),
+            _ = signals.term.recv() => forward(pid, libc::SIGTERM),
             _ = tick.tick() => placement.heartbeat().map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?,
         }
     };

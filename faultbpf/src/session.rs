@@ -210,7 +210,7 @@ impl Placement {
             Self::Here(here) => here.inj.counters(h.id()).map(Some).map_err(|e| chain(&e)),
             Self::Daemon(client) => client
                 .stats_of(h.id())
-                .map(|s| s.map(|s| s.counters()))
+                .map(|s| s.map(|s| s.counters(&h.rule)))
                 .map_err(|e| chain(&e)),
         }
     }

@@ -11,8 +11,10 @@
 //!
 //! Each share must be within 4 binomial standard deviations of the mix,
 //! faultbpf's counters must agree exactly (matched = sent, acted = sent -
-//! intact), the receiver must have lost nothing to its own buffer, and no
-//! checksum error may appear on either side.
+//! intact, and per action, issue 12: `actions` in `--json` holds exactly
+//! the drops, resets and corruptions observed), the receiver must have lost
+//! nothing to its own buffer, and no checksum error may appear on either
+//! side.
 
 use std::{
     io::ErrorKind,
@@ -170,6 +172,14 @@ fn chaos_mix_shares() {
         N - intact,
         "every datagram not delivered intact was acted on, and only those: {details}"
     );
+    let actions = &exit.json()["rules"][0]["actions"];
+    for (action, seen) in [("drop", dropped), ("reset", resets), ("corrupt", corrupted)] {
+        assert_eq!(
+            actions[action].as_u64(),
+            Some(seen),
+            "the `{action}` counter must equal the {action}s observed: actions {actions}; {details}"
+        );
+    }
     assert_share("drop", dropped, N, 0.20, &details);
     assert_share("reset", resets, N, 0.10, &details);
     assert_share("corrupt", corrupted, N, 0.05, &details);

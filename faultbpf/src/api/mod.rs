@@ -8,12 +8,14 @@
 
 pub mod client;
 
+use std::collections::BTreeMap;
+
 use faultbpf_common::RuleCounters;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError, DEFAULT_SOCKET};
 
-use crate::spec::RuleSpec;
+use crate::{Fault, Rule, spec::RuleSpec};
 
 /// Where a rule came from: the API, or the config file (replaced on
 /// reload).
@@ -59,17 +61,32 @@ pub struct RuleStats {
     pub matched_bytes: u64,
     pub acted_packets: u64,
     pub acted_bytes: u64,
+    /// `chaos`: packets each mix action acted on, e.g. {"drop": 20,
+    /// "reset": 10}; absent for other faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<BTreeMap<String, u64>>,
 }
 
 impl RuleStats {
-    /// The counters alone.
-    pub fn counters(&self) -> RuleCounters {
-        RuleCounters {
+    /// The counters of `rule` (the rule this entry is about: a chaos rule's
+    /// `actions` go back into its mix's order).
+    pub fn counters(&self, rule: &Rule) -> RuleCounters {
+        let mut c = RuleCounters {
             matched_packets: self.matched_packets,
             matched_bytes: self.matched_bytes,
             acted_packets: self.acted_packets,
             acted_bytes: self.acted_bytes,
+            ..Default::default()
+        };
+        if let (Some(actions), Fault::Chaos(mix)) = (&self.actions, &rule.fault) {
+            for (slot, (def, _)) in c.mix_packets.iter_mut().zip(mix.entries()) {
+                *slot = actions
+                    .get(def.mix_action.unwrap_or(def.name))
+                    .copied()
+                    .unwrap_or(0);
+            }
         }
+        c
     }
 }
 

@@ -297,6 +297,8 @@ impl State {
                     matched_bytes: c.matched_bytes,
                     acted_packets: c.acted_packets,
                     acted_bytes: c.acted_bytes,
+                    actions: crate::report::action_map(&e.rule, &c)
+                        .map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
                 }
             })
             .collect()

@@ -1,7 +1,8 @@
 //! `corrupt`: delivered data is wrong (Vaurien's `errors`, at packet level).
 //!
 //! What the application sees: reads return bytes that differ from what the
-//! peer sent, one flipped 16-bit word per hit packet. The checksums are
+//! peer sent, one damaged 16-bit word per hit packet (0x5555 added, so an
+//! echo through the rule both ways never comes back intact). The checksums are
 //! fixed, so no layer below the application notices and the kernel's
 //! checksum-error counters stay still: only end-to-end checks (TLS, an
 //! application CRC) can catch it. TLS connections fail with a MAC error.
@@ -20,9 +21,10 @@ pub static DEF: FaultDef = FaultDef {
     command: "corrupt",
     about: "Deliver damaged data: flip bytes in payloads and fix the checksums",
     long_about: "Deliver damaged data: flip bytes in payloads and fix the checksums\n\n\
-        One 16-bit word of each hit packet's payload is inverted and the TCP/UDP \
-        checksum corrected, so nothing below the application notices: reads return \
-        wrong bytes, TLS fails with a bad record MAC, an application CRC catches it.",
+        One 16-bit word of each hit packet's payload is damaged (0x5555 added, so hits \
+        on the way in and back never cancel out) and the TCP/UDP checksum corrected, so \
+        nothing below the application notices: reads return wrong bytes, TLS fails with \
+        a bad record MAC, an application CRC catches it.",
     examples: "Examples:\n  \
         faultbpf corrupt --port 11211 --pct 5        5 % of memcached packets damaged\n  \
         faultbpf corrupt --dport 8080 --pct 100      every request body to port 8080",
