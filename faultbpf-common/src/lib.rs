@@ -38,9 +38,10 @@ pub const XDP_PROGRAM: &str = "faultbpf_xdp";
 
 /// Number of counter slots, i.e. rules in force at once (one rule covers
 /// any number of ports); a rule's `slot` is below this. The counters are a
-/// preallocated per-CPU array, so each slot costs 32 bytes per CPU up
-/// front (128 KiB per CPU): 65 536 slots were 4 MiB per CPU and 70 ms to
-/// create, and a hash instead cost every matched packet a hash lookup.
+/// preallocated per-CPU array, so each slot costs 64 bytes per CPU up
+/// front (256 KiB per CPU): 65 536 slots of 32 bytes were 4 MiB per CPU and
+/// 70 ms to create, and a hash instead cost every matched packet a hash
+/// lookup.
 /// `RULES` has one entry per slot too.
 pub const MAX_SLOTS: u32 = 4_096;
 // `RULE_INDEX` holds slot + 1 in 16 bits.
@@ -372,8 +373,13 @@ pub struct RuleCounters {
     /// Packets and bytes the rule acted on.
     pub acted_packets: u64,
     pub acted_bytes: u64,
+    /// `Mix` rules: the packets each entry of `RuleValue::mix` acted on, in
+    /// the mix's order (they add up to `acted_packets`); 0 for other rules.
+    /// Doubles the counters' memory (64 bytes per slot and CPU, 256 KiB per
+    /// CPU) so a chaos rule can say what it did, with no extra map lookup.
+    pub mix_packets: [u64; MIX_LEN],
 }
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 64);
 
 impl RuleCounters {
     /// Adds another CPU's copy.
@@ -382,6 +388,9 @@ impl RuleCounters {
         self.matched_bytes += o.matched_bytes;
         self.acted_packets += o.acted_packets;
         self.acted_bytes += o.acted_bytes;
+        for (m, n) in self.mix_packets.iter_mut().zip(o.mix_packets) {
+            *m += n;
+        }
     }
 }
 
@@ -491,6 +500,22 @@ mod tests {
             })
             .count();
         assert!((2_800..3_200).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn counters_add_every_field() {
+        let a = RuleCounters {
+            matched_packets: 1,
+            matched_bytes: 2,
+            acted_packets: 3,
+            acted_bytes: 4,
+            mix_packets: [1, 0, 2, 0],
+        };
+        let mut sum = a;
+        sum.add(&a);
+        assert_eq!(sum.matched_bytes, 4);
+        assert_eq!(sum.acted_packets, 6);
+        assert_eq!(sum.mix_packets, [2, 0, 4, 0]);
     }
 
     #[test]

@@ -17,10 +17,15 @@ pub fn matched(slot: u32, segs: u64, bytes: u64) -> Option<&'static mut RuleCoun
     Some(c)
 }
 
+/// Adds an acted packet; `entry` is the mix entry that acted (`MIX_LEN`
+/// or more for a rule's own action, which has no per-entry counter).
 #[inline(always)]
-pub fn acted(c: Option<&'static mut RuleCounters>, segs: u64, bytes: u64) {
+pub fn acted(c: Option<&'static mut RuleCounters>, entry: usize, segs: u64, bytes: u64) {
     if let Some(c) = c {
         c.acted_packets += segs;
         c.acted_bytes += bytes;
+        if let Some(m) = c.mix_packets.get_mut(entry) {
+            *m += segs;
+        }
     }
 }

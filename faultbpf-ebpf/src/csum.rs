@@ -1,5 +1,6 @@
 //! Internet checksums built from `bpf_csum_diff`, for headers we write from
-//! scratch (ICMP errors). Words are summed as they lie in memory, so the
+//! scratch (`answer.rs`) and the tc RST's incremental update
+//! (`fault/reset.rs`). Words are summed as they lie in memory, so the
 //! folded result is stored back with native byte order.
 
 use aya_ebpf::helpers::bpf_csum_diff;
@@ -8,23 +9,6 @@ use aya_ebpf::helpers::bpf_csum_diff;
 #[repr(C, align(4))]
 #[derive(Clone, Copy)]
 pub struct Words<const N: usize>(pub [u8; N]);
-
-/// One's complement sum of `buf` added to `seed` (unfolded).
-#[inline(always)]
-pub fn sum<const N: usize>(buf: &mut Words<N>, seed: u32) -> Result<u32, ()> {
-    // SAFETY: `buf` is N bytes of aligned stack memory; N is a multiple of
-    // 4 at every call site (the helper rejects anything else).
-    let r = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            buf.0.as_mut_ptr().cast(),
-            N as u32,
-            seed,
-        )
-    };
-    if r < 0 { Err(()) } else { Ok(r as u32) }
-}
 
 /// One's complement sum of `len` bytes at `ptr` (a multiple of 4, in a
 /// map value or on the stack) added to `seed` (unfolded).
@@ -40,7 +24,8 @@ pub fn sum_raw(ptr: *mut u8, len: u32, seed: u32) -> Result<u32, ()> {
 /// with `bpf_l4_csum_replace(.., 0, diff, 0)`.
 #[inline(always)]
 pub fn diff<const N: usize>(from: &mut Words<N>, to: &mut Words<N>) -> Result<u32, ()> {
-    // SAFETY: as in `sum`, for both buffers.
+    // SAFETY: both buffers are N bytes of aligned stack memory; N is a
+    // multiple of 4 at every call site (the helper rejects anything else).
     let r = unsafe {
         bpf_csum_diff(
             from.0.as_mut_ptr().cast(),

@@ -1,7 +1,8 @@
 //! What a matched packet's rule decides before any hook-specific verdict:
 //! count the match, draw (per packet, or per flow with `FLAG_PER_FLOW`),
 //! pick the action (the rule's own under its threshold, or one entry of a
-//! chaos mix), and credit the acted counters once the hook has acted.
+//! chaos mix), and credit the acted counters (and the mix entry's) once the
+//! hook has acted.
 //!
 //! Shared by the tc programs (`actions.rs`) and the XDP program (`xdp.rs`)
 //! so `--pct`, `--per flow`, mixes and the counters mean the same on both;
@@ -13,11 +14,13 @@ use faultbpf_common::{
     flow_hash,
 };
 
-use crate::{counters, parse::Flow};
+use crate::{counters, flow::Flow};
 
 /// A matched packet the draw selected for `kind`.
 pub struct Hit {
     pub kind: FaultKind,
+    /// The mix entry that picked `kind`; `MIX_LEN` for a rule's own action.
+    entry: usize,
     counters: Option<&'static mut RuleCounters>,
     segs: u64,
     bytes: u64,
@@ -28,7 +31,7 @@ impl Hit {
     /// (not when the action turned out not to apply, e.g. `hang` on an ACK).
     #[inline(always)]
     pub fn acted(self) {
-        counters::acted(self.counters, self.segs, self.bytes);
+        counters::acted(self.counters, self.entry, self.segs, self.bytes);
     }
 }
 
@@ -53,22 +56,24 @@ pub fn hit(flow: &Flow, rule: &RuleValue, segs: u64, bytes: u64) -> Option<Hit> 
         // SAFETY: helper without preconditions.
         unsafe { bpf_get_prandom_u32() }
     };
-    let kind = pick(rule, draw)?;
+    let (kind, entry) = pick(rule, draw)?;
     Some(Hit {
         kind,
+        entry,
         counters: c,
         segs,
         bytes,
     })
 }
 
-/// The action this draw selects, if any: the rule's own action under its
-/// threshold, or the mix entry whose cumulative threshold the draw is under.
+/// The action this draw selects, if any, and its mix entry: the rule's own
+/// action under its threshold (entry `MIX_LEN`: none), or the mix entry
+/// whose cumulative threshold the draw is under.
 #[inline(always)]
-fn pick(rule: &RuleValue, draw: u32) -> Option<FaultKind> {
+fn pick(rule: &RuleValue, draw: u32) -> Option<(FaultKind, usize)> {
     let kind = FaultKind::from_u8(rule.action)?;
     if kind != FaultKind::Mix {
-        return draw_hits(rule.threshold, draw).then_some(kind);
+        return draw_hits(rule.threshold, draw).then_some((kind, MIX_LEN));
     }
     for i in 0..MIX_LEN {
         let e = &rule.mix[i];
@@ -76,7 +81,7 @@ fn pick(rule: &RuleValue, draw: u32) -> Option<FaultKind> {
             return None;
         }
         if draw_hits(e.upto, draw) {
-            return FaultKind::from_u8(e.action);
+            return Some((FaultKind::from_u8(e.action)?, i));
         }
     }
     None

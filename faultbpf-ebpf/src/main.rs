@@ -1,32 +1,38 @@
 //! faultbpf's kernel side: the entry points only. Each parses the packet
-//! (`parse`), looks its ports up in the rule maps (`matcher`), draws
-//! (`draw`) and turns a hit into its hook's verdict (`actions` for tc,
-//! `xdp` for XDP); everything else passes with "no verdict" (tc) or
+//! (`parse`, through `packet`'s view of its hook, into a `flow`), looks its
+//! ports up in the rule maps (`matcher`), draws (`draw`) and turns a hit
+//! into its hook's verdict (`actions` for tc, `xdp` for XDP) with the
+//! faults in `fault/`; everything else passes with "no verdict" (tc) or
 //! `XDP_PASS`, so programs after ours (a CNI's, say) still run.
+//!
+//! Module layering, no circles: `hdr`, `hook`, `packet`, `flow`, `maps`,
+//! `csum` depend on nothing of ours; `parse`, `matcher`, `counters`, `draw`,
+//! `answer` on those; `fault/*` on all of them; `actions` and `xdp` on
+//! `fault`; `main` on everything.
 #![no_std]
 #![no_main]
 
 mod actions;
 mod answer;
-mod corrupt;
 mod counters;
 mod csum;
-mod delay;
 mod draw;
+mod fault;
+mod flow;
+mod hdr;
+mod hook;
 mod maps;
-mod mark;
 mod matcher;
+mod packet;
 mod parse;
-mod reset;
 mod xdp;
-mod xdp_reset;
 
 use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 
-use crate::actions::{Hook, NO_VERDICT};
+use crate::{actions::NO_VERDICT, fault::delay, hook::Hook};
 
 /// Ingress hook: packets arriving on the interface.
 #[classifier]

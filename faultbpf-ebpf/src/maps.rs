@@ -1,6 +1,6 @@
-//! Every map the programs use. User space finds them by the names in
-//! `faultbpf_common` (`RULES_MAP`, ...), which must equal these statics'
-//! names.
+//! Every map the programs use but one (`FLOW_COPY` lives beside `Flow` in
+//! `flow.rs`). User space finds them by the names in `faultbpf_common`
+//! (`RULES_MAP`, ...), which must equal these statics' names.
 
 use aya_ebpf::{
     macros::map,
@@ -9,8 +9,6 @@ use aya_ebpf::{
 use faultbpf_common::{
     Lease, MAX_PEERS, MAX_SLOTS, PORT_WORDS, RULE_INDEX_WORDS, RuleCounters, RuleValue,
 };
-
-use crate::parse::Flow;
 
 /// (protocol, side, port) -> slot + 1, four per word
 /// (`RuleKey::index_bits`). With `RULES`, two array reads the verifier
@@ -44,9 +42,9 @@ pub static LEASE: Array<Lease> = Array::with_max_entries(1, 0);
 #[map]
 pub static PEERS: LpmTrie<[u8; 20], u8> = LpmTrie::with_max_entries(MAX_PEERS, 0);
 
-/// Room to build an answer (ICMPv6 unreachable: 96 bytes plus 8 of
-/// pseudo-header) outside the 512-byte stack.
-pub const SCRATCH_LEN: usize = 104;
+/// Room to build an answer (ICMPv6 unreachable: 96 bytes) outside the
+/// 512-byte stack (`answer.rs`).
+pub const SCRATCH_LEN: usize = 96;
 
 /// A 4-byte aligned buffer, as `bpf_csum_diff` reads 32-bit words.
 #[repr(C, align(8))]
@@ -55,11 +53,6 @@ pub struct Scratch(pub [u8; SCRATCH_LEN]);
 /// One scratch buffer per CPU.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// A flow passed through memory the verifier cannot see into
-/// (`Flow::opaque`).
-#[map]
-pub static FLOW_COPY: PerCpuArray<Flow> = PerCpuArray::with_max_entries(1, 0);
 
 /// The delay device's sending-end ifindex; 0 while there is none.
 #[map]

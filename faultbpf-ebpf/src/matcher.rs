@@ -6,14 +6,14 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use faultbpf_common::{
-    DIR_EGRESS, DIR_INGRESS, FLAG_PEERS, PEER_SLOT_BITS, RuleKey, RuleValue, SIDE_DST,
-    SIDE_FRAGMENT, SIDE_SRC, peer_key_data, port_bit,
+    FLAG_PEERS, PEER_SLOT_BITS, RuleKey, RuleValue, SIDE_DST, SIDE_FRAGMENT, SIDE_SRC,
+    peer_key_data, port_bit,
 };
 
 use crate::{
-    actions::Hook,
+    flow::Flow,
+    hook::Hook,
     maps::{LEASE, PEERS, PORTS, RULE_INDEX, RULES},
-    parse::Flow,
 };
 
 #[inline(always)]
@@ -51,11 +51,7 @@ fn lookup(flow: &Flow, hook: Hook, side: u8, port_be: u16) -> Option<&'static Ru
 /// Hook, expiry, lease and peers: everything but the probability draw.
 #[inline(always)]
 fn applies(rule: &RuleValue, flow: &Flow, hook: Hook) -> bool {
-    let dir = match hook {
-        Hook::Ingress => DIR_INGRESS,
-        Hook::Egress => DIR_EGRESS,
-    };
-    if rule.directions & dir == 0 {
+    if rule.directions & hook.dir_bit() == 0 {
         return false;
     }
     if expired(rule) {

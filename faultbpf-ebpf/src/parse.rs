@@ -1,181 +1,39 @@
-//! Ethernet > [802.1Q] > IPv4/IPv6 (+ up to `IPV6_MAX_EXT` extension
-//! headers) > TCP/UDP, down to the ports and addresses.
+//! Ethernet > [802.1ad/802.1Q, up to two tags] > IPv4/IPv6 (+ up to
+//! `IPV6_MAX_EXT` extension headers) > TCP/UDP, down to the ports and
+//! addresses. A packet whose headers or length fields do not hold up
+//! (truncated, a length past the frame, a length of 0 on a packet that is
+//! not BIG TCP, too many tags or extension headers) is not parsed: it
+//! passes untouched on every hook.
 //!
-//! One parser for both hooks: it reads through the [`Packet`] trait, which
-//! the tc context implements here and the XDP context in `xdp.rs` (as
-//! cilium's `overloadable.h` hides the skb/xdp differences).
-//!
-//! Every read is a bounds-checked copy (`bpf_skb_load_bytes`,
-//! `bpf_xdp_load_bytes`) that sees the whole packet, linear part or not.
-//! Direct packet access alone would miss skbs whose headers are not in the
-//! linear part (AF_PACKET senders such as trafgen): those would pass
-//! unmatched. We do not use `bpf_skb_pull_data` either: on a cloned skb
-//! (every TCP segment at egress) it copies the head just to be read.
+//! One parser for both hooks: it reads through the [`Packet`] trait
+//! (`packet.rs`), so tc and XDP match exactly the same packets. Offsets and
+//! sizes come from `hdr.rs`.
 
-use core::mem::{MaybeUninit, size_of};
+use core::mem::{MaybeUninit, offset_of, size_of};
 
-use crate::maps::FLOW_COPY;
-use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use faultbpf_common::{PROTO_TCP, PROTO_UDP};
-use network_types::{
-    eth::{EthHdr, EtherType},
-    vlan::VlanHdr,
+use network_types::{eth::EtherType, ip::Ipv4Hdr};
+
+use crate::{
+    flow::{Addr, Flow},
+    hdr::{
+        ETH_LEN, ETH_MACS_LEN, IPV4_DADDR, IPV4_FRAG, IPV4_FRAG_OFFSET_MASK, IPV4_LEN, IPV4_PROTO,
+        IPV4_SADDR, IPV4_TOT_LEN, IPV4_VIHL_PLAIN, IPV6_DADDR, IPV6_FIXED_LEN,
+        IPV6_FRAG_OFFSET_MASK, IPV6_LEN, IPV6_NEXT_HDR, IPV6_PAYLOAD_LEN, IPV6_SADDR, NH_AUTH,
+        NH_DEST_OPTS, NH_FRAGMENT, NH_HOP_BY_HOP, NH_ROUTING, PORTS_LEN, TCP_DOFF, TCP_LEN,
+        UDP_LEN, VLAN_LEN,
+    },
+    packet::Packet,
 };
 
-/// What the matcher and the actions need of a packet. Ports stay in
-/// network byte order; IPv4 addresses are IPv4-mapped IPv6.
-#[derive(Clone)]
-pub struct Flow {
-    pub proto: u8,
-    pub v6: bool,
-    /// A non-first fragment: no L4 header, ports are 0.
-    pub fragment: bool,
-    pub sport_be: u16,
-    pub dport_be: u16,
-    pub saddr: Addr,
-    pub daddr: Addr,
-    /// Offset of the IP header.
-    pub l3: usize,
-    /// Offset of the TCP/UDP header.
-    pub l4: usize,
-    /// Where the IP packet ends by its own length field, so Ethernet
-    /// padding is never taken for data.
-    pub l3_end: usize,
-}
-
-/// An IPv6 address (IPv4 as IPv4-mapped). Aligned so the compiler moves it
-/// in words: as a plain byte array every copy of a flow went byte by byte,
-/// some 100 instructions per packet.
-#[derive(Clone, Copy)]
-#[repr(C, align(8))]
-pub struct Addr(pub [u8; 16]);
-
-impl Addr {
-    /// `::ffff:a.b.c.d`, built as words.
-    #[inline(always)]
-    fn mapped(v4: [u8; 4]) -> Self {
-        let words = [
-            0,
-            0,
-            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-            u32::from_ne_bytes(v4),
-        ];
-        // SAFETY: [u32; 4] and [u8; 16] have the same size, and any bytes
-        // are a valid [u8; 16].
-        Self(unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) })
-    }
-}
-
-impl Flow {
-    /// The same flow, read back from a per-CPU map, so the verifier knows
-    /// nothing of its values. It walks the code after this once per
-    /// distinct state that code is reached in, and the parser hands over
-    /// many (IPv4 or IPv6, VLAN or not, each extension-header path leaves
-    /// other known offsets). For the answer builders of `reset` that was
-    /// 94 k of the 102 k instructions checked per tc program, and most of
-    /// faultbpf's start-up time; from unknown values every path after the
-    /// first is pruned. The code using it checks every offset anyway.
-    #[inline(always)]
-    pub fn opaque(&self) -> Option<&'static Flow> {
-        let p = FLOW_COPY.get_ptr_mut(0)?;
-        // SAFETY: a per-CPU value is only touched by this CPU, and a
-        // program run is not preempted by another run of itself on the
-        // same CPU.
-        unsafe { core::ptr::write_volatile(p, self.clone()) };
-        // A second lookup, so the compiler cannot hand the values on.
-        let p = FLOW_COPY.get_ptr(0)?;
-        // SAFETY: as above; written just now.
-        Some(unsafe { &*p })
-    }
-
-    /// Bytes from the L4 header to the end of the IP packet.
-    #[inline(always)]
-    pub fn l4_len(&self) -> usize {
-        self.l3_end.saturating_sub(self.l4)
-    }
-}
-
-/// What the parser needs of a hook's context.
-pub trait Packet {
-    /// Copies the `size_of::<T>()` bytes at `off` into `dst`; false past
-    /// the end (`dst` is then unspecified).
-    fn load_into<T>(&self, off: usize, dst: &mut T) -> bool;
-    /// Length of the whole packet, from the Ethernet header on.
-    fn len(&self) -> usize;
-    /// The EtherType the hook already knows (network byte order), if any:
-    /// when it is IPv4 the fast path reads no Ethernet header.
-    fn ether_type_hint(&self) -> Option<u16> {
-        None
-    }
-
-    /// A copy of the `size_of::<T>()` bytes at `off`; `None` past the end.
-    /// `T` is plain bytes or integers at every call site.
-    #[inline(always)]
-    fn load<T>(&self, off: usize) -> Option<T> {
-        let mut v = MaybeUninit::<T>::uninit();
-        // SAFETY: `load_into` only writes bytes into `v` (never reads it),
-        // and on success has written all of it; every `T` read from a
-        // packet is plain bytes or integers, valid for any bit pattern.
-        unsafe {
-            if !self.load_into(off, &mut *v.as_mut_ptr()) {
-                return None;
-            }
-            Some(v.assume_init())
-        }
-    }
-}
-
-impl Packet for TcContext {
-    #[inline(always)]
-    fn load_into<T>(&self, off: usize, dst: &mut T) -> bool {
-        // SAFETY: `skb` is this run's context and `dst` is writable for
-        // size_of::<T>() bytes; the helper checks the range against the
-        // whole skb. The length is a constant, as it requires.
-        let r = unsafe {
-            bpf_skb_load_bytes(
-                self.skb.skb.cast(),
-                off as u32,
-                (dst as *mut T).cast(),
-                size_of::<T>() as u32,
-            )
-        };
-        r == 0
-    }
-
-    #[inline(always)]
-    fn len(&self) -> usize {
-        TcContext::len(self) as usize
-    }
-
-    /// skb->protocol. At ingress the stack set it from the frame and took a
-    /// VLAN tag out of the data (`skb_vlan_untag`); at egress a tag in the
-    /// data shows as 802.1Q here. So when this says IPv4, offset 14 holds
-    /// the IP header (`fast_ipv4` still checks its version and length).
-    #[inline(always)]
-    fn ether_type_hint(&self) -> Option<u16> {
-        // SAFETY: `skb` is this run's context; `protocol` is readable by tc.
-        Some(unsafe { (*self.skb.skb).protocol } as u16)
-    }
-}
-
-pub const TCP_HDR_LEN: usize = 20;
-pub const UDP_HDR_LEN: usize = 8;
-/// IPv4 fragment offset bits; a non-first fragment carries no ports.
-const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
-/// Extension headers walked before giving up (as cilium's IPV6_MAX_HEADERS).
-const IPV6_MAX_EXT: usize = 6;
-const IPV4_HDR_LEN: usize = 20;
-const IPV6_HDR_LEN: usize = 40;
-/// Offsets of the addresses in the IPv4 and IPv6 headers.
-const IPV4_SADDR_OFF: usize = 12;
-const IPV4_DADDR_OFF: usize = 16;
-const IPV6_SADDR_OFF: usize = 8;
-const IPV6_DADDR_OFF: usize = 24;
-const NH_HOP_BY_HOP: u8 = 0;
-const NH_ROUTING: u8 = 43;
-const NH_FRAGMENT: u8 = 44;
-const NH_AUTH: u8 = 51;
-const NH_DEST_OPTS: u8 = 60;
+/// IPv6 extension headers walked before TCP/UDP; a packet with more is not
+/// matched (it passes, as everything not parsed completely does). RFC 8200
+/// lists seven kinds, each once but destination options twice: 8 covers
+/// any packet that follows it. Same on every hook (README: what is not
+/// matched).
+pub const IPV6_MAX_EXT: usize = 8;
+/// VLAN tags read (802.1Q, 802.1ad): QinQ. A frame with more passes.
+pub const VLAN_MAX: usize = 2;
 
 /// The flow of a TCP or UDP packet (or of a non-first fragment of one);
 /// `None` for anything else, including truncated headers.
@@ -188,7 +46,7 @@ pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
     // part that is one piece to copy instead of two (~30 ns). Any other
     // hint is not trusted: the EtherType is read from the packet.
     let mut ether_type = if ctx.ether_type_hint() == Some(EtherType::Ipv4 as u16) {
-        if let Some(ip) = ctx.load::<FastIp>(EthHdr::LEN)
+        if let Some(ip) = ctx.load::<FastIp>(ETH_LEN)
             && let Some(decided) = fast_ipv4(ctx, &ip)
         {
             return decided;
@@ -214,14 +72,26 @@ pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
                 }
                 h.ether_type
             }
-            None => ctx.load::<EthHdr>(0)?.ether_type,
+            None => ctx.load::<network_types::eth::EthHdr>(0)?.ether_type,
         }
     };
-    let mut l3 = EthHdr::LEN;
-    if ether_type == EtherType::Ieee8021q as u16 {
-        let vlan: VlanHdr = ctx.load(l3)?;
+    // VLAN tags, 802.1Q or 802.1ad (QinQ), up to VLAN_MAX counting the one
+    // the stack may already have taken out of the data: tc ingress sees a
+    // QinQ frame with its outer tag in skb->vlan_tci, egress and XDP see
+    // both tags in the data, and all must match the same frames.
+    let mut l3 = ETH_LEN;
+    let mut tags = ctx.offloaded_vlan_tag();
+    for _ in 0..VLAN_MAX {
+        if ether_type != EtherType::Ieee8021q as u16 && ether_type != EtherType::Ieee8021ad as u16 {
+            break;
+        }
+        tags += 1;
+        if tags > VLAN_MAX {
+            return None;
+        }
+        let vlan: network_types::vlan::VlanHdr = ctx.load(l3)?;
         ether_type = vlan.ether_type;
-        l3 += VlanHdr::LEN;
+        l3 += VLAN_LEN;
     }
     let mut f = if ether_type == EtherType::Ipv4 as u16 {
         ipv4(ctx, l3)?
@@ -231,12 +101,13 @@ pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
         return None;
     };
     let need = match f.proto {
-        PROTO_TCP => TCP_HDR_LEN,
-        PROTO_UDP => UDP_HDR_LEN,
+        PROTO_TCP => TCP_LEN,
+        PROTO_UDP => UDP_LEN,
         _ => return None,
     };
     if f.fragment {
-        return Some(f);
+        // Not one of ours if its length did not hold up (`end`).
+        return (f.l3_end != 0).then_some(f);
     }
     if f.l4 + need > f.l3_end {
         return None;
@@ -248,7 +119,7 @@ pub fn flow<P: Packet>(ctx: &P) -> Option<Flow> {
 }
 
 /// Ethernet + IPv4 without options + the L4 ports.
-const FAST_LEN: usize = EthHdr::LEN + IPV4_HDR_LEN + 4;
+const FAST_LEN: usize = ETH_LEN + IPV4_LEN + PORTS_LEN;
 
 /// The first `FAST_LEN` bytes as fields, placed so each is aligned to its
 /// size: the compiler then reads words, where from a byte array it read
@@ -278,28 +149,34 @@ struct FastIp {
     sport_be: u16,
     dport_be: u16,
 }
-const _: () = assert!(size_of::<FastIp>() == IPV4_HDR_LEN + 4);
+const _: () = assert!(size_of::<FastIp>() == IPV4_LEN + PORTS_LEN);
+// The same places as in `Ipv4Hdr` (hdr.rs), then the ports.
+const _: () = assert!(
+    offset_of!(FastIp, tot_len_be) == IPV4_TOT_LEN
+        && offset_of!(FastIp, frag_off_be) == IPV4_FRAG
+        && offset_of!(FastIp, proto) == IPV4_PROTO
+        && offset_of!(FastIp, saddr) == IPV4_SADDR
+        && offset_of!(FastIp, daddr) == IPV4_DADDR
+        && offset_of!(FastIp, sport_be) == IPV4_LEN
+);
+const _: () = assert!(offset_of!(FastHead, ether_type) - 2 == ETH_MACS_LEN);
 
 /// The flow of an untagged IPv4 packet without options from its IP header
 /// and ports: `Some(answer)` when this is such a packet, `None` to take the
 /// general path (IP options, fragments, other protocols, ...).
 #[inline(always)]
 fn fast_ipv4<P: Packet>(ctx: &P, h: &FastIp) -> Option<Option<Flow>> {
-    const L3: usize = EthHdr::LEN;
-    const L4: usize = L3 + IPV4_HDR_LEN;
+    const L3: usize = ETH_LEN;
+    const L4: usize = L3 + IPV4_LEN;
     let proto = h.proto;
-    if h.ver_ihl != 0x45
+    if h.ver_ihl != IPV4_VIHL_PLAIN
         || u16::from_be(h.frag_off_be) & IPV4_FRAG_OFFSET_MASK != 0
         || (proto != PROTO_TCP && proto != PROTO_UDP)
     {
         return None;
     }
     let l3_end = end(ctx, L3, usize::from(u16::from_be(h.tot_len_be)));
-    let need = if proto == PROTO_TCP {
-        TCP_HDR_LEN
-    } else {
-        UDP_HDR_LEN
-    };
+    let need = if proto == PROTO_TCP { TCP_LEN } else { UDP_LEN };
     if L4 + need > l3_end {
         return Some(None);
     }
@@ -317,50 +194,54 @@ fn fast_ipv4<P: Packet>(ctx: &P, h: &FastIp) -> Option<Option<Flow>> {
     }))
 }
 
-/// The addresses of an IPv4 header as IPv4-mapped IPv6.
-#[inline(always)]
-fn mapped_addrs(ip: &[u8; IPV4_HDR_LEN]) -> (Addr, Addr) {
-    let v4 = |off: usize| [ip[off], ip[off + 1], ip[off + 2], ip[off + 3]];
-    (
-        Addr::mapped(v4(IPV4_SADDR_OFF)),
-        Addr::mapped(v4(IPV4_DADDR_OFF)),
-    )
-}
-
 #[inline(always)]
 fn ipv4<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
     // One copy of the whole fixed header: every helper call counts on the
     // drop path.
-    let ip: [u8; IPV4_HDR_LEN] = ctx.load(l3)?;
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ihl < IPV4_HDR_LEN {
+    let ip: Ipv4Hdr = ctx.load(l3)?;
+    let ihl = usize::from(ip.vihl & 0x0f) * 4;
+    if ip.vihl >> 4 != 4 || ihl < IPV4_LEN {
         return None;
     }
-    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let (saddr, daddr) = mapped_addrs(&ip);
+    let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
     Some(Flow {
-        proto: ip[9],
+        proto: ip.proto,
         v6: false,
-        fragment: u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAG_OFFSET_MASK != 0,
+        fragment: u16::from_be_bytes(ip.frags) & IPV4_FRAG_OFFSET_MASK != 0,
         sport_be: 0,
         dport_be: 0,
-        saddr,
-        daddr,
+        saddr: Addr::mapped(ip.src_addr),
+        daddr: Addr::mapped(ip.dst_addr),
         l3,
         l4: l3 + ihl,
         l3_end: end(ctx, l3, tot_len),
     })
 }
 
+/// The fields of an IPv6 header before the addresses (`Ipv6Hdr`'s first
+/// 8 bytes: the addresses are read straight into the flow's aligned ones).
+#[repr(C)]
+struct Ipv6Fixed {
+    vcf: [u8; 4],
+    payload_len: [u8; 2],
+    next_hdr: u8,
+    _hop_limit: u8,
+}
+const _: () = assert!(
+    size_of::<Ipv6Fixed>() == IPV6_FIXED_LEN
+        && offset_of!(Ipv6Fixed, payload_len) == IPV6_PAYLOAD_LEN
+        && offset_of!(Ipv6Fixed, next_hdr) == IPV6_NEXT_HDR
+);
+
 #[inline(always)]
 fn ipv6<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
-    let ip: [u8; 8] = ctx.load(l3)?;
-    if ip[0] >> 4 != 6 {
+    let ip: Ipv6Fixed = ctx.load(l3)?;
+    if ip.vcf[0] >> 4 != 6 {
         return None;
     }
-    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    let mut nh = ip[6];
-    let mut l4 = l3 + IPV6_HDR_LEN;
+    let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
+    let mut nh = ip.next_hdr;
+    let mut l4 = l3 + IPV6_LEN;
     let mut fragment = false;
     for _ in 0..IPV6_MAX_EXT {
         match nh {
@@ -378,7 +259,7 @@ fn ipv6<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
                 let h: [u8; 4] = ctx.load(l4)?;
                 nh = h[0];
                 l4 += 8;
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                if u16::from_be_bytes([h[2], h[3]]) & IPV6_FRAG_OFFSET_MASK != 0 {
                     fragment = true;
                     break;
                 }
@@ -388,8 +269,8 @@ fn ipv6<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
     }
     let mut saddr = Addr([0; 16]);
     let mut daddr = Addr([0; 16]);
-    if !ctx.load_into(l3 + IPV6_SADDR_OFF, &mut saddr.0)
-        || !ctx.load_into(l3 + IPV6_DADDR_OFF, &mut daddr.0)
+    if !ctx.load_into(l3 + IPV6_SADDR, &mut saddr.0)
+        || !ctx.load_into(l3 + IPV6_DADDR, &mut daddr.0)
     {
         return None;
     }
@@ -403,15 +284,31 @@ fn ipv6<P: Packet>(ctx: &P, l3: usize) -> Option<Flow> {
         daddr,
         l3,
         l4,
-        l3_end: end(ctx, l3 + IPV6_HDR_LEN, payload_len),
+        l3_end: end(ctx, l3 + IPV6_LEN, payload_len),
     })
 }
 
-/// End of the IP packet: `start + len`, except that a length of 0 is a GSO
-/// super-packet over 64 KiB (BIG TCP), bounded only by the skb.
+/// End of the IP packet whose length field says `len` bytes from `start`;
+/// 0 (which every caller's bounds check refuses) when the packet does not
+/// hold that many: a length past the frame is malformed, and what is not
+/// parsed completely passes. A length of 0 is a GSO super-packet over
+/// 64 KiB (BIG TCP, the only packets that carry it), bounded by the skb; on
+/// anything shorter it is malformed too. A plain value rather than an
+/// `Option`: the extra branches cost the verifier twice the instructions.
 #[inline(always)]
 fn end<P: Packet>(ctx: &P, start: usize, len: usize) -> usize {
-    if len == 0 { ctx.len() } else { start + len }
+    let total = ctx.len();
+    if len == 0 {
+        if total > start + usize::from(u16::MAX) {
+            total
+        } else {
+            0
+        }
+    } else if start + len > total {
+        0
+    } else {
+        start + len
+    }
 }
 
 /// Payload bytes of a TCP segment (after the header and its options).
@@ -420,6 +317,6 @@ pub fn tcp_payload_len<P: Packet>(ctx: &P, f: &Flow) -> Option<usize> {
     if f.proto != PROTO_TCP || f.fragment {
         return None;
     }
-    let b: u8 = ctx.load(f.l4 + 12)?;
+    let b: u8 = ctx.load(f.l4 + TCP_DOFF)?;
     f.l4_len().checked_sub(usize::from(b >> 4) * 4)
 }

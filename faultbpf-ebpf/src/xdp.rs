@@ -7,7 +7,7 @@
 //! only the verdicts differ:
 //! - `drop`, and `hang` on TCP segments with payload: `XDP_DROP`;
 //! - `reset`: the answer is built in place and sent back out of the
-//!   interface with `XDP_TX` (`xdp_reset.rs`);
+//!   interface with `XDP_TX` (`fault/reset/xdp.rs`);
 //! - `corrupt`, `mark` and `ecn` are not done here and pass untouched:
 //!   XDP has no skb to mark, and a payload or ECN rewrite would have to
 //!   fix checksums that, on veth, may still be partial (offloaded). The
@@ -20,68 +20,22 @@
 //!
 //! # Minimum kernel version
 //!
-//! 5.18, for `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes` /
-//! `bpf_xdp_get_buff_len`: bounds-checked copies that need no verifier
-//! reasoning about variable packet offsets (IPv6 extension headers).
-
-use core::mem::size_of;
+//! 5.18, for the bounds-checked XDP copies `packet.rs` uses.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
 use faultbpf_common::FaultKind;
 
 use crate::{
-    actions::Hook,
-    draw, matcher,
-    parse::{self, Packet},
-    xdp_reset,
+    draw,
+    fault::{hang, reset},
+    hook::Hook,
+    matcher,
+    packet::Packet,
+    parse,
 };
-
-impl Packet for XdpContext {
-    #[inline(always)]
-    fn load_into<T>(&self, off: usize, dst: &mut T) -> bool {
-        // SAFETY: `ctx` is this run's context and `dst` is writable for
-        // size_of::<T>() bytes; the helper checks the range against the
-        // buffer, so the verifier needs no bound on `off`. The length is a
-        // constant, as it requires.
-        let r = unsafe {
-            bpf_xdp_load_bytes(
-                self.ctx,
-                off as u32,
-                (dst as *mut T).cast(),
-                size_of::<T>() as u32,
-            )
-        };
-        r == 0
-    }
-
-    #[inline(always)]
-    fn len(&self) -> usize {
-        // SAFETY: helper without preconditions on a valid context. Used
-        // rather than `data_end - data`: pointer subtraction needs
-        // CAP_PERFMON from the verifier.
-        unsafe { bpf_xdp_get_buff_len(self.ctx) as usize }
-    }
-}
-
-/// Writes `v` at `off`; `false` past the end of the buffer.
-#[inline(always)]
-pub fn store<T>(ctx: &XdpContext, off: usize, v: &T) -> bool {
-    // SAFETY: `v` is a live, initialised value of size_of::<T>() bytes on
-    // the stack; the helper only reads it and checks the packet range.
-    let r = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            off as u32,
-            (v as *const T).cast_mut().cast(),
-            size_of::<T>() as u32,
-        )
-    };
-    r == 0
-}
 
 /// The XDP verdict for one packet.
 #[inline(always)]
@@ -93,19 +47,27 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(rule) = matcher::rule_for(&flow, Hook::Ingress) else {
         return XDP_PASS;
     };
-    let Some(hit) = draw::hit(&flow, rule, 1, ctx.len() as u64) else {
+    // As on tc (`actions::apply`): the rest sees an opaque flow, so the
+    // verifier walks it once, not once per parser path.
+    let Some(flow) = flow.opaque() else {
+        return XDP_PASS;
+    };
+    let Some(hit) = draw::hit(flow, rule, 1, ctx.len() as u64) else {
         return XDP_PASS;
     };
     let verdict = match hit.kind {
         FaultKind::Drop => XDP_DROP,
-        FaultKind::Hang => match parse::tcp_payload_len(ctx, &flow) {
-            Some(n) if n > 0 => XDP_DROP,
-            _ => return XDP_PASS,
-        },
-        FaultKind::Reset => match xdp_reset::reply(ctx, &flow) {
+        FaultKind::Hang => {
+            if !hang::applies(ctx, flow) {
+                return XDP_PASS;
+            }
+            XDP_DROP
+        }
+        FaultKind::Reset => match reset::xdp::reply(ctx, flow) {
+            reset::Outcome::Answered => XDP_TX,
             // A RST passes, as on tc: never answered, not counted as acted.
-            XDP_PASS => return XDP_PASS,
-            v => v,
+            reset::Outcome::Pass => return XDP_PASS,
+            reset::Outcome::Drop => XDP_DROP,
         },
         FaultKind::Corrupt
         | FaultKind::Mark

@@ -30,14 +30,11 @@ use toml::Spanned;
 use crate::{
     rules::Rule,
     span::key_span,
-    spec::{RuleSpec, parse_duration},
+    spec::{Policy, RuleSpec, parse_duration},
 };
 
 /// Rules without a `ttl` last this long, unless the config says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
-/// The port no config rule may cut without `force` (the daemon also guards
-/// its own TCP API port, which only its command line knows).
-const GUARDED_PORT: u16 = 22;
 
 /// How long the programs keep faulting without a heartbeat.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -155,31 +152,23 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .find_map(|k| key_span(text, r.span(), k).map(|s| (*k, s)))
                 .unwrap_or((field, r.span()))
         };
-        let rule = spec.to_rule(0, Some(default_ttl)).map_err(|e| {
-            let (key, span) = written(e.field);
-            at(span, format!("rule `{name}`: `{key}`: {}", e.message))
-        })?;
-        // What the daemon would refuse, refused here with a position, so
-        // `faultbpf check` and a reload agree with the daemon.
+        // The same validation and guard rails as the daemon's (which adds
+        // its own ports), so `faultbpf check` and a reload agree with it.
         let port_key = ["port", "dport", "sport"]
             .into_iter()
             .find(|k| key_span(text, r.span(), k).is_some())
             .unwrap_or("port");
-        if !spec.force
-            && rule
-                .ports
-                .iter()
-                .any(|p| (p.first..=p.last).contains(&GUARDED_PORT))
-        {
-            let (_, span) = written(port_key);
-            return Err(at(
-                span,
-                format!(
-                    "rule `{name}`: refusing to fault port {GUARDED_PORT}: it would cut ssh to \
-                     this host; add `force = true` if you mean it"
-                ),
-            ));
-        }
+        let policy = Policy {
+            default_ttl: Some(default_ttl),
+            ..Policy::default()
+        };
+        let rule = spec.validate(0, &policy).map_err(|e| {
+            let (key, span) = written(if e.field == "port" { port_key } else { e.field });
+            let message = e
+                .message
+                .replace("\"force\": true (--force)", "`force = true`");
+            at(span, format!("rule `{name}`: `{key}`: {message}"))
+        })?;
         for k in rule.keys() {
             if let Some(other) = owners.insert(k, name.clone()) {
                 let (_, span) = written(port_key);

@@ -4,7 +4,7 @@
 //! The CLI (`main.rs`) is a thin layer over this; tests and other tools can
 //! drive the same API.
 
-pub mod client;
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod delaydev;
@@ -21,10 +21,12 @@ pub mod reaper;
 pub mod report;
 pub mod rules;
 pub mod scenario;
+pub mod session;
 mod span;
 pub mod spec;
 pub mod target;
 
+pub use api::client;
 pub use error::Error;
 pub use faults::Fault;
 pub use loader::{AttachMode, Hooks, Injector, XdpMode};

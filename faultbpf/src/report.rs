@@ -1,10 +1,15 @@
 //! Counters for people and for programs: the live status line, the final
 //! one-line-per-rule summary and its JSON twin.
 
+use std::collections::BTreeMap;
+
 use faultbpf_common::RuleCounters;
 use serde::Serialize;
 
-use crate::rules::{Direction, Proto, Rule};
+use crate::{
+    faults::Fault,
+    rules::{Direction, Proto, Rule},
+};
 
 /// One rule's final counters, as printed by `--json`.
 #[derive(Debug, Serialize)]
@@ -20,6 +25,36 @@ pub struct RuleReport {
     pub matched_bytes: u64,
     pub acted_packets: u64,
     pub acted_bytes: u64,
+    /// `chaos`: packets each mix action acted on, e.g. {"drop": 20,
+    /// "reset": 10}; absent for other faults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<BTreeMap<&'static str, u64>>,
+}
+
+/// A chaos rule's acted packets per mix action, in the mix's order (an
+/// action named twice is summed); `None` for other faults, and when the
+/// counters carry no breakdown (read from a daemon that does not send it).
+pub fn action_counts(rule: &Rule, c: &RuleCounters) -> Option<Vec<(&'static str, u64)>> {
+    let Fault::Chaos(mix) = &rule.fault else {
+        return None;
+    };
+    if c.acted_packets > 0 && c.mix_packets.iter().all(|&n| n == 0) {
+        return None;
+    }
+    let mut out: Vec<(&'static str, u64)> = Vec::new();
+    for ((def, _), &n) in mix.entries().iter().zip(&c.mix_packets) {
+        let name = def.mix_action.unwrap_or(def.name);
+        match out.iter_mut().find(|(a, _)| *a == name) {
+            Some((_, sum)) => *sum += n,
+            None => out.push((name, n)),
+        }
+    }
+    Some(out)
+}
+
+/// [`action_counts`] as the JSON map of reports and `/v1/stats`.
+pub fn action_map(rule: &Rule, c: &RuleCounters) -> Option<BTreeMap<&'static str, u64>> {
+    action_counts(rule, c).map(|v| v.into_iter().collect())
 }
 
 impl RuleReport {
@@ -35,6 +70,7 @@ impl RuleReport {
             matched_bytes: c.matched_bytes,
             acted_packets: c.acted_packets,
             acted_bytes: c.acted_bytes,
+            actions: action_map(rule, c),
         }
     }
 }
@@ -50,10 +86,17 @@ pub struct Report<'a> {
 }
 
 /// "rule 0 blackhole tcp+udp port 5000: matched 12 packets (840 bytes),
-/// dropped 12 packets (840 bytes)"
+/// dropped 12 packets (840 bytes)"; a chaos rule adds what each action did:
+/// "..., hit 30 packets (2100 bytes): drop 20, reset 10".
 pub fn summary_line(rule: &Rule, c: &RuleCounters) -> String {
+    let actions = action_counts(rule, c)
+        .map(|v| {
+            let parts: Vec<String> = v.iter().map(|(a, n)| format!("{a} {n}")).collect();
+            format!(": {}", parts.join(", "))
+        })
+        .unwrap_or_default();
     format!(
-        "rule {} {} {} {}: matched {} packets ({} bytes), {} {} packets ({} bytes)",
+        "rule {} {} {} {}: matched {} packets ({} bytes), {} {} packets ({} bytes){actions}",
         rule.id,
         rule.fault.name(),
         rule.proto.label(),
@@ -96,7 +139,49 @@ mod tests {
             matched_bytes: 840,
             acted_packets: 12,
             acted_bytes: 840,
+            mix_packets: [0; 4],
         }
+    }
+
+    fn chaos_rule() -> Rule {
+        let port = PortRange::parse(Side::Either, "5000").unwrap();
+        let mix = "drop:20,reset:10".parse().unwrap();
+        Rule::new(1, Fault::Chaos(mix), vec![port])
+    }
+
+    fn chaos_counters() -> RuleCounters {
+        RuleCounters {
+            matched_packets: 100,
+            matched_bytes: 7000,
+            acted_packets: 30,
+            acted_bytes: 2100,
+            mix_packets: [20, 10, 0, 0],
+        }
+    }
+
+    #[test]
+    fn chaos_summary_says_what_each_action_did() {
+        assert_eq!(
+            summary_line(&chaos_rule(), &chaos_counters()),
+            "rule 1 chaos tcp+udp port 5000: matched 100 packets (7000 bytes), \
+             hit 30 packets (2100 bytes): drop 20, reset 10"
+        );
+        // Other faults keep their line; counters without a breakdown (an
+        // older daemon's) print none rather than zeros.
+        assert!(!summary_line(&rule(), &counters()).contains(": drop"));
+        let mut old = chaos_counters();
+        old.mix_packets = [0; 4];
+        assert!(summary_line(&chaos_rule(), &old).ends_with("(2100 bytes)"));
+    }
+
+    #[test]
+    fn chaos_json_has_actions_and_others_do_not() {
+        let v = serde_json::to_value(RuleReport::new(&chaos_rule(), &chaos_counters())).unwrap();
+        assert_eq!(v["actions"]["drop"], 20);
+        assert_eq!(v["actions"]["reset"], 10);
+        assert_eq!(v["acted_packets"], 30);
+        let v = serde_json::to_value(RuleReport::new(&rule(), &counters())).unwrap();
+        assert!(v.get("actions").is_none(), "{v}");
     }
 
     #[test]

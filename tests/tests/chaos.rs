@@ -11,8 +11,10 @@
 //!
 //! Each share must be within 4 binomial standard deviations of the mix,
 //! faultbpf's counters must agree exactly (matched = sent, acted = sent -
-//! intact), the receiver must have lost nothing to its own buffer, and no
-//! checksum error may appear on either side.
+//! intact, and per action, issue 12: `actions` in `--json` holds exactly
+//! the drops, resets and corruptions observed), the receiver must have lost
+//! nothing to its own buffer, and no checksum error may appear on either
+//! side.
 
 use std::{
     io::ErrorKind,
@@ -24,8 +26,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, RecvRetry, SERVER_IF, SERVER_V4, Topology,
-    fault_kit::{CsumErrors, Fault, nstat, tx_checksum_off},
+    CLIENT_IF, CLIENT_V4, Launch, RecvRetry, SERVER_IF, SERVER_V4, Topology,
+    fault_kit::{CsumErrors, nstat, tx_checksum_off},
     force_rcvbuf, udp_bind,
 };
 
@@ -78,10 +80,8 @@ fn chaos_mix_shares() {
     let n = rx.recv_retry(&mut buf).expect("control datagram");
     assert_eq!(&buf[..n], &PAYLOAD);
 
-    let mut fb = Fault::start(
-        &topo.server,
-        "chaos",
-        &[
+    let mut fb = Launch::new(&topo.server, ["chaos"])
+        .args([
             "--port",
             &P.to_string(),
             "--mix",
@@ -91,8 +91,9 @@ fn chaos_mix_shares() {
             "--iface",
             SERVER_IF,
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     let client_before = nstat(&topo.client);
     let server_before = nstat(&topo.server);
@@ -171,6 +172,14 @@ fn chaos_mix_shares() {
         N - intact,
         "every datagram not delivered intact was acted on, and only those: {details}"
     );
+    let actions = &exit.json()["rules"][0]["actions"];
+    for (action, seen) in [("drop", dropped), ("reset", resets), ("corrupt", corrupted)] {
+        assert_eq!(
+            actions[action].as_u64(),
+            Some(seen),
+            "the `{action}` counter must equal the {action}s observed: actions {actions}; {details}"
+        );
+    }
     assert_share("drop", dropped, N, 0.20, &details);
     assert_share("reset", resets, N, 0.10, &details);
     assert_share("corrupt", corrupted, N, 0.05, &details);

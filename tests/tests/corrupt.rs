@@ -10,7 +10,11 @@
 //!   checksum yet): the server receives damaged data, and echoes exactly
 //!   that back.
 //! - UDP at the server's ingress: every datagram arrives, each with exactly
-//!   one aligned 16-bit word of its payload inverted.
+//!   one aligned 16-bit word of its payload damaged: 0x5555 added to it,
+//!   big-endian.
+//! - Damage never cancels out (issue 12): 20 two-byte echoes through a rule
+//!   acting on both directions, between namespaces (two hits per echo) and
+//!   on `lo` (four hits), all come back damaged. An inversion undid itself.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -18,8 +22,9 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
-    fault_kit::{CsumErrors, EchoServer, Fault, connect_timed, exchange, tx_checksum_off},
+    CLIENT_IF, CLIENT_V4, CLIENT_V6, Launch, Netns, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    count_datagrams,
+    fault_kit::{CsumErrors, EchoServer, connect_timed, exchange, tx_checksum_off},
     udp_bind,
 };
 
@@ -28,6 +33,14 @@ const P: u16 = 5000;
 const ECHO_BYTES: usize = 16 << 10;
 /// Datagrams per address family.
 const DATAGRAMS: usize = 50;
+
+/// A 16-bit word after `hits` hits of `corrupt`: 0x5555 more each,
+/// big-endian, wrapping.
+fn damaged(word: [u8; 2], hits: u16) -> [u8; 2] {
+    u16::from_be_bytes(word)
+        .wrapping_add(0x5555u16.wrapping_mul(hits))
+        .to_be_bytes()
+}
 
 fn pattern(len: usize, seed: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251 + seed) as u8).collect()
@@ -72,11 +85,10 @@ fn corrupt_tcp_echo_in_server() {
         assert_eq!(echo_round(&topo, ip, &sent, "no fault"), sent, "control");
     }
 
-    let mut fb = Fault::start(
-        &topo.server,
-        "corrupt",
-        &["--port", &P.to_string(), "--iface", SERVER_IF, "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args(["--port", &P.to_string(), "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
         let sent = pattern(ECHO_BYTES, 10 + n);
@@ -106,10 +118,8 @@ fn corrupt_tcp_echo_in_server() {
 fn corrupt_tcp_at_client_egress() {
     let (topo, csum_client, csum_server) = checksummed_topology("cor-tcp-c");
     let echo = EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), P));
-    let mut fb = Fault::start(
-        &topo.client,
-        "corrupt",
-        &[
+    let mut fb = Launch::new(&topo.client, ["corrupt"])
+        .args([
             "--port",
             &P.to_string(),
             "--iface",
@@ -117,8 +127,9 @@ fn corrupt_tcp_at_client_egress() {
             "--direction",
             "egress",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
         let sent = pattern(ECHO_BYTES, 20 + n);
@@ -145,10 +156,8 @@ fn corrupt_tcp_at_client_egress() {
 #[test]
 fn corrupt_udp_at_server_ingress() {
     let (topo, csum_client, csum_server) = checksummed_topology("cor-udp");
-    let mut fb = Fault::start(
-        &topo.server,
-        "corrupt",
-        &[
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args([
             "--port",
             &P.to_string(),
             "--iface",
@@ -156,8 +165,9 @@ fn corrupt_udp_at_server_ingress() {
             "--direction",
             "ingress",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
         let rx = udp_bind(&topo.server, SocketAddr::new(server, P));
@@ -182,8 +192,8 @@ fn corrupt_udp_at_server_ingress() {
             let w = words[0] * 2;
             assert_eq!(
                 [got[w], got[w + 1]],
-                [!sent[w], !sent[w + 1]],
-                "datagram {i} over {server}: the word at {w} must be inverted"
+                damaged([sent[w], sent[w + 1]], 1),
+                "datagram {i} over {server}: the word at {w} must hold 0x5555 more"
             );
         }
     }
@@ -193,4 +203,82 @@ fn corrupt_udp_at_server_ingress() {
     assert_eq!(rule.acted_packets, 2 * DATAGRAMS as u64, "{rule:?}");
     csum_client.assert_unchanged(&topo.client);
     csum_server.assert_unchanged(&topo.server);
+}
+
+/// Two-byte echoes: one word, so every hit lands on the same one.
+const SHORT_ECHOES: usize = 20;
+
+/// `SHORT_ECHOES` two-byte echoes to `ip` from `client` on one connection;
+/// the replies.
+fn short_echoes(client: &Netns, ip: IpAddr) -> Vec<([u8; 2], Vec<u8>)> {
+    let (stream, _) = connect_timed(client, SocketAddr::new(ip, P), Duration::from_secs(2));
+    let mut stream = stream.unwrap_or_else(|e| panic!("connect to {ip}: {e}"));
+    (0..SHORT_ECHOES)
+        .map(|i| {
+            let sent = [i as u8, 0x80 | i as u8];
+            let reply = exchange(&mut stream, &sent, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("echo {i} from {ip}: {e}"));
+            (sent, reply)
+        })
+        .collect()
+}
+
+/// Every echo must differ from what was sent, by exactly `hits` hits.
+fn assert_all_damaged(echoes: &[([u8; 2], Vec<u8>)], ip: IpAddr, hits: u16, cmd: &str) {
+    let intact = echoes.iter().filter(|(sent, got)| got == sent).count();
+    assert_eq!(
+        intact, 0,
+        "{intact} of {SHORT_ECHOES} echoes over {ip} came back intact under `{cmd}`: {echoes:?}"
+    );
+    for (sent, got) in echoes {
+        assert_eq!(
+            got.as_slice(),
+            damaged(*sent, hits),
+            "over {ip} under `{cmd}`, {sent:?} must come back with {hits} hits of damage"
+        );
+    }
+}
+
+#[test]
+fn corrupt_both_directions_never_cancels_on_an_echo() {
+    let (topo, csum_client, csum_server) = checksummed_topology("cor-2x");
+    let _echo = EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), P));
+    for ip in [SERVER_V4, SERVER_V6] {
+        for (sent, got) in short_echoes(&topo.client, ip) {
+            assert_eq!(
+                got, sent,
+                "control: without the fault the echo from {ip} is intact"
+            );
+        }
+    }
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args(["--port", &P.to_string(), "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
+    let cmd = fb.command().to_owned();
+    for ip in [SERVER_V4, SERVER_V6] {
+        // In at the server's ingress, back at its egress: two hits.
+        assert_all_damaged(&short_echoes(&topo.client, ip), ip, 2, &cmd);
+    }
+    fb.finish();
+    csum_client.assert_unchanged(&topo.client);
+    csum_server.assert_unchanged(&topo.server);
+}
+
+#[test]
+fn corrupt_on_loopback_never_cancels_on_an_echo() {
+    let ns = Netns::new("cor-lo");
+    ns.ip(&["link", "set", "lo", "up"]);
+    let _echo = EchoServer::tcp(&ns, SocketAddr::new("::".parse().unwrap(), P));
+    let local: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    let mut fb = Launch::new(&ns, ["corrupt"])
+        .args(["--port", &P.to_string(), "--iface", "lo", "--json"])
+        .standalone()
+        .start();
+    let cmd = fb.command().to_owned();
+    for ip in local {
+        // lo's egress and ingress, each way: four hits.
+        assert_all_damaged(&short_echoes(&ns, ip), ip, 4, &cmd);
+    }
+    fb.finish();
 }

@@ -19,7 +19,9 @@ use std::{
 use daemon_kit::p99;
 use faultbpf_tests::{
     SERVER_IF, Topology,
-    daemon::{Daemon, Request, TempFile, unix_request},
+    daemon::Daemon,
+    http::{Request, unix_request},
+    temp::TempFile,
 };
 use serde_json::Value;
 

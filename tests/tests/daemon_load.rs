@@ -18,8 +18,13 @@ use std::{
 
 use faultbpf_tests::{
     CLIENT_IF, CLIENT_V4, Netns, SERVER_IF, SERVER_V4, Topology,
-    daemon::{Daemon, Request, TempFile, UdpPath, root_is_read_only, unix_request},
-    frames, udp_bind,
+    daemon::Daemon,
+    frames,
+    http::{Request, unix_request},
+    probe::UdpPath,
+    root_is_read_only,
+    temp::TempFile,
+    udp_bind,
 };
 use serde_json::{Value, json};
 

@@ -7,10 +7,7 @@
 mod daemon_kit;
 
 use daemon_kit::assert_kernel_matches_api;
-use faultbpf_tests::{
-    SERVER_IF, Topology,
-    daemon::{Daemon, UdpPath},
-};
+use faultbpf_tests::{SERVER_IF, Topology, daemon::Daemon, probe::UdpPath};
 use serde_json::json;
 
 const PANIC_AFTER_WRITE: &str = "FAULTBPF_TEST_PANIC_AFTER_KERNEL_WRITE";

@@ -14,8 +14,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, SERVER_IF, Topology,
-    daemon::{Daemon, TestUser, UdpPath, temp_path},
+    CLIENT_IF, SERVER_IF, Topology, daemon::Daemon, probe::UdpPath, temp::temp_path, user::TestUser,
 };
 use serde_json::json;
 

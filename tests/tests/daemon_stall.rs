@@ -18,7 +18,9 @@ use std::{
 use daemon_kit::{Probe, assert_kernel_matches_api, p99};
 use faultbpf_tests::{
     SERVER_IF, Topology,
-    daemon::{Daemon, Request, UdpPath, unix_request},
+    daemon::Daemon,
+    http::{Request, unix_request},
+    probe::UdpPath,
 };
 use serde_json::json;
 

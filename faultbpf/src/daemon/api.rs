@@ -23,23 +23,18 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::json;
 
 use super::{
     log, metrics,
-    state::{Origin, RuleInfo, State, StateError},
+    state::{State, StateError},
 };
-use crate::spec::RuleSpec;
+use crate::{
+    api::{Health, Origin, Removed, RuleInfo, RuleList, RuleStats},
+    spec::RuleSpec,
+};
 
-/// What `/healthz` shows, copied out of the state after every change.
-#[derive(Debug, Clone, Default)]
-pub struct Health {
-    pub attach: &'static str,
-    pub interfaces: Vec<String>,
-    pub rules: usize,
-}
-
-/// The state the handlers share, and its health snapshot.
+/// The state the handlers share, and its health snapshot (what
+/// `/healthz` shows, copied out of the state after every change).
 pub struct Inner {
     state: Mutex<State>,
     health: Mutex<Health>,
@@ -52,7 +47,12 @@ impl Shared {
     pub fn new(st: State) -> Self {
         let s = Self(Arc::new(Inner {
             state: Mutex::new(st),
-            health: Mutex::new(Health::default()),
+            health: Mutex::new(Health {
+                status: "ok".into(),
+                attach: String::new(),
+                interfaces: Vec::new(),
+                rules: 0,
+            }),
         }));
         s.publish(&s.lock());
         s
@@ -68,7 +68,8 @@ impl Shared {
     /// Refreshes the health snapshot from `st` (held by the caller).
     pub fn publish(&self, st: &State) {
         let h = Health {
-            attach: st.inj.mode().name(),
+            status: "ok".into(),
+            attach: st.inj.mode().name().into(),
             interfaces: st.inj.interfaces().to_vec(),
             rules: st.len(),
         };
@@ -189,12 +190,12 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let body = crate::api::Problem {
+            kind: "about:blank".into(),
+            title: self.status.canonical_reason().unwrap_or("error").into(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
         let mut r = (self.status, Json(body)).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -213,6 +214,7 @@ impl From<StateError> for Problem {
             StateError::Conflict(_) => StatusCode::CONFLICT,
             StateError::Full => StatusCode::INSUFFICIENT_STORAGE,
             StateError::TooLong(_) | StateError::InRule { .. } => StatusCode::BAD_REQUEST,
+            StateError::Kernel(crate::Error::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Kernel(k) => {
                 log(&format!("internal error: {}", crate::error::chain(k)));
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -231,8 +233,8 @@ fn parse_id(raw: &str) -> Result<u32, Problem> {
     })
 }
 
-async fn list(AxState(s): AxState<Shared>) -> Result<Json<serde_json::Value>, Problem> {
-    with_state(&s, |st| Ok(Json(json!({ "rules": st.list() })))).await
+async fn list(AxState(s): AxState<Shared>) -> Result<Json<RuleList<RuleInfo>>, Problem> {
+    with_state(&s, |st| Ok(Json(RuleList { rules: st.list() }))).await
 }
 
 async fn create(
@@ -240,8 +242,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RuleInfo>), Problem> {
     let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
-    let spec: RuleSpec = serde_json::from_slice(&body)
-        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {e}")))?;
+    let spec = parse_spec(&body)?;
     with_state(&s, move |st| {
         let id = st.add(spec, Origin::Api)?;
         let info = st.info(id).ok_or(StateError::NotFound(id))?;
@@ -253,6 +254,22 @@ async fn create(
         Ok((StatusCode::CREATED, Json(info)))
     })
     .await
+}
+
+/// A rule body: JSON, an object, no `null` values (a field is given or
+/// left out, as the OpenAPI document says), then the `RuleSpec` fields.
+fn parse_spec(body: &[u8]) -> Result<RuleSpec, Problem> {
+    let bad = |m: String| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {m}"));
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if let Some((k, _)) = v
+        .as_object()
+        .and_then(|o| o.iter().find(|(_, v)| v.is_null()))
+    {
+        return Err(bad(format!(
+            "`{k}` is null; give it a value or leave it out"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
 }
 
 fn expiry_text(secs: Option<f64>) -> String {
@@ -289,17 +306,17 @@ async fn delete_one(
     .await
 }
 
-async fn delete_all(AxState(s): AxState<Shared>) -> Result<Json<serde_json::Value>, Problem> {
+async fn delete_all(AxState(s): AxState<Shared>) -> Result<Json<Removed>, Problem> {
     with_state(&s, |st| {
         let n = st.remove_all(None);
         log(&format!("all rules removed ({n}) (api)"));
-        Ok(Json(json!({ "removed": n })))
+        Ok(Json(Removed { removed: n }))
     })
     .await
 }
 
-async fn stats(AxState(s): AxState<Shared>) -> Result<Json<serde_json::Value>, Problem> {
-    with_state(&s, |st| Ok(Json(json!({ "rules": st.stats() })))).await
+async fn stats(AxState(s): AxState<Shared>) -> Result<Json<RuleList<RuleStats>>, Problem> {
+    with_state(&s, |st| Ok(Json(RuleList { rules: st.stats() }))).await
 }
 
 async fn metrics(AxState(s): AxState<Shared>) -> Result<Response, Problem> {
@@ -308,14 +325,8 @@ async fn metrics(AxState(s): AxState<Shared>) -> Result<Response, Problem> {
 }
 
 /// Answers from the snapshot: never waits for the rule lock.
-async fn healthz(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
-    let h = s.health();
-    Json(json!({
-        "status": "ok",
-        "attach": h.attach,
-        "interfaces": h.interfaces,
-        "rules": h.rules,
-    }))
+async fn healthz(AxState(s): AxState<Shared>) -> Json<Health> {
+    Json(s.health())
 }
 
 async fn not_found(req: Request) -> Problem {

@@ -245,13 +245,13 @@ fn problem(status: u16, detail: &str) -> Vec<u8> {
     let code = axum::http::StatusCode::from_u16(status)
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     let title = code.canonical_reason().unwrap_or("error");
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
+    let body = serde_json::to_string(&crate::api::Problem {
+        kind: "about:blank".into(),
+        title: title.into(),
+        status,
+        detail: detail.into(),
     })
-    .to_string();
+    .unwrap_or_default();
     format!(
         "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",

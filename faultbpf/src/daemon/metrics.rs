@@ -1,5 +1,7 @@
 //! Counters in the Prometheus text exposition format (version 0.0.4), one
-//! series per rule and counter, labelled by rule id, name, fault and ports.
+//! series per rule and counter, labelled by rule id, name, fault and ports;
+//! chaos rules add one `faultbpf_action_packets_total` series per mix
+//! action, labelled `action` too.
 
 use std::fmt::Write;
 
@@ -27,6 +29,9 @@ const SERIES: [(&str, &str); 4] = [
     ),
 ];
 
+/// Per-action packets of chaos rules (its `action` label: drop, reset, ...).
+const ACTION_METRIC: &str = "faultbpf_action_packets_total";
+
 pub fn render(stats: &[RuleStats]) -> String {
     let mut out = String::new();
     for (i, (metric, help)) in SERIES.iter().enumerate() {
@@ -42,6 +47,23 @@ pub fn render(stats: &[RuleStats]) -> String {
             let _ = writeln!(
                 out,
                 "{metric}{{id=\"{}\",name=\"{}\",fault=\"{}\",port=\"{}\"}} {value}",
+                s.id,
+                escape(s.name.as_deref().unwrap_or("")),
+                s.fault,
+                escape(&s.ports.join(",")),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {ACTION_METRIC} Packets each action of a chaos mix acted on."
+    );
+    let _ = writeln!(out, "# TYPE {ACTION_METRIC} counter");
+    for s in stats {
+        for (action, n) in s.actions.iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{ACTION_METRIC}{{id=\"{}\",name=\"{}\",fault=\"{}\",port=\"{}\",action=\"{action}\"}} {n}",
                 s.id,
                 escape(s.name.as_deref().unwrap_or("")),
                 s.fault,
@@ -71,13 +93,14 @@ mod tests {
         let s = RuleStats {
             id: 3,
             name: Some("a \"b\"\\".into()),
-            fault: "blackhole",
+            fault: "blackhole".into(),
             ports: vec!["port 5672".into()],
             description: String::new(),
             matched_packets: 10,
             matched_bytes: 700,
             acted_packets: 9,
             acted_bytes: 630,
+            actions: None,
         };
         let text = render(&[s]);
         assert!(text.contains(
@@ -85,5 +108,34 @@ mod tests {
         ));
         assert!(text.contains("# TYPE faultbpf_matched_bytes_total counter"));
         assert!(text.ends_with("faultbpf_rules 1\n"));
+        assert!(!text.contains("faultbpf_action_packets_total{"), "{text}");
+    }
+
+    #[test]
+    fn chaos_rules_get_a_series_per_action() {
+        let s = RuleStats {
+            id: 4,
+            name: None,
+            fault: "chaos".into(),
+            ports: vec!["port 7000".into()],
+            description: String::new(),
+            matched_packets: 100,
+            matched_bytes: 7000,
+            acted_packets: 30,
+            acted_bytes: 2100,
+            actions: Some(
+                [("drop".into(), 20), ("reset".into(), 10)]
+                    .into_iter()
+                    .collect(),
+            ),
+        };
+        let text = render(&[s]);
+        assert!(text.contains(
+            "faultbpf_action_packets_total{id=\"4\",name=\"\",fault=\"chaos\",port=\"port 7000\",action=\"drop\"} 20"
+        ), "{text}");
+        assert!(text.contains("action=\"reset\"} 10"), "{text}");
+        assert!(text.contains(
+            "faultbpf_acted_packets_total{id=\"4\",name=\"\",fault=\"chaos\",port=\"port 7000\"} 30"
+        ));
     }
 }

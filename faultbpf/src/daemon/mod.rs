@@ -153,7 +153,12 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let inj = Injector::attach(&ifaces, opts.attach)?;
     let lease_writer = inj.lease_writer()?;
     lease_writer.renew(lease)?;
-    let mut st = State::new(inj, opts.listen.map(|a| a.port()), config.default_ttl);
+    let mut st = State::new(
+        inj,
+        opts.listen.map(|a| a.port()),
+        opts.metrics.map(|a| a.port()),
+        config.default_ttl,
+    );
     let loaded = st
         .reload(&config)
         .context("could not apply the config's rules")?;

@@ -13,23 +13,15 @@ use std::{
 };
 
 use faultbpf_common::{MAX_SLOTS, RuleCounters, RuleKey};
-use serde::Serialize;
 
+pub use crate::api::{Origin, RuleStats};
 use crate::{
     Injector,
+    api::RuleInfo,
     config::Config,
     rules::Rule,
-    spec::{RuleSpec, SpecError},
+    spec::{Guards, Policy, RuleSpec, SpecError},
 };
-
-/// Where a rule came from: the API, or the config file (replaced on
-/// reload).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    Api,
-    Config,
-}
 
 /// A rule in the table.
 pub struct Entry {
@@ -39,40 +31,10 @@ pub struct Entry {
     pub expires_at: Option<Instant>,
 }
 
-/// What the API shows of a rule.
-#[derive(Debug, Serialize)]
-pub struct RuleInfo {
-    pub id: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub fault: &'static str,
-    pub description: String,
-    pub origin: Origin,
-    /// Seconds until the kernel stops applying it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_in_seconds: Option<f64>,
-    pub spec: RuleSpec,
-}
-
-/// A rule's counters, as `/v1/stats` shows them.
-#[derive(Debug, Serialize)]
-pub struct RuleStats {
-    pub id: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub fault: &'static str,
-    pub ports: Vec<String>,
-    pub description: String,
-    pub matched_packets: u64,
-    pub matched_bytes: u64,
-    pub acted_packets: u64,
-    pub acted_bytes: u64,
-}
-
 /// Why a change was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// 400: the spec is invalid.
+    /// 400: the spec is invalid (403 when a guard rail refused it).
     #[error("{0}")]
     Invalid(#[from] SpecError),
     /// 403: a guard rail; `force` overrides.
@@ -108,49 +70,63 @@ pub struct State {
     rules: BTreeMap<u32, Entry>,
     owners: HashMap<RuleKey, u32>,
     next_id: u32,
-    /// Ports no rule may cut without `force`: ssh and our own TCP API.
-    guarded: Vec<(u16, &'static str)>,
-    default_ttl: Duration,
+    /// Default expiry and guard rails (ssh, our own TCP API and metrics).
+    policy: Policy,
 }
 
 impl State {
-    pub fn new(inj: Injector, api_port: Option<u16>, default_ttl: Duration) -> Self {
-        let mut guarded = vec![(22, "it would cut ssh to this host")];
+    pub fn new(
+        inj: Injector,
+        api_port: Option<u16>,
+        metrics_port: Option<u16>,
+        default_ttl: Duration,
+    ) -> Self {
+        let mut guards = Guards::default();
         if let Some(p) = api_port {
-            guarded.push((p, "it would cut the daemon's own TCP API"));
+            guards = guards.with_port(p, "it would cut the daemon's own TCP API");
+        }
+        if let Some(p) = metrics_port {
+            guards = guards.with_port(p, "it would cut the daemon's own metrics endpoint");
         }
         Self {
             inj,
             rules: BTreeMap::new(),
             owners: HashMap::new(),
             next_id: 0,
-            guarded,
-            default_ttl,
+            policy: Policy {
+                default_ttl: Some(default_ttl),
+                guards,
+            },
         }
     }
 
     /// Validates and inserts a rule; returns its id.
     pub fn add(&mut self, spec: RuleSpec, origin: Origin) -> Result<u32, StateError> {
         let id = self.free_id().ok_or(StateError::Full)?;
-        let rule = spec.to_rule(id, Some(self.default_ttl))?;
-        self.check(&rule, spec.force, &[])?;
+        let rule = self.validate(&spec, id)?;
+        self.check(&rule, &[])?;
         let expires_at = expiry(&rule, Instant::now())?;
         self.insert(rule, spec, origin, expires_at)?;
         Ok(id)
     }
 
-    /// The guard rails and key conflicts; rules in `replacing` are about to
-    /// go and do not conflict.
-    fn check(&self, rule: &Rule, force: bool, replacing: &[u32]) -> Result<(), StateError> {
-        if !force {
-            for (port, why) in &self.guarded {
-                if rule.ports.iter().any(|r| (r.first..=r.last).contains(port)) {
-                    return Err(StateError::Guarded(format!(
-                        "refusing to fault port {port}: {why}; add \"force\": true (--force) if you mean it"
-                    )));
-                }
+    /// The shared validation (`RuleSpec::validate`) with this daemon's
+    /// policy; a guard rail's refusal is `Guarded`.
+    fn validate(&self, spec: &RuleSpec, id: u32) -> Result<Rule, StateError> {
+        let mut rule = spec.validate(id, &self.policy).map_err(|e| {
+            if e.guarded {
+                StateError::Guarded(e.message)
+            } else {
+                StateError::Invalid(e)
             }
-        }
+        })?;
+        rule.seed = crate::rules::random_seed();
+        Ok(rule)
+    }
+
+    /// Key conflicts; rules in `replacing` are about to go and do not
+    /// conflict.
+    fn check(&self, rule: &Rule, replacing: &[u32]) -> Result<(), StateError> {
         for k in rule.keys() {
             if let Some(other) = self.owners.get(&k)
                 && !replacing.contains(other)
@@ -308,10 +284,8 @@ impl State {
                 .map(|i| (self.next_id + i) % MAX_SLOTS)
                 .find(|id| !self.rules.contains_key(id) && !ids.contains(id))
                 .ok_or(StateError::Full)?;
-            let rule = spec
-                .to_rule(id, Some(self.default_ttl))
-                .map_err(|e| named(e.into()))?;
-            self.check(&rule, spec.force, &going).map_err(named)?;
+            let rule = self.validate(spec, id).map_err(named)?;
+            self.check(&rule, &going).map_err(named)?;
             let expires_at = expiry(&rule, now).map_err(named)?;
             for k in rule.keys() {
                 if let Some(other) = keys.insert(k, *name) {
@@ -395,7 +369,7 @@ impl State {
         Some(RuleInfo {
             id,
             name: e.spec.name.clone(),
-            fault: e.rule.fault.name(),
+            fault: e.rule.fault.name().to_string(),
             description: e.rule.describe(),
             origin: e.origin,
             expires_in_seconds: e
@@ -421,13 +395,15 @@ impl State {
                 RuleStats {
                     id: *id,
                     name: e.spec.name.clone(),
-                    fault: e.rule.fault.name(),
+                    fault: e.rule.fault.name().to_string(),
                     ports: e.rule.ports_text(),
                     description: e.rule.describe(),
                     matched_packets: c.matched_packets,
                     matched_bytes: c.matched_bytes,
                     acted_packets: c.acted_packets,
                     acted_bytes: c.acted_bytes,
+                    actions: crate::report::action_map(&e.rule, &c)
+                        .map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
                 }
             })
             .collect()

@@ -271,6 +271,7 @@ mod tests {
             matched_bytes: 2812,
             acted_packets: 38,
             acted_bytes: 2812,
+            ..Default::default()
         });
         ScenarioReport {
             scenario: s.name,

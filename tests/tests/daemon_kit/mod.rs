@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultbpf_tests::daemon::{Daemon, UdpPath};
+use faultbpf_tests::{daemon::Daemon, probe::UdpPath};
 use serde_json::Value;
 
 /// `PORTS` map layout (faultbpf_common::port_bit): 1 024 words of 64 bits

@@ -18,9 +18,9 @@ use faultbpf_common::{
 };
 
 use crate::{
-    actions::Hook,
+    flow::Flow,
+    hook::Hook,
     maps::{DELAY_DEV, FLOW_LAST},
-    parse::Flow,
 };
 
 /// `BPF_SKB_TSTAMP_DELIVERY_MONO` (uapi bpf.h; an anonymous enum in the
