@@ -62,7 +62,13 @@ fn wide_range_requests_stall_neither_other_faults_nor_healthz() {
     let mut control = healthz_times(d.socket(), |n| n >= 100);
 
     // Load: 100 copies of one wide range, added and removed in a loop.
-    let body = json!({ "fault": "blackhole", "dport": vec!["9461-65535"; 100] }).to_string();
+    let body = json!({
+        "fault": "blackhole",
+        "dport": vec!["9461-65535"; 100],
+        // Most of the port space: a guard rail wants it said.
+        "force": true,
+    })
+    .to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let socket: PathBuf = d.socket().to_path_buf();
     let loader = {

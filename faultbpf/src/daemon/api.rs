@@ -94,6 +94,9 @@ where
 {
     let s = s.clone();
     let joined = tokio::task::spawn_blocking(move || {
+        // Blocking-pool threads only ever run this: lowering them once is
+        // enough, and repeating it costs one syscall.
+        super::set_thread_nice(super::HANDLER_NICE);
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut st = s.lock();
             let r = f(&mut st);

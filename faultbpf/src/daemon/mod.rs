@@ -53,6 +53,22 @@ const BEATS_PER_LEASE: u32 = 3;
 const MIN_LEASE: Duration = Duration::from_millis(300);
 /// Where the per-namespace locks live.
 const LOCK_DIR: &str = "/run/faultbpf";
+/// Nice value of the heartbeat thread: ahead of everything else on a busy
+/// host, since a late renewal lifts every fault.
+const HEARTBEAT_NICE: i32 = -10;
+/// Nice value of the threads that write maps for requests: behind the
+/// runtime's own threads, so `/healthz` and accepts stay quick while one
+/// request writes a wide range.
+pub const HANDLER_NICE: i32 = 5;
+
+/// Sets the calling thread's nice value (Linux: per thread). Best effort:
+/// without CAP_SYS_NICE a negative value is refused and nothing changes.
+pub fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+    // SAFETY: setpriority only reads its integer arguments.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+}
 
 /// The daemon's settings, from its command line.
 #[derive(Debug, Clone)]
@@ -258,6 +274,7 @@ fn spawn_heartbeat(
     thread::Builder::new()
         .name("heartbeat".into())
         .spawn(move || {
+            set_thread_nice(HEARTBEAT_NICE);
             let mut last = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 thread::sleep(every);
