@@ -22,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Netns, Proc, SERVER_V4, root_is_read_only, tcp_connect, temp::TempDir};
+use crate::{
+    Netns, Proc, SERVER_V4, kill_all_in_name, root_is_read_only, tcp_connect, temp::TempDir,
+};
 
 /// Debian's interpreter, where python3-pika, python3-psycopg2 and
 /// python3-pytest install (a pyenv `python3` earlier on PATH lacks them).
@@ -62,7 +64,7 @@ pub fn require_heavy_deps(packages: &[(&str, &str)]) {
 /// Kills (SIGKILL, by pid) every process in `ns`, except this test process,
 /// and waits up to 5 s until none is left.
 pub fn kill_all_in(ns: &Netns) {
-    kill_all_in_name(ns.name());
+    kill_all_in_name(ns.name()).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// `python3 -u -B -c SCRIPT ARGS..` inside `ns`, with `extra_path` on
@@ -187,40 +189,19 @@ impl RabbitMq {
     }
 }
 
-/// Kills every process left in a namespace when dropped (see [`kill_all_in`]).
+/// Kills every process left in a namespace when dropped (see
+/// [`kill_all_in`]); fails the test if one survives.
 pub struct NsProcesses(pub String);
 
 impl Drop for NsProcesses {
     fn drop(&mut self) {
-        kill_all_in_name(&self.0);
-    }
-}
-
-fn kill_all_in_name(name: &str) {
-    let me = std::process::id();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pids: Vec<i32> = match Command::new("ip").args(["netns", "pids", name]).output() {
-            Ok(out) => String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .filter(|&p: &i32| p > 1 && p as u32 != me)
-                .collect(),
-            Err(_) => return,
-        };
-        if pids.is_empty() {
-            return;
+        if let Err(e) = kill_all_in_name(&self.0) {
+            if thread::panicking() {
+                eprintln!("leak (the test is failing already): {e}");
+            } else {
+                panic!("leak: {e}");
+            }
         }
-        if Instant::now() >= deadline {
-            eprintln!("warning: processes still in {name} after 5 s: {pids:?}");
-            return;
-        }
-        for pid in pids {
-            // SAFETY: plain kill(2) of a pid `ip netns pids` just listed in
-            // the test's own namespace.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -99,21 +99,130 @@ impl Netns {
 }
 
 impl Drop for Netns {
+    /// Deletes the namespace; a leak fails the test. Processes started
+    /// inside are stopped by their own guards first (fields and locals drop
+    /// before the topology that outlives them), so one still there is a
+    /// process nothing owns: it is killed (by pid) and named. A failed
+    /// `ip netns del` fails the test too. While a test is already panicking
+    /// both are only reported, as a second panic would abort the run.
     fn drop(&mut self) {
-        // Processes started inside are killed by their own guards first
-        // (fields and locals drop before the topology that outlives them).
-        let out = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        match out {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "warning: ip netns del {}: {}",
+        let mut leaks = Vec::new();
+        // A helper that is exiting (faultbpf's netlink reaper after a kill)
+        // gets a moment to go.
+        let left = wait_empty(&self.name, Duration::from_secs(3)).unwrap_or_else(|e| {
+            leaks.push(e);
+            Vec::new()
+        });
+        if !left.is_empty() {
+            leaks.push(format!(
+                "processes left in namespace {} (killed now): {}",
                 self.name,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("warning: ip netns del {}: {e}", self.name),
+                left.iter()
+                    .map(|&pid| describe(pid))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+            if let Err(e) = kill_all_in_name(&self.name) {
+                leaks.push(e);
+            }
         }
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => leaks.push(format!(
+                "ip netns del {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => leaks.push(format!("ip netns del {}: {e}", self.name)),
+        }
+        if leaks.is_empty() {
+            return;
+        }
+        let text = leaks.join("\n");
+        if std::thread::panicking() {
+            eprintln!("leak (the test is failing already): {text}");
+        } else {
+            panic!("leak: {text}");
+        }
+    }
+}
+
+/// The processes in namespace `name` (`ip netns pids`), other than this
+/// test process; `Err` if `ip` cannot tell (an unchecked namespace would
+/// hide a leak).
+pub fn pids_in(name: &str) -> Result<Vec<i32>, String> {
+    let me = std::process::id();
+    let out = Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map_err(|e| format!("ip netns pids {name}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip netns pids {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p: &i32| p > 1 && p as u32 != me)
+        .collect())
+}
+
+/// Waits up to `timeout` for namespace `name` to hold no process; returns
+/// those still there.
+fn wait_empty(name: &str, timeout: Duration) -> Result<Vec<i32>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids = pids_in(name)?;
+        if pids.is_empty() || Instant::now() >= deadline {
+            return Ok(pids);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `PID (command line)`, for a leak report.
+fn describe(pid: i32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!("{pid} ({cmdline})")
+}
+
+/// Kills (SIGKILL, by pid) every process in namespace `name`, except this
+/// test process, and waits up to 5 s until none is left; `Err` names those
+/// still there then.
+pub fn kill_all_in_name(name: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = pids_in(name)?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "processes still in namespace {name} 5 s after SIGKILL: {}",
+                pids.iter()
+                    .map(|&pid| describe(pid))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        for pid in pids {
+            // SAFETY: plain kill(2) of a pid `ip netns pids` just listed in
+            // the test's own namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

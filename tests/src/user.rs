@@ -1,69 +1,47 @@
-//! A system user for the tests that check what an unprivileged process may
-//! do with the daemon's socket.
+//! An unprivileged identity for the tests that check what a process that is
+//! not root may do with the daemon's socket.
+//!
+//! It is only a uid and gid that no account in /etc/passwd or /etc/group
+//! has, taken on by the child itself (`setpriv --reuid --regid
+//! --clear-groups`): nothing is added to the host's account files, so a test
+//! killed at any moment leaves nothing behind.
 
 use std::process::Command;
 
-use crate::{Netns, root_is_read_only};
+use crate::Netns;
 
-/// A system user made for one test (`useradd --system --no-create-home`),
-/// deleted on drop. Where /etc cannot be written (the VM lane mounts the
-/// host's root read-only) it is only a uid and gid that no account uses,
-/// which is all `setpriv` needs.
+/// The range the ids are taken from: above Debian's dynamic system and
+/// user ranges, below `nobody` (65534).
+const IDS: std::ops::Range<u32> = 61_000..62_000;
+
+/// A uid and gid that no account or group uses.
+#[derive(Debug, Clone, Copy)]
 pub struct TestUser {
-    pub name: Option<String>,
     pub uid: u32,
     pub gid: u32,
 }
 
 impl TestUser {
+    /// Picks an id that neither /etc/passwd nor /etc/group names; writes
+    /// nothing.
     pub fn create() -> Self {
-        if root_is_read_only() {
-            // An id no account in /etc/passwd has.
-            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            let used: Vec<u32> = passwd
+        let used = |file: &str| -> Vec<u32> {
+            std::fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("read {file}: {e}"))
                 .lines()
                 .filter_map(|l| l.split(':').nth(2)?.parse().ok())
-                .collect();
-            let uid = (61_000..62_000)
-                .find(|u| !used.contains(u))
-                .expect("a free uid");
-            return TestUser {
-                name: None,
-                uid,
-                gid: uid,
-            };
-        }
-        let name = format!("fbtest-{}", std::process::id());
-        crate::run_checked(
-            Command::new("useradd")
-                .args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                ])
-                .arg(&name),
-        );
-        // The guard first, so a failure below still deletes the user.
-        let mut user = TestUser {
-            name: Some(name.clone()),
-            uid: 0,
-            gid: 0,
+                .collect()
         };
-        let id = |flag: &str| -> u32 {
-            crate::run_checked(Command::new("id").args([flag, &name]))
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        user.uid = id("-u");
-        user.gid = id("-g");
-        assert_ne!(user.uid, 0, "useradd made a root user");
-        user
+        let (users, groups) = (used("/etc/passwd"), used("/etc/group"));
+        let id = IDS
+            .clone()
+            .find(|id| !users.contains(id) && !groups.contains(id))
+            .unwrap_or_else(|| panic!("no free id in {IDS:?} in /etc/passwd and /etc/group"));
+        TestUser { uid: id, gid: id }
     }
 
-    /// A command that runs `program` as this user, with no supplementary
-    /// groups, inside `ns`.
+    /// A command that runs `program` as this uid and gid, with no
+    /// supplementary groups, inside `ns`.
     pub fn command(&self, ns: &Netns, program: &str) -> Command {
         let mut cmd = ns.command("setpriv");
         cmd.arg(format!("--reuid={}", self.uid))
@@ -71,20 +49,5 @@ impl TestUser {
             .args(["--clear-groups", "--"])
             .arg(program);
         cmd
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        if let Some(name) = &self.name {
-            match Command::new("userdel").arg(name).output() {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => eprintln!(
-                    "warning: userdel {name}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ),
-                Err(e) => eprintln!("warning: userdel {name}: {e}"),
-            }
-        }
     }
 }

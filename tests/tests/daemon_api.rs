@@ -144,20 +144,21 @@ fn bad_requests_get_problems_and_the_daemon_keeps_serving() {
     let topo = Topology::new("dapi-bad");
     let d = Daemon::start(&topo.server, "bad", &["--iface", "veth-s"]);
 
-    // (what, body, status, a word the detail must contain)
+    // (what, body, status, what the detail must contain: the bad value, or
+    // where it is for JSON that does not parse)
     let cases: &[(&str, &str, u16, &str)] = &[
-        ("malformed JSON", "{", 400, ""),
+        ("malformed JSON", "{", 400, "line 1 column 1"),
         (
             "truncated JSON",
             r#"{"fault":"blackhole","port":[5000"#,
             400,
-            "",
+            "column 33",
         ),
-        ("not JSON", "blackhole port 5000", 400, ""),
-        ("an empty body", "", 400, ""),
-        ("a JSON array", "[]", 400, ""),
-        ("JSON null", "null", 400, ""),
-        ("a JSON string", r#""blackhole""#, 400, ""),
+        ("not JSON", "blackhole port 5000", 400, "line 1 column 1"),
+        ("an empty body", "", 400, "EOF"),
+        ("a JSON array", "[]", 400, "column 2"),
+        ("JSON null", "null", 400, "null"),
+        ("a JSON string", r#""blackhole""#, 400, "\"blackhole\""),
         (
             "an unknown field",
             r#"{"fault":"blackhole","port":[5000],"colour":"red"}"#,
@@ -174,31 +175,31 @@ fn bad_requests_get_problems_and_the_daemon_keeps_serving() {
             "a string for pct",
             r#"{"fault":"blackhole","port":[5000],"pct":"fifty"}"#,
             400,
-            "",
+            "fifty",
         ),
         (
             "an object for port",
             r#"{"fault":"blackhole","port":{"a":1}}"#,
             400,
-            "",
+            "map",
         ),
         (
             "a fractional port",
             r#"{"fault":"blackhole","port":[5000.5]}"#,
             400,
-            "",
+            "column 36",
         ),
         (
             "a number for fault",
             r#"{"fault":7,"port":[5000]}"#,
             400,
-            "",
+            "column 10",
         ),
         (
             "a bool for force",
             r#"{"fault":"blackhole","port":[5000],"force":"yes"}"#,
             400,
-            "",
+            "yes",
         ),
         (
             "an unknown fault",
@@ -243,7 +244,7 @@ fn bad_requests_get_problems_and_the_daemon_keeps_serving() {
             "pct 1e400",
             r#"{"fault":"blackhole","port":[5000],"pct":1e400}"#,
             400,
-            "",
+            "out of range",
         ),
         (
             "for 0s",
@@ -301,6 +302,7 @@ fn bad_requests_get_problems_and_the_daemon_keeps_serving() {
         ),
     ];
     for (what, body, status, needle) in cases {
+        assert!(!needle.is_empty(), "{what}: an empty needle checks nothing");
         let r = d.post("/v1/rules", body.as_bytes());
         let detail = r.expect_problem(*status);
         assert!(

@@ -4,9 +4,12 @@
 //! nothing and says why; SIGHUP with a changed file applies the difference,
 //! keeping the id and counters of rules that did not change.
 
-use std::time::Duration;
+use std::{io, net::SocketAddr, time::Duration};
 
-use faultbpf_tests::{Launch, SERVER_IF, Topology, daemon::Daemon, probe::UdpPath, temp::TempFile};
+use faultbpf_tests::{
+    CLIENT_V4, Launch, RecvRetry, SERVER_IF, SERVER_V4, Topology, daemon::Daemon,
+    fault_kit::udp_connect, probe::UdpPath, temp::TempFile,
+};
 use serde_json::{Value, json};
 
 /// Blackholed by the config's `sink` rule.
@@ -116,6 +119,36 @@ fn a_valid_config_is_in_force_from_the_start() {
     assert_eq!(to_s.probe(10), 10, "port {S} has no rule");
     assert_eq!(acted(&d, &sink["id"]), 10);
     assert_eq!(acted(&d, &refuse["id"]), 10);
+
+    // What each does, not only that nothing arrives: `reset` answers, so
+    // a connected UDP socket learns the port is refused; a blackhole
+    // stays silent.
+    let answer = |port: u16| {
+        let socket = udp_connect(
+            &topo.client,
+            SocketAddr::new(CLIENT_V4, 0),
+            SocketAddr::new(SERVER_V4, port),
+        );
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        socket.send(b"is anyone there").unwrap();
+        socket
+            .recv_retry(&mut [0u8; 64])
+            .map(|_| ())
+            .unwrap_err()
+            .kind()
+    };
+    assert_eq!(
+        answer(Q),
+        io::ErrorKind::ConnectionRefused,
+        "the config's reset rule must refuse port {Q}"
+    );
+    assert_eq!(
+        answer(P),
+        io::ErrorKind::WouldBlock,
+        "the config's blackhole on {P} must stay silent"
+    );
 }
 
 /// One broken file: its text, the 1-based line and column the error must

@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
+    os::unix::process::CommandExt,
     process::{Child, Stdio},
     sync::{
         Arc, Mutex,
@@ -43,7 +44,9 @@ const KEEP: usize = 6;
 const OPS_LIMIT: Duration = Duration::from_secs(45);
 const OPS_LIMIT_VM: Duration = Duration::from_secs(120);
 
-/// trafgen, killed by pid on drop.
+/// trafgen, in a process group of its own (it forks a worker per CPU),
+/// killed as that group on drop: killing only the parent left the worker
+/// flooding a namespace nobody owned.
 struct Trafgen(Child);
 
 impl Trafgen {
@@ -63,6 +66,7 @@ impl Trafgen {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run trafgen (install netsniff-ng): {e}"));
         Trafgen(child)
@@ -75,7 +79,10 @@ impl Trafgen {
 
 impl Drop for Trafgen {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = libc::pid_t::try_from(self.0.id()).unwrap();
+        // SAFETY: plain kill(2) of the process group this test created for
+        // trafgen (its leader is our unreaped child, so the id is ours).
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.0.wait();
     }
 }

@@ -15,9 +15,10 @@
 //! lane, `cargo xtask vm`), `without_qdiscs` is skipped and `needs_qdiscs`
 //! checks the delay itself:
 //! - `--ms 50` at ingress, egress and both (45-60, 45-60, 90-120 ms more per
-//!   round trip, medians against a baseline measured first); another port
-//!   gains < 5 ms; IPv6 too; `netem delay 50ms` on the same device in the
-//!   same run gives the same median (±2 ms);
+//!   round trip than a control port sampled alternately in the same window,
+//!   less that difference just before); the control port gains < 5 ms; IPv6
+//!   too; `netem delay 50ms` on the same device, for the same port only, in
+//!   the same run, adds the same over the control port (±2 ms);
 //! - `--jitter 20ms --dist uniform`: one-way times of a 300-datagram burst
 //!   on one flow stay in 30-70 ms plus the baseline, in order; with
 //!   `--reorder` they spread over the band and many arrive out of order;
@@ -64,6 +65,8 @@ const T: u16 = 5201;
 
 /// Round trips per median.
 const SAMPLES: usize = 15;
+/// Pairs of round trips (delayed port, control port) per comparison.
+const PAIRED_SAMPLES: usize = 31;
 /// Pause between round trips.
 const GAP: Duration = Duration::from_millis(5);
 /// A round trip that takes longer than this is lost.
@@ -182,6 +185,34 @@ fn median_rtt(probe: &mut UdpProbe, what: &str) -> f64 {
     median(&probe.rtts_ms(SAMPLES, GAP, PROBE_TIMEOUT, what))
 }
 
+/// Round trips of `p` and `q`, sampled alternately (p, q, p, q, ...), so
+/// both see the same moments of a shared machine.
+struct Paired {
+    /// Median round trip of `p`, ms.
+    p: f64,
+    /// Median round trip of `q`, ms.
+    q: f64,
+    /// Median of the differences of each pair (`p` - `q`), ms: what `p`'s
+    /// path adds, with what the machine's load adds to both cancelled.
+    diff: f64,
+}
+
+fn paired(p: &mut UdpProbe, q: &mut UdpProbe, what: &str) -> Paired {
+    let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..PAIRED_SAMPLES {
+        let x = p.rtts_ms(1, GAP, PROBE_TIMEOUT, what)[0];
+        let y = q.rtts_ms(1, GAP, PROBE_TIMEOUT, what)[0];
+        a.push(x);
+        b.push(y);
+        d.push(x - y);
+    }
+    Paired {
+        p: median(&a),
+        q: median(&b),
+        diff: median(&d),
+    }
+}
+
 /// Runs `f` under `faultbpf delay ARGS --json` in `ns` and returns its
 /// result with faultbpf's exit (SIGTERM; must succeed).
 fn under_delay<T>(ns: &Netns, args: &[&str], f: impl FnOnce() -> T) -> (T, Exit) {
@@ -197,6 +228,35 @@ fn under_delay<T>(ns: &Netns, args: &[&str], f: impl FnOnce() -> T) -> (T, Exit)
 fn under_netem<T>(ns: &Netns, ifname: &str, delay: &str, f: impl FnOnce() -> T) -> T {
     ns.tc(&[
         "qdisc", "add", "dev", ifname, "root", "netem", "delay", delay,
+    ]);
+    let value = f();
+    ns.tc(&["qdisc", "del", "dev", ifname, "root"]);
+    value
+}
+
+/// Runs `f` with `netem delay DELAY` on the IPv4 packets that leave
+/// `ifname` from UDP port `port` only (a prio root, its first band netem,
+/// a u32 filter on the source port; everything else takes another band),
+/// so another port stays a control in the same window.
+fn under_netem_on_port<T>(
+    ns: &Netns,
+    ifname: &str,
+    port: u16,
+    delay: &str,
+    f: impl FnOnce() -> T,
+) -> T {
+    let port = port.to_string();
+    #[rustfmt::skip]
+    ns.tc(&[
+        "qdisc", "add", "dev", ifname, "root", "handle", "1:", "prio", "bands", "3",
+        "priomap", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1",
+    ]);
+    ns.tc(&[
+        "qdisc", "add", "dev", ifname, "parent", "1:1", "handle", "10:", "netem", "delay", delay,
+    ]);
+    ns.tc(&[
+        "filter", "add", "dev", ifname, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+        "match", "ip", "sport", &port, "0xffff", "flowid", "1:1",
     ]);
     let value = f();
     ns.tc(&["qdisc", "del", "dev", ifname, "root"]);
@@ -340,77 +400,93 @@ mod needs_qdiscs {
         let mut p4 = UdpProbe::new(&topo.client, v4(P));
         let mut q4 = UdpProbe::new(&topo.client, v4(Q));
         let mut p6 = UdpProbe::new(&topo.client, SocketAddr::new(SERVER_V6, P));
+        let mut q6 = UdpProbe::new(&topo.client, SocketAddr::new(SERVER_V6, Q));
         // Warm-up: resolves the neighbours (ARP, NDP) both ways.
-        for probe in [&mut p4, &mut q4, &mut p6] {
+        for probe in [&mut p4, &mut q4, &mut p6, &mut q6] {
             assert!(probe.rtt(PROBE_TIMEOUT).is_some(), "warm-up");
         }
-        let base_p = median_rtt(&mut p4, "baseline v4");
-        let base_q = median_rtt(&mut q4, "baseline other port");
-        let base_p6 = median_rtt(&mut p6, "baseline v6");
-        eprintln!(
-            "baseline RTT medians: {base_p:.2} ms (v4), {base_q:.2} ms (other port), {base_p6:.2} ms (v6)"
-        );
 
-        let mut egress_median = 0.0;
+        // Every figure is the delayed port P against the control port Q,
+        // sampled alternately in the same window: what the load of a
+        // shared machine adds to both cancels out.
+        let mut egress_diff = 0.0;
         for (dir, lo, hi, per_probe) in [
             ("ingress", 45.0, 60.0, 1),
             ("egress", 45.0, 60.0, 1),
             ("both", 90.0, 120.0, 2),
         ] {
+            let before = paired(&mut p4, &mut q4, &format!("before {dir}"));
+            let before6 = (dir == "both").then(|| paired(&mut p6, &mut q6, "before both, IPv6"));
             let a = args(dir);
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            let ((p, q, p6_median), exit) = under_delay(&topo.server, &a, || {
-                let p = median_rtt(&mut p4, dir);
-                let q = median_rtt(&mut q4, dir);
-                let p6_median = (dir == "both").then(|| median_rtt(&mut p6, dir));
-                (p, q, p6_median)
+            let ((during, during6), exit) = under_delay(&topo.server, &a, || {
+                let during = paired(&mut p4, &mut q4, dir);
+                let during6 = (dir == "both").then(|| paired(&mut p6, &mut q6, "both, IPv6"));
+                (during, during6)
             });
+            let effect = during.diff - before.diff;
             eprintln!(
-                "{dir}: RTT median {p:.2} ms on {P} (+{:.2}), {q:.2} ms on {Q} (+{:.2})",
-                p - base_p,
-                q - base_q
+                "{dir}: RTT medians {:.2} ms on {P}, {:.2} ms on {Q} (before: {:.2}, {:.2}); \
+                 pairs differ by {:.2} ms (before: {:.2}): delay {effect:.2} ms",
+                during.p, during.q, before.p, before.q, during.diff, before.diff
             );
             assert!(
-                (lo..=hi).contains(&(p - base_p)),
-                "delay --ms 50 --direction {dir}: the round trip must grow by {lo}-{hi} ms, \
-             grew by {:.2} ({base_p:.2} -> {p:.2} ms)",
-                p - base_p
+                (lo..=hi).contains(&effect),
+                "delay --ms 50 --direction {dir}: the round trip to {P} must grow by {lo}-{hi} ms \
+                 more than to {Q} in the same window, grew by {effect:.2} ({:.2} -> {:.2} ms; \
+                 {Q}: {:.2} -> {:.2} ms)",
+                before.p,
+                during.p,
+                before.q,
+                during.q
             );
             assert!(
-                q - base_q < 5.0,
-                "delay on {P} ({dir}) must leave {Q} alone: {base_q:.2} -> {q:.2} ms"
+                during.q - before.q < 5.0,
+                "delay on {P} ({dir}) must leave {Q} alone: {:.2} -> {:.2} ms",
+                before.q,
+                during.q
             );
-            if let Some(p6m) = p6_median {
-                eprintln!("{dir}: IPv6 RTT median {p6m:.2} ms (+{:.2})", p6m - base_p6);
+            if let (Some(before6), Some(during6)) = (before6, during6) {
+                let effect6 = during6.diff - before6.diff;
+                eprintln!(
+                    "{dir}: IPv6 RTT medians {:.2} / {:.2} ms: delay {effect6:.2} ms",
+                    during6.p, during6.q
+                );
                 assert!(
-                    (lo..=hi).contains(&(p6m - base_p6)),
-                    "IPv6, {dir}: the round trip must grow by {lo}-{hi} ms: {base_p6:.2} -> {p6m:.2} ms"
+                    (lo..=hi).contains(&effect6),
+                    "IPv6, {dir}: the round trip to {P} must grow by {lo}-{hi} ms more than to \
+                     {Q}: grew by {effect6:.2}"
                 );
             }
             let rule = exit.rule(0);
             assert!(
-                rule.acted_packets >= SAMPLES as u64 * per_probe,
+                rule.acted_packets >= PAIRED_SAMPLES as u64 * per_probe,
                 "{dir}: every probe's packets must be counted as delayed: {rule:?}"
             );
             if dir == "egress" {
-                egress_median = p;
+                egress_diff = during.diff;
             }
         }
 
-        // The reference: netem on the same device and direction (the server's
-        // egress), in the same run.
-        let netem = under_netem(&topo.server, SERVER_IF, "50ms", || {
-            median_rtt(&mut p4, "netem")
+        // The reference: netem on the same device and direction (the
+        // server's egress), for port P only, in the same run, against the
+        // same control port in its own window.
+        let netem = under_netem_on_port(&topo.server, SERVER_IF, P, "50ms", || {
+            paired(&mut p4, &mut q4, "netem")
         });
         eprintln!(
-            "netem delay 50ms: RTT median {netem:.2} ms; faultbpf egress {egress_median:.2} ms \
-         (difference {:.2})",
-            egress_median - netem
+            "netem delay 50ms on {P}: {:.2} ms against {:.2} ms on {Q}, pairs differ by {:.2}; \
+             faultbpf egress: {egress_diff:.2} (difference {:.2})",
+            netem.p,
+            netem.q,
+            netem.diff,
+            egress_diff - netem.diff
         );
         assert!(
-            (egress_median - netem).abs() <= 2.0,
-            "delay --ms 50 at egress ({egress_median:.2} ms) and netem delay 50ms ({netem:.2} ms) \
-         must give the same median round trip within 2 ms"
+            (egress_diff - netem.diff).abs() <= 2.0,
+            "delay --ms 50 at egress ({egress_diff:.2} ms over {Q}) and netem delay 50ms \
+             ({:.2} ms over {Q}) must add the same median round trip within 2 ms",
+            netem.diff
         );
         assert!(delay_links(&topo.server).is_empty());
     }

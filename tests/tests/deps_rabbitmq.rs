@@ -6,7 +6,10 @@
 //! and `faultbpf blackhole --port 5672` in the client namespace for 10 s:
 //! the publisher's host loses the broker, the broker itself keeps running.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use faultbpf_tests::{
     Launch, Topology,
@@ -132,6 +135,11 @@ conn.close()
 print(json.dumps({"ids": ids}))
 "#;
 
+fn secs(v: &Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("not a number of seconds: {v}"))
+}
+
 fn ids(v: &Value) -> Vec<u64> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -164,6 +172,10 @@ fn publisher_buffers_reconnects_and_delivers_every_message_once() {
     );
     // A few seconds of healthy publishing first.
     let progress = publisher.next_json(Duration::from_secs(10));
+    // The publisher's clock (`t` of its events) as seen from here: the
+    // line is printed and flushed as it is made.
+    let (progress_at, progress_t) = (Instant::now(), secs(&progress["t"]));
+    let publisher_time = |i: Instant| progress_t + (i - progress_at).as_secs_f64();
     assert_eq!(progress["event"], "progress", "{progress}");
     std::thread::sleep(Duration::from_millis(500));
 
@@ -172,7 +184,9 @@ fn publisher_buffers_reconnects_and_delivers_every_message_once() {
         .args(["--port", "5672", "--json"])
         .standalone()
         .start();
+    let cut_t = publisher_time(Instant::now());
     std::thread::sleep(OUTAGE);
+    let heal_t = publisher_time(Instant::now());
     let exit = cut.finish();
     let counters = exit.rule(0);
     assert!(
@@ -211,6 +225,27 @@ fn publisher_buffers_reconnects_and_delivers_every_message_once() {
     assert!(
         !reconnects.is_empty(),
         "the publisher never reconnected: {events:?}"
+    );
+    // A silent loss, not a reset: the publisher notices only when its own
+    // timeouts fire (TCP_USER_TIMEOUT 3 s, heartbeats 2 s), not at the next
+    // publish (every 50 ms), as it would on an RST.
+    let noticed = secs(&disconnects[0]["t"]) - cut_t;
+    assert!(
+        noticed >= 1.5,
+        "the publisher noticed the outage {noticed:.2} s after the cut: a blackhole is \
+         silent, so only its 3 s timeouts can tell ({events:?})"
+    );
+    // The fault held for the whole outage: no reconnect before the heal,
+    // and one soon after it (attempts every ~0.2 s).
+    let back = secs(&reconnects[0]["t"]) - heal_t;
+    assert!(
+        back >= -0.2,
+        "the publisher reconnected {:.2} s before the blackhole ended: {events:?}",
+        -back
+    );
+    assert!(
+        back < 10.0,
+        "the publisher took {back:.2} s after the heal to reconnect: {events:?}"
     );
     let buffered = ids(&done["buffered_while_down"]);
     let ambiguous = ids(&done["ambiguous"]);
@@ -262,8 +297,9 @@ fn publisher_buffers_reconnects_and_delivers_every_message_once() {
         );
     }
     eprintln!(
-        "outage: {} disconnect(s), {} reconnect(s), {} message(s) buffered while down, \
-         {} ambiguous, {} duplicate(s); faultbpf dropped {} packets",
+        "outage: noticed after {noticed:.2} s, back {back:.2} s after the heal; {} \
+         disconnect(s), {} reconnect(s), {} message(s) buffered while down, {} ambiguous, {} \
+         duplicate(s); faultbpf dropped {} packets",
         disconnects.len(),
         reconnects.len(),
         buffered.len(),

@@ -138,6 +138,8 @@ fn for_duration_ends_by_itself() {
         .standalone()
         .start();
     let active_at = Instant::now();
+    // In force while it lasts: a connect fails (its SYNs are counted).
+    assert_blocked(&topo);
     let exit = fb.wait(Duration::from_secs(10));
     let took = active_at.elapsed();
     exit.assert_success();
@@ -146,6 +148,10 @@ fn for_duration_ends_by_itself() {
         "--for 2s ended {took:?} after the fault became active"
     );
     let rule = exit.rule(0);
+    assert!(
+        rule.acted_packets >= 1,
+        "the SYNs sent were dropped: {rule:?}"
+    );
     assert_eq!(rule.matched_packets, rule.acted_packets, "{rule:?}");
     assert_heals_within_1s(&topo);
     assert_nothing_attached(&topo.server, &[SERVER_IF, "lo"]);

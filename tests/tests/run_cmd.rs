@@ -35,6 +35,9 @@ fn addr() -> SocketAddr {
 #[test]
 fn run_exits_with_the_commands_status_and_the_fault_ends_with_it() {
     let topo = Topology::new("run");
+    // The commands `run` starts, whatever happens to `run` itself (a
+    // timeout kills faultbpf by pid, not its child).
+    let _reap = NsProcesses(topo.server.name().to_string());
     let _listener = tcp_listen(&topo.server, addr());
     let port = P.to_string();
     let script = probe_script();

@@ -9,7 +9,8 @@
 //! from a throwaway "origin" namespace, never from the root one.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    collections::BTreeSet,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +20,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, Launch, Netns, SERVER_IF, SERVER_V4, Topology, assert_nothing_attached,
+    CLIENT_V4, Launch, Netns, RecvRetry, SERVER_IF, SERVER_V4, Topology, assert_nothing_attached,
     daemon::Daemon, deps::NsProcesses, temp::TempFile, udp_bind,
 };
 use serde_json::Value;
@@ -53,36 +54,90 @@ proto = "udp"
     )
 }
 
-/// UDP datagrams from the client to both ports every 10 ms until dropped
-/// (at most 60 s).
+/// UDP datagrams from the client to both ports every 10 ms, numbered,
+/// until [`Traffic::finish`] (at most 60 s); the sinks in the server
+/// namespace record which numbers arrived, so a test sees from the
+/// application's side when each port was cut.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-    _sinks: Vec<UdpSocket>,
+    sender: Option<thread::JoinHandle<Vec<Instant>>>,
+    sinks: Vec<thread::JoinHandle<BTreeSet<u32>>>,
+}
+
+/// What the sinks saw: when datagram `n` was sent, and which arrived on
+/// each port ([`FIRST`], [`SECOND`]).
+struct Seen {
+    sent: Vec<Instant>,
+    got: [BTreeSet<u32>; 2],
+}
+
+impl Seen {
+    /// The numbers sent to `port` that never arrived.
+    fn lost(&self, port: u16) -> Vec<u32> {
+        let got = &self.got[usize::from(port != FIRST)];
+        (0..self.sent.len() as u32)
+            .filter(|n| !got.contains(n))
+            .collect()
+    }
 }
 
 impl Traffic {
     fn start(topo: &Topology) -> Self {
-        let sinks = vec![
-            udp_bind(&topo.server, SocketAddr::new(SERVER_V4, FIRST)),
-            udp_bind(&topo.server, SocketAddr::new(SERVER_V4, SECOND)),
-        ];
-        let socket = udp_bind(&topo.client, SocketAddr::new(CLIENT_V4, 0));
         let stop = Arc::new(AtomicBool::new(false));
+        let sinks = [FIRST, SECOND]
+            .map(|port| {
+                let sink = udp_bind(&topo.server, SocketAddr::new(SERVER_V4, port));
+                sink.set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                let flag = Arc::clone(&stop);
+                thread::spawn(move || {
+                    let mut got = BTreeSet::new();
+                    let mut buf = [0u8; 64];
+                    let mut idle_since = Instant::now();
+                    // After the stop, until nothing came for 300 ms.
+                    while !flag.load(Ordering::Relaxed)
+                        || idle_since.elapsed() < Duration::from_millis(300)
+                    {
+                        if let Ok(4) = sink.recv_retry(&mut buf) {
+                            got.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                            idle_since = Instant::now();
+                        }
+                    }
+                    got
+                })
+            })
+            .into();
+        let socket = udp_bind(&topo.client, SocketAddr::new(CLIENT_V4, 0));
         let flag = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
+        let sender = thread::spawn(move || {
+            let mut sent = Vec::new();
             let until = Instant::now() + Duration::from_secs(60);
             while !flag.load(Ordering::Relaxed) && Instant::now() < until {
+                let n = sent.len() as u32;
+                sent.push(Instant::now());
                 for port in [FIRST, SECOND] {
-                    let _ = socket.send_to(b"scenario traffic", SocketAddr::new(SERVER_V4, port));
+                    let _ = socket.send_to(&n.to_be_bytes(), SocketAddr::new(SERVER_V4, port));
                 }
                 thread::sleep(Duration::from_millis(10));
             }
+            sent
         });
         Traffic {
             stop,
-            thread: Some(thread),
-            _sinks: sinks,
+            sender: Some(sender),
+            sinks,
+        }
+    }
+
+    /// Stops sending, lets the sinks drain, and returns what they saw.
+    fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.take().unwrap().join().unwrap();
+        let mut sinks = std::mem::take(&mut self.sinks).into_iter();
+        let mut got = || sinks.next().unwrap().join().unwrap();
+        Seen {
+            sent,
+            got: [got(), got()],
         }
     }
 }
@@ -90,7 +145,10 @@ impl Traffic {
 impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.sender.take() {
+            let _ = t.join();
+        }
+        for t in self.sinks.drain(..) {
             let _ = t.join();
         }
     }
@@ -110,8 +168,10 @@ fn secs(v: &Value) -> f64 {
 }
 
 /// The checks both ways of running share: each step active in its window,
-/// with counters from the traffic.
-fn check_two_steps(report: &Value, via: &str) {
+/// with counters from the traffic, and the sinks agree: each port lost one
+/// unbroken run of datagrams, as many as the step says it dropped, sent
+/// over about 1 s, the second run 2 s after the first, as the report says.
+fn check_two_steps(report: &Value, via: &str, seen: &Seen) {
     assert_eq!(report["outcome"], "completed", "{report}");
     assert_eq!(
         report["via"].as_str().unwrap() == "daemon",
@@ -131,6 +191,39 @@ fn check_two_steps(report: &Value, via: &str) {
         assert_eq!(s["acted_packets"], s["matched_packets"], "{s}");
         assert_eq!(s["fault"], "blackhole");
     }
+    let mut cut_at = Vec::new();
+    for (name, port) in [("first", FIRST), ("second", SECOND)] {
+        let s = step(report, name);
+        let lost = seen.lost(port);
+        let (Some(&from), Some(&to)) = (lost.first(), lost.last()) else {
+            panic!("no datagram to port {port} was lost during step {name}: {s}");
+        };
+        assert_eq!(
+            lost.len(),
+            (to - from + 1) as usize,
+            "port {port} lost datagrams outside one window: {lost:?}"
+        );
+        let acted = s["acted_packets"].as_u64().unwrap() as usize;
+        assert!(
+            lost.len().abs_diff(acted) <= 2,
+            "the sink on {port} missed {} datagrams, step {name} dropped {acted}: {s}",
+            lost.len()
+        );
+        let window = seen.sent[to as usize] - seen.sent[from as usize];
+        assert!(
+            window > Duration::from_millis(500) && window < Duration::from_millis(1500),
+            "port {port} was cut for {window:?} (sent times of the lost datagrams); the step \
+             lasts 1s"
+        );
+        cut_at.push(seen.sent[from as usize]);
+    }
+    let gap = (cut_at[1] - cut_at[0]).as_secs_f64();
+    let reported = secs(&step(report, "second")["started_seconds"])
+        - secs(&step(report, "first")["started_seconds"]);
+    assert!(
+        (gap - reported).abs() < 0.3,
+        "the sinks saw the second cut {gap:.3} s after the first, the report {reported:.3} s"
+    );
 }
 
 #[test]
@@ -144,15 +237,16 @@ fn scenario_runs_its_timeline_and_reports_each_step() {
     assert!(check.status.success(), "{check:#?}");
     assert!(check.stdout.contains("OK"), "{check:#?}");
 
-    let _traffic = Traffic::start(&topo);
+    let traffic = Traffic::start(&topo);
     let started = Instant::now();
     let exit = Launch::new(&origin, ["scenario", "run", file.as_str(), "--json"])
         .no_daemon()
         .run_within(Duration::from_secs(60));
     let took = started.elapsed();
+    let seen = traffic.finish();
     assert!(exit.status.success(), "{exit:#?}");
     let report = exit.json();
-    check_two_steps(&report, "in-process");
+    check_two_steps(&report, "in-process", &seen);
     assert_eq!(report["netns"], topo.server.name(), "{report}");
     assert!(
         report["interfaces"]
@@ -223,13 +317,14 @@ fn through_a_daemon_steps_are_owned_rules() {
     let daemon = Daemon::start(&topo.server, "scd", &[]);
     // No [target]: the run uses the daemon it finds on the socket.
     let file = TempFile::new("scenario", ".toml", &two_steps(None));
-    let _traffic = Traffic::start(&topo);
+    let traffic = Traffic::start(&topo);
     let exit = Launch::new(&topo.server, ["scenario", "run", file.as_str(), "--json"])
         .socket(daemon.socket_str())
         .run_within(Duration::from_secs(60));
+    let seen = traffic.finish();
     assert!(exit.status.success(), "{exit:#?}");
     let report = exit.json();
-    check_two_steps(&report, "daemon");
+    check_two_steps(&report, "daemon", &seen);
     assert!(step(&report, "first")["rule_id"].is_u64(), "{report}");
     assert!(daemon.rules().is_empty(), "{:?}", daemon.rules());
 

@@ -6,8 +6,10 @@
 //!
 //! Stage 1 (`/init`, in the initramfs) loads the modules, mounts the host's
 //! root read-only and `switch_root`s into it. Stage 2 (PID 1 on the host's
-//! root) mounts fresh proc, sys, dev, bpffs, debugfs, cgroup2 and tmpfs on
-//! /tmp and /run (so `ip netns add` can write /run/netns), runs the script
+//! root) mounts fresh proc, sys, dev, bpffs, debugfs, cgroup2, a tmpfs on
+//! /run (so `ip netns add` can write /run/netns) and an overlay on /tmp
+//! (the host's /tmp below, writes in memory: a checkout under /tmp, with
+//! the script and binaries it runs, stays visible), runs the script
 //! named by `faultbpf.script=` on the kernel command line, prints its exit
 //! status on the console ([`EXIT_MARKER`]) and powers off.
 //!
@@ -84,9 +86,12 @@ $B mount -t devtmpfs devtmpfs /dev || fail "mounting /dev"
 $B mkdir -p /dev/pts /dev/shm
 $B mount -t devpts devpts /dev/pts || fail "mounting /dev/pts"
 $B mount -t tmpfs -o mode=1777 tmpfs /dev/shm || fail "mounting /dev/shm"
-$B mount -t tmpfs -o mode=1777 tmpfs /tmp || fail "mounting /tmp"
 $B mount -t tmpfs -o mode=0755 tmpfs /run || fail "mounting /run"
-$B mkdir -p /run/netns /run/lock
+$B mkdir -p /run/netns /run/lock /run/faultbpf-vm/tmp-upper /run/faultbpf-vm/tmp-work
+$B chmod 1777 /run/faultbpf-vm/tmp-upper
+# /tmp stays the host's (a checkout there, with its script and binaries, must
+# be seen), made writable by an overlay whose writes stay in memory.
+$B mount -t overlay overlay -o lowerdir=/tmp,upperdir=/run/faultbpf-vm/tmp-upper,workdir=/run/faultbpf-vm/tmp-work /tmp || fail "mounting /tmp"
 $B mount -t bpf bpf /sys/fs/bpf || fail "mounting bpffs"
 $B mount -t debugfs debugfs /sys/kernel/debug || fail "mounting debugfs"
 $B mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
@@ -262,5 +267,26 @@ mod tests {
             assert!(!fill(&stage).contains('@'), "{stage}");
         }
         assert!(fill(STAGE2).contains("echo \"FAULTBPF_VM_EXIT=$?\""));
+    }
+
+    /// Issue 12: a checkout under /tmp (its script under target/vm, its
+    /// binaries) vanished under a fresh tmpfs; the host's /tmp must stay
+    /// the lower layer of what the guest mounts there.
+    #[test]
+    fn the_hosts_tmp_stays_visible_in_the_guest() {
+        let stage2 = fill(STAGE2);
+        let tmp_mounts: Vec<&str> = stage2
+            .lines()
+            .filter(|l| l.contains(" mount ") && l.contains(" /tmp "))
+            .collect();
+        assert_eq!(tmp_mounts.len(), 1, "{stage2}");
+        assert!(
+            tmp_mounts[0].contains("-t overlay") && tmp_mounts[0].contains("lowerdir=/tmp,"),
+            "{}",
+            tmp_mounts[0]
+        );
+        // Its upper layer lives on /run, mounted before it.
+        let run = stage2.find("tmpfs /run ").unwrap();
+        assert!(run < stage2.find(tmp_mounts[0]).unwrap());
     }
 }
