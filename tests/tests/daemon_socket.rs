@@ -253,7 +253,6 @@ fn socket_group_members_may_add_and_remove_rules_and_others_may_not() {
 
     // Someone outside the group.
     let outsider = TestUser {
-        name: None,
         uid: member.uid + 1,
         gid: member.gid + 1,
     };
