@@ -263,16 +263,14 @@ async fn create(
 /// left out, as the OpenAPI document says), then the `RuleSpec` fields.
 fn parse_spec(body: &[u8]) -> Result<RuleSpec, Problem> {
     let bad = |m: String| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {m}"));
+    // Straight from the bytes first, so a syntax error names its line and
+    // column; then the nulls the typed parse lets through as "absent".
+    let spec: RuleSpec = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    if let Some((k, _)) = v
-        .as_object()
-        .and_then(|o| o.iter().find(|(_, v)| v.is_null()))
-    {
-        return Err(bad(format!(
-            "`{k}` is null; give it a value or leave it out"
-        )));
+    if let Some((k, _)) = v.as_object().and_then(|o| o.iter().find(|(_, v)| v.is_null())) {
+        return Err(bad(format!("`{k}` is null; give it a value or leave it out")));
     }
-    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+    Ok(spec)
 }
 
 fn expiry_text(secs: Option<f64>) -> String {
