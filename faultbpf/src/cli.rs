@@ -594,15 +594,10 @@ pub struct ChaosArgs {
     pub common: FaultArgs,
 }
 
+/// `__reap` takes no arguments: the parent's intents arrive on its stdin
+/// (see reaper.rs).
 #[derive(Debug, Args)]
-pub struct ReapArgs {
-    #[arg(long = "filter", value_parser = faultbpf::reaper::Filter::parse)]
-    pub filters: Vec<faultbpf::reaper::Filter>,
-    #[arg(long)]
-    pub clsact: Vec<String>,
-    #[arg(long, value_parser = faultbpf::reaper::XdpAttachment::parse)]
-    pub xdp: Vec<faultbpf::reaper::XdpAttachment>,
-}
+pub struct ReapArgs {}
 
 fn either_port(s: &str) -> Result<PortRange, String> {
     PortRange::parse(Side::Either, s)

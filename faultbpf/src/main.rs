@@ -55,8 +55,8 @@ fn main() -> ExitCode {
         Command::Rm { ids, all } => remote::rm(&client, &ids, all),
         Command::Stats { watch, json } => remote::stats(&client, watch, json),
         Command::Check { file } => check(&file),
-        Command::Reap(args) => {
-            faultbpf::reaper::run(&args.filters, &args.clsact, &args.xdp);
+        Command::Reap(_) => {
+            faultbpf::reaper::run();
             Ok(())
         }
     };
