@@ -4,6 +4,7 @@
 //! The CLI (`main.rs`) is a thin layer over this; tests and other tools can
 //! drive the same API.
 
+pub mod child;
 pub mod client;
 pub mod config;
 pub mod daemon;

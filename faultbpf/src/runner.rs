@@ -33,9 +33,11 @@ pub fn run(fault: Fault, args: FaultArgs, client: Option<&Client>) -> Result<u8,
                 .into(),
         ));
     };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(rest)
-        .stdin(Stdio::inherit())
+    let mut cmd = match faultbpf::child::resolve(program) {
+        Ok(path) => faultbpf::child::command(&path, program, rest),
+        Err(e) => return Ok(not_runnable(&e)),
+    };
+    cmd.stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     let rule = foreground::rule_from(fault, &args);
@@ -81,6 +83,12 @@ pub fn run(fault: Fault, args: FaultArgs, client: Option<&Client>) -> Result<u8,
             code
         }
     }
+}
+
+/// Says why the command cannot run; its exit code, as a shell gives it.
+fn not_runnable(e: &faultbpf::child::NotRunnable) -> u8 {
+    eprintln!("faultbpf: error: {e}");
+    e.exit_code()
 }
 
 /// Starts the command and waits for it, renewing the lease each second;
