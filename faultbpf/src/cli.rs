@@ -378,7 +378,8 @@ pub struct FaultArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// With a daemon: allow faulting port 22 or the daemon's own API port
+    /// Allow faulting port 22 or a daemon's API port, or a port another
+    /// standalone faultbpf process already faults (both then act)
     #[arg(long)]
     pub force: bool,
 

@@ -97,6 +97,7 @@ async fn serve(
     let mut sigint = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
 
+    let _claim = faultbpf::claims::claim(&rule.keys(), &rule.describe(), args.force)?;
     let mut inj = Injector::attach_hooks(&ifaces, hooks)?;
     inj.renew_lease(LEASE)?;
     inj.insert(&rule)?;

@@ -5,6 +5,7 @@
 //! drive the same API.
 
 pub mod child;
+pub mod claims;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -64,6 +64,7 @@ pub fn run(fault: Fault, args: FaultArgs, client: Option<&Client>) -> Result<u8,
         None => {
             let ifaces = foreground::interfaces(&args.ifaces)?;
             let hooks = args.hooks(&rule.fault).map_err(Failure::Usage)?;
+            let _claim = faultbpf::claims::claim(&rule.keys(), &rule.describe(), args.force)?;
             let mut inj = Injector::attach_hooks(&ifaces, hooks)?;
             inj.renew_lease(LEASE)?;
             inj.insert(&rule)?;
