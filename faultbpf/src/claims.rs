@@ -95,16 +95,18 @@ pub enum ClaimError {
 }
 
 /// This process's claim; dropping it removes the file (dying releases the
-/// lock, which makes the file stale).
+/// lock, which makes the file stale). Inert (no file) where the registry
+/// could not be written.
 #[derive(Debug)]
 pub struct ClaimGuard {
-    path: PathBuf,
-    _file: File,
+    path: Option<PathBuf>,
+    _file: Option<File>,
 }
 
 impl ClaimGuard {
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The claim file, if there is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 }
 
@@ -112,11 +114,10 @@ impl Drop for ClaimGuard {
     /// Removes the claim (still locked, so no claimer takes it for stale
     /// meanwhile), and the namespace's directory if it was the last one.
     fn drop(&mut self) {
-        let Some(dir) = self.path.parent() else {
-            return;
-        };
+        let Some(path) = &self.path else { return };
+        let Some(dir) = path.parent() else { return };
         let lock = lock_dir(dir);
-        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_file(path);
         if lock.is_err() {
             return;
         }
@@ -133,8 +134,34 @@ impl Drop for ClaimGuard {
 /// Registers `keys` (a rule's [`crate::Rule::keys`]) for this process in
 /// the calling thread's network namespace. Refuses if a live process has
 /// claimed any of them, unless `force`.
+///
+/// A registry that cannot be used (a read-only `/run`, no permission) is
+/// not a reason to refuse a fault: that says so on stderr and returns an
+/// inert guard, and processes then do not see each other.
 pub fn claim(keys: &[RuleKey], description: &str, force: bool) -> Result<ClaimGuard, ClaimError> {
-    claim_in(Path::new(CLAIMS_DIR), keys, description, force)
+    claim_or_warn(Path::new(CLAIMS_DIR), keys, description, force)
+}
+
+fn claim_or_warn(
+    root: &Path,
+    keys: &[RuleKey],
+    description: &str,
+    force: bool,
+) -> Result<ClaimGuard, ClaimError> {
+    match claim_in(root, keys, description, force) {
+        Err(e @ ClaimError::Io { .. }) => {
+            eprintln!(
+                "faultbpf: warning: {}; another faultbpf process on the same port would not \
+                 be noticed",
+                crate::error::chain(&e)
+            );
+            Ok(ClaimGuard {
+                path: None,
+                _file: None,
+            })
+        }
+        r => r,
+    }
 }
 
 /// [`claim`] under `root` (unit tests use a temporary directory).
@@ -184,7 +211,10 @@ pub fn claim_in(
         .map_err(io_err(&tmp, "write a claim file"))?;
     fs::rename(&tmp, &path).map_err(io_err(&path, "rename a claim file into place"))?;
     drop(dir_lock);
-    Ok(ClaimGuard { path, _file: file })
+    Ok(ClaimGuard {
+        path: Some(path),
+        _file: Some(file),
+    })
 }
 
 /// Creates `dir` if needed and locks its `.lock`. The last owner to leave
@@ -366,7 +396,7 @@ mod tests {
         // Dropping the guard frees the keys.
         drop(first);
         let last = claim_in(&root, &keys(PROTO_TCP, SIDE_DST, 7000..=7000), "b", false).unwrap();
-        let dir = last.path().parent().unwrap().to_path_buf();
+        let dir = last.path().unwrap().parent().unwrap().to_path_buf();
         drop(last);
         assert!(!dir.exists(), "the last claim leaves no directory behind");
         fs::remove_dir_all(&root).unwrap();
@@ -382,7 +412,7 @@ mod tests {
             false,
         )
         .unwrap();
-        let path = g.path().to_path_buf();
+        let path = g.path().unwrap().to_path_buf();
         let body = fs::read(&path).unwrap();
         drop(g);
         // A file left by an owner that died: same contents, nobody locks it.
@@ -395,5 +425,15 @@ mod tests {
             path.display()
         );
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unusable_registry_warns_but_does_not_refuse() {
+        let k = keys(PROTO_TCP, SIDE_DST, 7000..=7000);
+        let e = claim_in(Path::new("/proc/faultbpf-claims"), &k, "x", false).unwrap_err();
+        assert!(matches!(e, ClaimError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("/proc/faultbpf-claims"), "{e}");
+        let g = claim_or_warn(Path::new("/proc/faultbpf-claims"), &k, "x", false).unwrap();
+        assert!(g.path().is_none());
     }
 }
