@@ -53,8 +53,11 @@ pub enum Command {
     /// Apply a fault while a command runs, then heal: exits with the command's status
     ///
     /// The fault is removed when the command exits, and also when faultbpf is killed
-    /// (its links die with it; a daemon rule is tied to faultbpf's pid). Standard
-    /// input and output belong to the command; faultbpf's counters go to stderr.
+    /// (its links die with it; a daemon rule is tied to faultbpf's pid); the command
+    /// is killed with faultbpf, so it never runs on unfaulted. A command that cannot
+    /// be run exits 127 (not found) or 126 (not executable) before anything is
+    /// attached. Standard input and output belong to the command; faultbpf's
+    /// counters go to stderr.
     #[command(after_help = "Examples:\n  \
         faultbpf run blackhole --port 5672 -- pytest tests/test_reconnect.py\n  \
         faultbpf run hang --port 5432 --netns app -- ./check_timeouts.sh")]
