@@ -190,15 +190,7 @@ pub fn claim_in(
         keys: ranges(keys),
     };
     if !force {
-        for other in live_claims(&dir)? {
-            if let Some((what, _)) = conflict(&mine, &other) {
-                return Err(ClaimError::Conflict {
-                    pid: other.pid,
-                    description: other.description,
-                    what,
-                });
-            }
-        }
+        first_conflict(&dir, &mine)?;
     }
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = format!("{}-{}", mine.pid, NEXT.fetch_add(1, Ordering::Relaxed));
@@ -241,6 +233,51 @@ fn lock_dir(dir: &Path) -> io::Result<File> {
             _ => continue,
         }
     }
+}
+
+/// Whether [`claim`] would refuse `keys`, without claiming: a daemon checks
+/// a whole config before it changes anything. An unusable registry
+/// refuses nothing.
+pub fn check(keys: &[RuleKey], force: bool) -> Result<(), ClaimError> {
+    if force {
+        return Ok(());
+    }
+    let Ok(ns) = netns_inode() else { return Ok(()) };
+    let dir = Path::new(CLAIMS_DIR).join(ns.to_string());
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let Ok(_lock) = lock_dir(&dir) else {
+        return Ok(());
+    };
+    let probe = Claim {
+        pid: std::process::id(),
+        description: String::new(),
+        keys: ranges(keys),
+    };
+    match first_conflict(&dir, &probe) {
+        Err(e @ ClaimError::Conflict { .. }) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The first live claim of another process in `dir` that shares a key
+/// with `mine`, as the error to give. A process's own claims never
+/// conflict: the daemon sorts out its own rules (409) before claiming.
+fn first_conflict(dir: &Path, mine: &Claim) -> Result<(), ClaimError> {
+    for other in live_claims(dir)? {
+        if other.pid == mine.pid {
+            continue;
+        }
+        if let Some((what, _)) = conflict(mine, &other) {
+            return Err(ClaimError::Conflict {
+                pid: other.pid,
+                description: other.description,
+                what,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The claims in `dir` whose owners live; stale files (lock free) are
@@ -361,16 +398,28 @@ mod tests {
         assert_eq!(ranges(&keys(PROTO_TCP, SIDE_SRC, 1..=65535)).len(), 1);
     }
 
+    /// A live claim of another process (pid 1): its file, locked here
+    /// through a descriptor of its own, as its owner would hold it.
+    fn other_process_claim(root: &Path, keys: &[RuleKey], description: &str) -> (PathBuf, File) {
+        let dir = root.join(netns_inode().unwrap().to_string());
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("1-0.json");
+        let c = Claim {
+            pid: 1,
+            description: description.into(),
+            keys: ranges(keys),
+        };
+        fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
+        let f = File::open(&path).unwrap();
+        flock(&f, libc::LOCK_EX).unwrap();
+        (path, f)
+    }
+
     #[test]
     fn a_live_claim_on_the_same_key_is_refused_and_named() {
         let root = tempdir("live");
-        let first = claim_in(
-            &root,
-            &keys(PROTO_TCP, SIDE_DST, 6990..=7010),
-            "reset tcp",
-            false,
-        )
-        .unwrap();
+        let (path, held) =
+            other_process_claim(&root, &keys(PROTO_TCP, SIDE_DST, 6990..=7010), "reset tcp");
         let e = claim_in(
             &root,
             &keys(PROTO_TCP, SIDE_DST, 7000..=7000),
@@ -380,23 +429,27 @@ mod tests {
         .unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, ClaimError::Conflict { .. }), "{msg}");
-        assert!(
-            msg.contains(&format!("pid {}", std::process::id())),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("reset tcp") && msg.contains("port 7000"),
-            "{msg}"
-        );
+        assert!(msg.contains("pid 1 (reset tcp)"), "{msg}");
+        assert!(msg.contains("tcp destination port 7000"), "{msg}");
         assert!(msg.contains("--force"), "{msg}");
-        // Other keys, or --force, are fine.
-        claim_in(&root, &keys(PROTO_UDP, SIDE_DST, 7000..=7000), "u", false).unwrap();
+        // Other keys, --force, or our own earlier claims are fine.
+        let mine = claim_in(&root, &keys(PROTO_UDP, SIDE_DST, 7000..=7000), "u", false).unwrap();
         claim_in(&root, &keys(PROTO_TCP, SIDE_SRC, 7000..=7000), "s", false).unwrap();
         claim_in(&root, &keys(PROTO_TCP, SIDE_DST, 7000..=7000), "f", true).unwrap();
-        // Dropping the guard frees the keys.
-        drop(first);
+        claim_in(
+            &root,
+            &keys(PROTO_UDP, SIDE_DST, 7000..=7000),
+            "again",
+            false,
+        )
+        .unwrap();
+        // Its owner gone (lock released), the keys are free again and its
+        // file is removed on the way.
+        drop(held);
         let last = claim_in(&root, &keys(PROTO_TCP, SIDE_DST, 7000..=7000), "b", false).unwrap();
+        assert!(!path.exists(), "stale {} still there", path.display());
         let dir = last.path().unwrap().parent().unwrap().to_path_buf();
+        drop(mine);
         drop(last);
         assert!(!dir.exists(), "the last claim leaves no directory behind");
         fs::remove_dir_all(&root).unwrap();
@@ -405,20 +458,11 @@ mod tests {
     #[test]
     fn a_stale_claim_whose_lock_is_free_is_ignored_and_removed() {
         let root = tempdir("stale");
-        let g = claim_in(
-            &root,
-            &keys(PROTO_TCP, SIDE_DST, 7000..=7000),
-            "dead",
-            false,
-        )
-        .unwrap();
-        let path = g.path().unwrap().to_path_buf();
-        let body = fs::read(&path).unwrap();
-        drop(g);
-        // A file left by an owner that died: same contents, nobody locks it.
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, body).unwrap();
-        let _g = claim_in(&root, &keys(PROTO_TCP, SIDE_DST, 7000..=7000), "new", false).unwrap();
+        let k = keys(PROTO_TCP, SIDE_DST, 7000..=7000);
+        // A file left by an owner that died: nobody holds its lock.
+        let (path, held) = other_process_claim(&root, &k, "dead");
+        drop(held);
+        let _g = claim_in(&root, &k, "new", false).unwrap();
         assert!(
             !path.exists(),
             "the stale claim {} is still there",

@@ -3,14 +3,15 @@
 //! started and acted on alternate packets. The second must refuse (exit 1,
 //! naming the first one's pid and rule) unless `--force`, as the daemon's
 //! 409 does; a claim left by a killed process must not block anyone; the
-//! same port in another namespace, or another port, is no conflict.
-//! The registry is `faultbpf/src/claims.rs`.
+//! same port in another namespace, or another port, is no conflict. The
+//! daemon answers 409 for a port a standalone process holds. The registry
+//! is `faultbpf/src/claims.rs`.
 
 use std::{os::unix::process::ExitStatusExt, time::Duration};
 
 use faultbpf_tests::{
     SERVER_IF, Topology,
-    daemon::run_bounded,
+    daemon::{Daemon, run_bounded},
     deps::{NsProcesses, Proc, faultbpf_in},
     faultbpf::ACTIVE_PREFIX,
 };
@@ -168,4 +169,23 @@ fn a_claim_left_by_a_killed_process_blocks_nobody() {
         Duration::from_secs(30),
     );
     assert_eq!(exit.status.code(), Some(0), "{exit:#?}");
+}
+
+#[test]
+fn the_daemon_refuses_a_port_a_standalone_process_holds() {
+    let topo = Topology::new("claimd");
+    let _reap = NsProcesses(topo.server.name().to_string());
+    let d = Daemon::start(&topo.server, "claimd", &["--iface", SERVER_IF]);
+    let mut first = start_reset(&topo);
+    let r = d.post("/v1/rules", br#"{"fault":"hang","port":[7100]}"#);
+    let detail = r.expect_problem(409);
+    assert!(
+        detail.contains(&format!("pid {}", first.pid())) && detail.contains("reset"),
+        "the 409 must name the standalone process and its rule: {detail}"
+    );
+    // Another port, or --force, is accepted.
+    d.add_rule(&serde_json::json!({"fault": "hang", "port": [7101]}));
+    d.add_rule(&serde_json::json!({"fault": "hang", "port": [7100], "force": true}));
+    first.signal(libc::SIGTERM);
+    first.wait(Duration::from_secs(15));
 }

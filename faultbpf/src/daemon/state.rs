@@ -143,7 +143,7 @@ impl State {
                 )));
             }
         }
-        Ok(())
+        crate::claims::check(&rule.keys(), force).map_err(|e| StateError::Conflict(e.to_string()))
     }
 
     fn insert(&mut self, rule: Rule, spec: RuleSpec, origin: Origin) -> Result<(), StateError> {
