@@ -54,8 +54,11 @@ pub enum Command {
     /// Apply a fault while a command runs, then heal: exits with the command's status
     ///
     /// The fault is removed when the command exits, and also when faultbpf is killed
-    /// (its links die with it; a daemon rule is tied to faultbpf's pid). Standard
-    /// input and output belong to the command; faultbpf's counters go to stderr.
+    /// (its links die with it; a daemon rule is tied to faultbpf's pid); the command
+    /// is killed with faultbpf, so it never runs on unfaulted. A command that cannot
+    /// be run exits 127 (not found) or 126 (not executable) before anything is
+    /// attached. Standard input and output belong to the command; faultbpf's
+    /// counters go to stderr.
     #[command(after_help = "Examples:\n  \
         faultbpf run blackhole --port 5672 -- pytest tests/test_reconnect.py\n  \
         faultbpf run hang --port 5432 --netns app -- ./check_timeouts.sh")]
@@ -359,8 +362,9 @@ pub struct FaultArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// Allow a rule the guard rails refuse: port 22, the daemon's own ports, or a cut
-    /// of more than half of all ports (e.g. --port 1-65535)
+    /// Allow a rule the guard rails refuse: port 22, the daemon's own ports, a cut of
+    /// more than half of all ports (e.g. --port 1-65535), or a port another standalone
+    /// faultbpf process already faults (both then act)
     #[arg(long)]
     pub force: bool,
 
@@ -599,15 +603,10 @@ pub struct ChaosArgs {
     pub common: FaultArgs,
 }
 
+/// `__reap` takes no arguments: the parent's intents arrive on its stdin
+/// (see reaper.rs).
 #[derive(Debug, Args)]
-pub struct ReapArgs {
-    #[arg(long = "filter", value_parser = faultbpf::reaper::Filter::parse)]
-    pub filters: Vec<faultbpf::reaper::Filter>,
-    #[arg(long)]
-    pub clsact: Vec<String>,
-    #[arg(long, value_parser = faultbpf::reaper::XdpAttachment::parse)]
-    pub xdp: Vec<faultbpf::reaper::XdpAttachment>,
-}
+pub struct ReapArgs {}
 
 /// A mix, checked at parse time (so a bad one is a usage error naming it)
 /// and kept as written: the rule spec carries it as text.

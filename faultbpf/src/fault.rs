@@ -109,6 +109,15 @@ pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
                 .into(),
         ));
     };
+    // A command that cannot run fails before anything is attached, with
+    // the shell's code (127 not found, 126 not executable).
+    let path = match faultbpf::child::resolve(program) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("faultbpf: error: {e}");
+            return Ok(e.exit_code());
+        }
+    };
     let mut placement = place(&args, &rule, client)?;
     let daemon = matches!(placement, Placement::Daemon(_));
     let rt = runtime()?;
@@ -118,9 +127,10 @@ pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
         "faultbpf: active: {}; running {program}",
         active_text(&placement, &handle)
     );
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(rest)
-        .stdin(Stdio::inherit())
+    // The command dies with us (PR_SET_PDEATHSIG): a killed faultbpf must
+    // not leave it running unfaulted.
+    let mut cmd = faultbpf::child::command(&path, program, rest);
+    cmd.stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit());
     let code = rt.block_on(supervise(&mut cmd, program, &mut placement, signals));

@@ -51,6 +51,7 @@ impl From<StartError> for GuardError {
             StartError::Invalid(e) => Self::Invalid(e.to_string()),
             StartError::Kernel(e) => Self::Kernel(e),
             StartError::Daemon(e) => Self::Daemon(e),
+            StartError::Claimed(e) => Self::Invalid(e.to_string()),
         }
     }
 }

@@ -5,6 +5,8 @@
 //! drive the same API.
 
 pub mod api;
+pub mod child;
+pub mod claims;
 pub mod config;
 pub mod daemon;
 pub mod delaydev;

@@ -5,7 +5,9 @@
 //! dropped, or the process dies, TCX links go with their file descriptors.
 //! Netlink (cls_bpf) filters do not die with their process, so on that path
 //! a reaper process removes them if we die first (`reaper.rs`), and the
-//! lease in the `LEASE` map makes them inert anyway.
+//! lease in the `LEASE` map makes them inert anyway. The reaper starts
+//! before the first kernel write and hears of each attach before it
+//! happens ([`reaper::Intent`]), so no kill moment leaves anything behind.
 //!
 //! With `--xdp` ([`Hooks::xdp`]) the XDP program `faultbpf_xdp` takes the
 //! ingress half instead of the tc ingress program, native (in the driver)
@@ -185,10 +187,10 @@ pub struct Injector {
     /// us, so we (and the reaper) detach them.
     xdp_netlink: Vec<reaper::XdpAttachment>,
     interfaces: Vec<String>,
-    /// Netlink filters we attached and clsact qdiscs we created, for the
-    /// reaper (netlink path only).
-    filters: Vec<reaper::Filter>,
+    /// clsact qdiscs we created (netlink path), deleted on drop.
     added_clsact: Vec<String>,
+    /// Started before the first attach on the netlink and XDP paths; one
+    /// for the Injector's whole life.
     reaper: Option<reaper::Guard>,
     /// The delay device, made on the first delay rule; its return
     /// program's link sits in `delay_link`, detached before the device goes.
@@ -252,7 +254,6 @@ impl Injector {
             xdp_modes: Vec::new(),
             xdp_netlink: Vec::new(),
             interfaces: interfaces.to_vec(),
-            filters: Vec::new(),
             added_clsact: Vec::new(),
             reaper: None,
             delay: None,
@@ -261,28 +262,37 @@ impl Injector {
             index_shadow: vec![0; RULE_INDEX_WORDS as usize],
             ports_shadow: vec![0; PORT_WORDS as usize],
         };
+        if inj.mode == AttachMode::Netlink || hooks.xdp.is_some() {
+            inj.start_reaper()?;
+        }
+        inj.pause("attach:start");
         for i in interfaces {
             inj.attach_one(i)?;
         }
-        if inj.mode == AttachMode::Netlink || !inj.xdp_netlink.is_empty() {
-            inj.respawn_reaper();
-        }
+        inj.pause("attach:done");
         Ok(inj)
     }
 
     fn attach_one(&mut self, ifname: &str) -> Result<(), Error> {
         if let Some(want) = self.hooks.xdp {
+            self.tell(reaper::Intent::Xdp(ifname.to_string()));
             self.attach_xdp(ifname, want)?;
         }
         if self.hooks.tc_hooks().next().is_none() {
             return Ok(());
         }
         if self.mode == AttachMode::Netlink {
-            match tc::qdisc_add_clsact(ifname) {
+            self.tell(reaper::Intent::Clsact(ifname.to_string()));
+            let added = tc::qdisc_add_clsact(ifname);
+            self.pause(&format!("attach:clsact:{ifname}"));
+            match added {
                 Ok(()) => self.added_clsact.push(ifname.to_string()),
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.tell(reaper::Intent::ClsactKept(ifname.to_string()));
+                }
                 Err(e) => return Err(Error::attach(ifname, "clsact qdisc", e)),
             }
+            self.tell(reaper::Intent::Tc(ifname.to_string()));
         }
         for (name, hook, hook_name) in self.hooks.tc_hooks() {
             let opts = match self.mode {
@@ -290,15 +300,13 @@ impl Injector {
                 _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
             };
             let prog = program(&mut self.ebpf, name)?;
-            let id = prog
-                .attach_with_options(ifname, hook, opts)
-                .map_err(|e| Error::attach(ifname, hook_name, e))?;
+            let attached = prog.attach_with_options(ifname, hook, opts);
+            self.pause(&format!("attach:filter:{ifname}"));
+            let prog = program(&mut self.ebpf, name)?;
+            let id = attached.map_err(|e| Error::attach(ifname, hook_name, e))?;
             let link = prog
                 .take_link(id)
                 .map_err(|e| Error::attach(ifname, hook_name, e))?;
-            if self.mode == AttachMode::Netlink {
-                self.filters.extend(reaper::Filter::of(ifname, &link));
-            }
             self.links.push(link);
         }
         Ok(())
@@ -307,11 +315,14 @@ impl Injector {
     /// Attaches the XDP program to `ifname`: each mode `want` allows, in
     /// order, until one works.
     fn attach_xdp(&mut self, ifname: &str, want: XdpMode) -> Result<(), Error> {
-        let prog = xdp_program(&mut self.ebpf)?;
         let mut failed = None;
         for &mode in want.candidates() {
             let (flags, hook_name) = mode.flags();
-            let id = match prog.attach(ifname, flags) {
+            let attached = xdp_program(&mut self.ebpf)?.attach(ifname, flags);
+            let reaper = self.reaper.as_ref().map(reaper::Guard::pid);
+            reaper::pause_point(&format!("attach:xdp:{ifname}"), reaper);
+            let prog = xdp_program(&mut self.ebpf)?;
+            let id = match attached {
                 Ok(id) => id,
                 Err(e) => {
                     failed = Some(Error::attach(ifname, hook_name, e));
@@ -367,30 +378,57 @@ impl Injector {
         if iface::index(ifname).is_none() {
             return Err(Error::NoSuchInterface(ifname.to_string()));
         }
+        // The same reaper hears of the new interface before the first
+        // write to it: there is no moment without one.
         self.attach_one(ifname)?;
         self.interfaces.push(ifname.to_string());
-        // The reaper was told the filters of its time; tell a new one all.
-        if self.mode == AttachMode::Netlink || !self.xdp_netlink.is_empty() {
-            self.respawn_reaper();
-        }
+        self.pause("attach:done");
         Ok(())
     }
 
-    /// (Re)starts the reaper for every filter attached so far. Without one
-    /// (the library inside a program that cannot find the faultbpf binary)
-    /// we still run: our own exit detaches, and the lease, where the owner
-    /// renews one, makes filters left by a crash inert.
-    fn respawn_reaper(&mut self) {
-        if let Some(old) = self.reaper.take() {
-            old.dismiss();
+    /// Starts the reaper and tells it the ids of our programs, before any
+    /// attach. Without one (the library inside a program that cannot find
+    /// the faultbpf binary) we still run: our own exit detaches, and the
+    /// lease, where the owner renews one, makes filters left by a crash
+    /// inert.
+    fn start_reaper(&mut self) -> Result<(), Error> {
+        let mut guard = match reaper::spawn() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!(
+                    "faultbpf: warning: no reaper, a crash would leave tc filters behind: {}",
+                    crate::error::chain(&e)
+                );
+                return Ok(());
+            }
+        };
+        let mut ids = Vec::new();
+        for (name, _, _) in HOOKS {
+            ids.push(program_id(program(&mut self.ebpf, name)?.info(), name)?);
         }
-        match reaper::spawn(&self.filters, &self.added_clsact, &self.xdp_netlink) {
-            Ok(r) => self.reaper = Some(r),
-            Err(e) => eprintln!(
-                "faultbpf: warning: no reaper, a crash would leave tc filters behind: {}",
-                crate::error::chain(&e)
-            ),
+        if self.hooks.xdp.is_some() {
+            ids.push(program_id(
+                xdp_program(&mut self.ebpf)?.info(),
+                XDP_PROGRAM,
+            )?);
         }
+        for id in ids {
+            guard.tell(&reaper::Intent::Prog(id));
+        }
+        self.reaper = Some(guard);
+        Ok(())
+    }
+
+    /// Tells the reaper, if there is one, what we are about to do.
+    fn tell(&mut self, intent: reaper::Intent) {
+        if let Some(r) = &mut self.reaper {
+            r.tell(&intent);
+        }
+    }
+
+    /// A kill-test hook ([`reaper::pause_point`]).
+    fn pause(&self, point: &str) {
+        reaper::pause_point(point, self.reaper.as_ref().map(reaper::Guard::pid));
     }
 
     /// Forgets `ifname` (gone, or replaced by a new device of that name):
@@ -524,8 +562,16 @@ impl Injector {
             // veth takes 68..=65535; lo says 65536.
             .clamp(1500, 65_535);
         let dev = DelayDevice::create(mtu, max)?;
+        // Loaded only now: verifying it costs start-up time that faults
+        // without delay need not pay.
+        let prog = program(&mut self.ebpf, RETURN_PROGRAM)?;
+        prog.load().map_err(Error::load)?;
+        let id = program_id(prog.info(), RETURN_PROGRAM)?;
+        self.tell(reaper::Intent::Prog(id));
         let opts = match self.mode {
             AttachMode::Netlink => {
+                self.tell(reaper::Intent::Clsact(dev.far.clone()));
+                self.tell(reaper::Intent::Tc(dev.far.clone()));
                 match tc::qdisc_add_clsact(&dev.far) {
                     Ok(()) => {}
                     Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -535,10 +581,7 @@ impl Injector {
             }
             _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
         };
-        // Loaded only now: verifying it costs start-up time that faults
-        // without delay need not pay.
         let prog = program(&mut self.ebpf, RETURN_PROGRAM)?;
-        prog.load().map_err(Error::load)?;
         let id = prog
             .attach_with_options(&dev.far, TcAttachType::Ingress, opts)
             .map_err(|e| Error::attach(&dev.far, "ingress", e))?;
@@ -702,6 +745,19 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedCl
         ))
     })?;
     p.try_into().map_err(Error::load)
+}
+
+/// A loaded program's kernel id, which tells the reaper our filters from
+/// other processes' filters running a program of the same name.
+fn program_id(
+    info: Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+    name: &str,
+) -> Result<u32, Error> {
+    info.map(|i| i.id()).map_err(|e| {
+        Error::load(anyhow::anyhow!(
+            "could not read the id of program `{name}`: {e}"
+        ))
+    })
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {

@@ -50,8 +50,8 @@ fn main() -> ExitCode {
         Command::Rm { ids, all, json } => manage::rm(&client, &ids, all, json),
         Command::Stats { watch, json } => manage::stats(&client, watch, json),
         Command::Check { file } => check(&file),
-        Command::Reap(args) => {
-            faultbpf::reaper::run(&args.filters, &args.clsact, &args.xdp);
+        Command::Reap(_) => {
+            faultbpf::reaper::run();
             Ok(())
         }
     };

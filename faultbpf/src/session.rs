@@ -23,6 +23,7 @@ use faultbpf_common::{MAX_SLOTS, RuleCounters};
 use crate::{
     Hooks, Injector, Rule,
     api::{Client, ClientError},
+    claims::{self, ClaimError, ClaimGuard},
     error::chain,
     rules::random_seed,
     spec::{Policy, RuleSpec, SpecError},
@@ -46,6 +47,10 @@ pub enum StartError {
     /// The daemon refused or could not be reached.
     #[error(transparent)]
     Daemon(#[from] ClientError),
+    /// Another standalone faultbpf process holds one of the rule's ports
+    /// (`force` lets both act).
+    #[error(transparent)]
+    Claimed(#[from] ClaimError),
 }
 
 impl StartError {
@@ -91,6 +96,9 @@ pub enum Placement {
 /// The programs of this process and the counter slots its rules use.
 pub struct Here {
     inj: Injector,
+    /// Each rule's claim on its ports (`claims.rs`), by slot: another
+    /// standalone process refuses them while we hold them.
+    claims: Vec<(u32, ClaimGuard)>,
     /// Slots given back by removed rules.
     free: Vec<u32>,
     /// The next never-used slot.
@@ -105,6 +113,7 @@ impl Placement {
         inj.renew_lease(LEASE)?;
         Ok(Self::Here(Box::new(Here {
             inj,
+            claims: Vec::new(),
             free: Vec::new(),
             next: 0,
         })))
@@ -176,11 +185,19 @@ impl Placement {
                 };
                 rule.id = slot;
                 rule.seed = random_seed();
+                let claim = match claims::claim(&rule.keys(), &rule.describe(), spec.force) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        h.free.push(slot);
+                        return Err(e.into());
+                    }
+                };
                 if let Err(e) = h.inj.insert(&rule) {
                     let _ = h.inj.remove(&rule);
                     h.free.push(slot);
                     return Err(e.into());
                 }
+                h.claims.push((slot, claim));
                 Ok(Handle {
                     description: rule.describe(),
                     rule,
@@ -224,6 +241,7 @@ impl Placement {
         let removed = match self {
             Self::Here(here) => {
                 let r = here.inj.remove(&h.rule).map_err(|e| chain(&e));
+                here.claims.retain(|(slot, _)| *slot != h.id());
                 here.free.push(h.id());
                 r
             }

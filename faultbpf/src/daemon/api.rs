@@ -267,8 +267,13 @@ fn parse_spec(body: &[u8]) -> Result<RuleSpec, Problem> {
     // column; then the nulls the typed parse lets through as "absent".
     let spec: RuleSpec = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    if let Some((k, _)) = v.as_object().and_then(|o| o.iter().find(|(_, v)| v.is_null())) {
-        return Err(bad(format!("`{k}` is null; give it a value or leave it out")));
+    if let Some((k, _)) = v
+        .as_object()
+        .and_then(|o| o.iter().find(|(_, v)| v.is_null()))
+    {
+        return Err(bad(format!(
+            "`{k}` is null; give it a value or leave it out"
+        )));
     }
     Ok(spec)
 }

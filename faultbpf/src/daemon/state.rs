@@ -104,7 +104,7 @@ impl State {
     pub fn add(&mut self, spec: RuleSpec, origin: Origin) -> Result<u32, StateError> {
         let id = self.free_id().ok_or(StateError::Full)?;
         let rule = self.validate(&spec, id)?;
-        self.check(&rule, &[])?;
+        self.check(&rule, spec.force, &[])?;
         let expires_at = expiry(&rule, Instant::now())?;
         self.insert(rule, spec, origin, expires_at)?;
         Ok(id)
@@ -124,9 +124,10 @@ impl State {
         Ok(rule)
     }
 
-    /// Key conflicts; rules in `replacing` are about to go and do not
-    /// conflict.
-    fn check(&self, rule: &Rule, replacing: &[u32]) -> Result<(), StateError> {
+    /// Key conflicts, with our own rules (those in `replacing` are about to
+    /// go and do not conflict) and with standalone processes' claims
+    /// (`claims.rs`; `force` lets both act).
+    fn check(&self, rule: &Rule, force: bool, replacing: &[u32]) -> Result<(), StateError> {
         for k in rule.keys() {
             if let Some(other) = self.owners.get(&k)
                 && !replacing.contains(other)
@@ -137,7 +138,7 @@ impl State {
                 )));
             }
         }
-        Ok(())
+        crate::claims::check(&rule.keys(), force).map_err(|e| StateError::Conflict(e.to_string()))
     }
 
     /// Writes a checked rule into the kernel, then records it. Nothing may
@@ -285,7 +286,7 @@ impl State {
                 .find(|id| !self.rules.contains_key(id) && !ids.contains(id))
                 .ok_or(StateError::Full)?;
             let rule = self.validate(spec, id).map_err(named)?;
-            self.check(&rule, &going).map_err(named)?;
+            self.check(&rule, spec.force, &going).map_err(named)?;
             let expires_at = expiry(&rule, now).map_err(named)?;
             for k in rule.keys() {
                 if let Some(other) = keys.insert(k, *name) {
