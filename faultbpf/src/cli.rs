@@ -6,9 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use faultbpf::{
     AttachMode, Direction, Fault, Hooks, Proto, XdpMode,
-    faults::{DelayParams, Dist, Mix},
+    faults::{self, Dist},
     rules::{Peer, Per, PortRange, Side},
-    spec::parse_duration,
+    spec::{PortSpec, RuleSpec, parse_duration},
 };
 
 #[derive(Debug, Parser)]
@@ -33,8 +33,9 @@ pub struct Cli {
 
     /// The daemon's socket: fault commands add their rule there when a daemon listens
     ///
-    /// Without a daemon on it, fault commands run standalone. Example: --socket
-    /// /tmp/fb.sock, or FAULTBPF_SOCKET=/tmp/fb.sock.
+    /// Without a daemon on it, fault commands run standalone. A socket that exists
+    /// but refuses you is an error, not a reason to run standalone. Example:
+    /// --socket /tmp/fb.sock, or FAULTBPF_SOCKET=/tmp/fb.sock.
     #[arg(
         long,
         global = true,
@@ -81,13 +82,18 @@ pub enum Command {
 
     /// List the daemon's rules
     Rules {
-        /// Print the daemon's JSON as it is
+        /// Print `{"rules":[...]}` as the API answers it (see docs/openapi.yaml)
         #[arg(long)]
         json: bool,
     },
 
     /// Remove daemon rules by id, or all of them
-    #[command(after_help = "Examples:\n  faultbpf rm 3 4\n  faultbpf rm --all")]
+    ///
+    /// Removes every id it can and reports each; exits 1 if any id could not be
+    /// removed (the others are removed all the same).
+    #[command(
+        after_help = "Examples:\n  faultbpf rm 3 4\n  faultbpf rm --all\n  faultbpf rm 3 --json"
+    )]
     Rm {
         /// Rule ids, as `faultbpf rules` shows them
         #[arg(value_name = "ID", required_unless_present = "all")]
@@ -95,6 +101,9 @@ pub enum Command {
         /// Remove every rule
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// Print one line of JSON: {"removed":[rules...],"failed":[{"id","error"}...]}
+        #[arg(long)]
+        json: bool,
     },
 
     /// Show the daemon's per-rule counters
@@ -119,88 +128,58 @@ pub enum Command {
     Reap(ReapArgs),
 }
 
+/// One subcommand per fault; each takes its help from the fault's
+/// registry entry (`faults/<kind>.rs`), and `cli_names_the_registry`
+/// checks that every fault has one.
 #[derive(Debug, Subcommand)]
 pub enum FaultCommand {
-    /// Drop the packets of a port, as if the dependency's host vanished
-    ///
-    /// The application sees what a dead host or a silent firewall gives: connect()
-    /// hangs until a timeout, an established connection stalls while TCP retransmits
-    /// with backoff, UDP datagrams are lost. Nothing answers, so nothing fails fast:
-    /// this is the fault that finds missing timeouts. With --pct below 100 it is
-    /// packet loss instead.
-    ///
-    /// Runs in the foreground until Ctrl-C, SIGTERM or --for, then removes
-    /// everything and prints the counters.
-    #[command(after_help = "Examples:\n  \
-        faultbpf blackhole --port 5672                        both directions, tcp and udp, until Ctrl-C\n  \
-        faultbpf blackhole --port 5432 --proto tcp --for 10s  a 10 s outage, then heal by itself\n  \
-        faultbpf blackhole --port 8080 --pct 25 --iface eth1  lose a quarter of the packets on eth1\n  \
-        faultbpf blackhole --port 9000 --direction egress     only what this host sends")]
+    #[command(
+        about = faults::blackhole::DEF.about,
+        long_about = faults::blackhole::DEF.long_about,
+        after_help = faults::blackhole::DEF.examples
+    )]
     Blackhole(FaultArgs),
 
-    /// Refuse connections and reset established ones, like a closed port or REJECT
-    ///
-    /// TCP: connect() fails at once with ECONNREFUSED; on an open connection the next
-    /// send()/recv() fails with ECONNRESET. UDP: a connected socket gets ECONNREFUSED
-    /// (an ICMP port unreachable answers). Answers come from the kernel in about
-    /// 0.1 ms: the fast failure, where blackhole is the slow one.
-    #[command(after_help = "Examples:\n  \
-        faultbpf reset --port 5432                   Postgres refuses and drops every connection\n  \
-        faultbpf reset --port 443 --pct 30 --per flow   30 % of connections fail, the rest are clean\n  \
-        faultbpf reset --port 53 --proto udp         DNS queries get port unreachable")]
+    #[command(
+        about = faults::reset::DEF.about,
+        long_about = faults::reset::DEF.long_about,
+        after_help = faults::reset::DEF.examples
+    )]
     Reset(FaultArgs),
 
-    /// Let connections open, then let no data through (reads time out)
-    ///
-    /// The TCP handshake completes, so connect() succeeds; every segment that carries
-    /// data, in either direction, vanishes, so the first read waits until the
-    /// application's read timeout. The server never sees the request.
-    #[command(after_help = "Examples:\n  \
-        faultbpf hang --port 5432 --for 30s          queries hang; does the client time out?\n  \
-        faultbpf hang --port 6379 --pct 10           one data segment in ten vanishes")]
+    #[command(
+        about = faults::hang::DEF.about,
+        long_about = faults::hang::DEF.long_about,
+        after_help = faults::hang::DEF.examples
+    )]
     Hang(FaultArgs),
 
-    /// Deliver damaged data: flip bytes in payloads and fix the checksums
-    ///
-    /// One 16-bit word of each hit packet's payload is damaged (0x5555 added, so
-    /// hits on the way in and back never cancel out) and the TCP/UDP checksum
-    /// corrected, so nothing below the application notices: reads return wrong
-    /// bytes, TLS fails with a bad record MAC, an application CRC catches it.
-    #[command(after_help = "Examples:\n  \
-        faultbpf corrupt --port 11211 --pct 5        5 % of memcached packets damaged\n  \
-        faultbpf corrupt --dport 8080 --pct 100      every request body to port 8080")]
+    #[command(
+        about = faults::corrupt::DEF.about,
+        long_about = faults::corrupt::DEF.long_about,
+        after_help = faults::corrupt::DEF.examples
+    )]
     Corrupt(FaultArgs),
 
-    /// Tag matched packets (skb mark or ECN CE) and let them pass
-    ///
-    /// --value N sets the packet mark, so your own tc/nftables rules (a netem class,
-    /// a policy route) act on exactly these packets. --ecn sets Congestion
-    /// Experienced on ECN-capable packets, as a congested router would.
-    #[command(after_help = "Examples:\n  \
-        faultbpf mark --port 5432 --value 0x42       then: nft add rule ... meta mark 0x42 counter\n  \
-        faultbpf mark --port 8080 --ecn              congestion signals without loss")]
+    #[command(
+        about = faults::mark::DEF.about,
+        long_about = faults::mark::DEF.long_about,
+        after_help = faults::mark::DEF.examples
+    )]
     Mark(MarkArgs),
 
-    /// Apply a mix of faults to one port, drawn per packet (or per flow)
-    ///
-    /// --mix drop:20,reset:10,corrupt:5 drops 20 % of the packets, resets 10 % and
-    /// corrupts 5 %; the other 65 % pass. One random draw per packet picks at most one
-    /// action. With --per flow every connection gets one fate.
-    #[command(after_help = "Examples:\n  \
-        faultbpf chaos --port 5672 --mix drop:20,reset:10\n  \
-        faultbpf chaos --port 8080 --mix reset:30,hang:20 --per flow")]
+    #[command(
+        about = faults::chaos::DEF.about,
+        long_about = faults::chaos::DEF.long_about,
+        after_help = faults::chaos::DEF.examples
+    )]
     Chaos(ChaosArgs),
 
-    /// Make the port slow: deliver its packets later, in order, by the kernel
-    ///
-    /// Every matched packet arrives --ms (± --jitter) later in each direction it is
-    /// delayed, so a round trip through both grows by twice that; a flow's packets
-    /// stay in order unless --reorder. The way to make a timeout test deterministic
-    /// without touching the server. Needs the kernel's sch_fq and sch_netem modules.
-    #[command(after_help = "Examples:\n  \
-        faultbpf delay --port 5432 --ms 300                  Postgres answers 0.6 s later\n  \
-        faultbpf delay --dport 8080 --ms 50 --jitter 20ms    50 ± 20 ms on requests only\n  \
-        faultbpf delay --port 6379 --ms 100 --pct 10         one packet in ten is late")]
+    #[command(
+        about = faults::delay::DEF.about,
+        long_about = faults::delay::DEF.long_about,
+        after_help = faults::delay::DEF.examples
+    )]
     Delay(DelayArgs),
 }
 
@@ -223,33 +202,32 @@ pub enum ScenarioCommand {
 }
 
 impl FaultCommand {
-    /// The fault and its flags.
-    /// The fault and its flags; `Err` names a bad combination of flags.
-    pub fn into_parts(self) -> Result<(faultbpf::Fault, FaultArgs), String> {
-        use faultbpf::Fault;
-        Ok(match self {
-            Self::Blackhole(a) => (Fault::Blackhole, a),
-            Self::Reset(a) => (Fault::Reset, a),
-            Self::Hang(a) => (Fault::Hang, a),
-            Self::Corrupt(a) => (Fault::Corrupt, a),
-            Self::Mark(m) => match m.value {
-                Some(value) => (Fault::Mark { value }, m.common),
-                None => (Fault::Ecn, m.common),
-            },
+    /// The rule the flags describe, in its written form (the same
+    /// `RuleSpec` the API takes, so both are validated by one path), and
+    /// the flags.
+    pub fn into_spec(self) -> (RuleSpec, FaultArgs) {
+        match self {
+            Self::Blackhole(a) => (a.spec("blackhole"), a),
+            Self::Reset(a) => (a.spec("reset"), a),
+            Self::Hang(a) => (a.spec("hang"), a),
+            Self::Corrupt(a) => (a.spec("corrupt"), a),
+            Self::Mark(m) => {
+                let mut spec = m.common.spec(if m.ecn { "ecn" } else { "mark" });
+                spec.mark = m.value;
+                (spec, m.common)
+            }
             Self::Chaos(c) => {
-                let mut mix = c.mix;
-                if mix.delays() {
-                    mix.delay = c.delay.params(true)?;
-                } else if c.delay.ms.is_some() {
-                    return Err("--ms applies to `delay` entries, and the mix has none".into());
-                }
-                (Fault::Chaos(mix), c.common)
+                let mut spec = c.common.spec("chaos");
+                spec.mix = Some(c.mix);
+                c.delay.write(&mut spec);
+                (spec, c.common)
             }
             Self::Delay(d) => {
-                let params = d.delay.params(true)?.expect("required");
-                (Fault::Delay(params), d.common)
+                let mut spec = d.common.spec("delay");
+                d.delay.write(&mut spec);
+                (spec, d.common)
             }
-        })
+        }
     }
 }
 
@@ -337,7 +315,9 @@ pub struct FaultArgs {
 
     /// Print the final counters as one line of JSON instead of text
     ///
-    /// Example: faultbpf blackhole --port 53 --for 5s --json | jq .rules[0].acted_packets
+    /// With a daemon and no --wait: the added rule as the API answers it. With `run`:
+    /// on stderr (stdout is the command's). Example: faultbpf blackhole --port 53
+    /// --for 5s --json | jq .rules[0].acted_packets
     #[arg(long)]
     pub json: bool,
 
@@ -379,7 +359,8 @@ pub struct FaultArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// With a daemon: allow faulting port 22 or the daemon's own API port
+    /// Allow a rule the guard rails refuse: port 22, the daemon's own ports, or a cut
+    /// of more than half of all ports (e.g. --port 1-65535)
     #[arg(long)]
     pub force: bool,
 
@@ -440,9 +421,48 @@ pub struct DaemonArgs {
     /// How to attach the tc programs: auto, tcx or netlink
     #[arg(long, value_name = "MODE", value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
+
+    /// Group that owns the Unix socket; with --socket-mode 0660 its members may add and remove rules
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Permission bits of the Unix socket, in octal (default 0600: root only; 0660 with --socket-group)
+    #[arg(long, value_name = "MODE", value_parser = faultbpf::config::parse_socket_mode)]
+    pub socket_mode: Option<u32>,
 }
 
 impl FaultArgs {
+    /// The common part of the rule spec: every flag but the fault's own.
+    pub fn spec(&self, fault: &str) -> RuleSpec {
+        let mut spec = RuleSpec {
+            name: self.name.clone(),
+            proto: Some(self.proto),
+            peer: self.peers.iter().map(|p| p.to_string()).collect(),
+            pct: Some(self.pct),
+            per: Some(self.per),
+            direction: Some(self.direction),
+            fragments: self.fragments == Fragments::Drop,
+            lasts: self
+                .lasts
+                .map(|d| humantime::format_duration(d).to_string()),
+            force: self.force,
+            ..RuleSpec::new(fault)
+        };
+        for r in self.port_ranges() {
+            let text = if r.first == r.last {
+                PortSpec::Number(r.first.into())
+            } else {
+                PortSpec::Text(format!("{}-{}", r.first, r.last))
+            };
+            match r.side {
+                Side::Either => spec.port.push(text),
+                Side::Dst => spec.dport.push(text),
+                Side::Src => spec.sport.push(text),
+            }
+        }
+        spec
+    }
+
     /// Where the programs attach: tc only, or with `--xdp` the XDP program
     /// for ingress (plus tc for egress with `--direction both`). `Err` is a
     /// usage message: `--xdp` with a fault or a direction it cannot do.
@@ -457,28 +477,20 @@ impl FaultArgs {
                     .into(),
             );
         }
-        let kinds = match fault {
-            Fault::Chaos(mix) => mix.entries().iter().map(|(k, _)| *k).collect(),
-            f => vec![f.kind()],
-        };
-        if let Some(k) = kinds.into_iter().find(|k| !k.on_xdp()) {
-            let why = match k {
-                faultbpf_common::FaultKind::Mark => {
-                    "cannot mark packets: XDP runs before the kernel builds the skb that \
-                     carries the mark"
-                }
-                _ => {
-                    "cannot rewrite packets it lets through (corrupt, ecn): faultbpf does that \
-                     on tc only, where the skb says how to fix their checksums"
-                }
-            };
-            let command = match fault {
-                Fault::Ecn => "mark --ecn",
-                f => f.name(),
-            };
+        if let Some(def) = fault.parts().into_iter().find(|d| !d.xdp) {
+            let capable = faults::REGISTRY.iter().filter(|d| d.xdp);
+            let faults: Vec<&str> = capable
+                .clone()
+                .filter_map(|d| d.mix_action.map(|_| d.name))
+                .collect();
+            let actions: Vec<&str> = capable.filter_map(|d| d.mix_action).collect();
             return Err(format!(
-                "--xdp {why}; with --xdp, use blackhole, reset, hang or a chaos mix of \
-                 drop/reset/hang, or run `faultbpf {command}` without --xdp"
+                "--xdp {}; with --xdp, use {} or a chaos mix of {}, or run `faultbpf {}` \
+                 without --xdp",
+                def.xdp_refusal,
+                faults.join(", "),
+                actions.join("/"),
+                fault.def().command
             ));
         }
         let egress = (self.direction == Direction::Both).then_some(self.attach);
@@ -552,22 +564,14 @@ pub struct DelayFlags {
 }
 
 impl DelayFlags {
-    /// The delay, if `--ms` was given; `needed` makes it mandatory.
-    pub fn params(&self, needed: bool) -> Result<Option<DelayParams>, String> {
-        let Some(mean) = self.ms else {
-            return if needed {
-                Err("--ms is required: the delay in milliseconds, e.g. --ms 300".into())
-            } else {
-                Ok(None)
-            };
-        };
-        DelayParams::new(
-            mean,
-            self.jitter.unwrap_or_default(),
-            self.dist,
-            self.reorder,
-        )
-        .map(Some)
+    /// Writes the flags into a spec's delay fields.
+    pub fn write(&self, spec: &mut RuleSpec) {
+        spec.delay_ms = self.ms.map(|d| d.as_secs_f64() * 1e3);
+        spec.jitter = self
+            .jitter
+            .map(|j| humantime::format_duration(j).to_string());
+        spec.dist = (self.dist != Dist::Uniform).then_some(self.dist);
+        spec.reorder = self.reorder;
     }
 }
 
@@ -584,8 +588,8 @@ pub struct ChaosArgs {
     /// The mix: ACTION:PCT,... with actions drop, reset, hang, corrupt (sum <= 100)
     ///
     /// Example: --mix drop:20,reset:10,corrupt:5 (65 % of packets pass untouched)
-    #[arg(long, value_name = "MIX")]
-    pub mix: Mix,
+    #[arg(long, value_name = "MIX", value_parser = parse_mix)]
+    pub mix: String,
 
     /// For `delay` entries of the mix: --ms, --jitter, --dist, --reorder
     #[command(flatten)]
@@ -603,6 +607,13 @@ pub struct ReapArgs {
     pub clsact: Vec<String>,
     #[arg(long, value_parser = faultbpf::reaper::XdpAttachment::parse)]
     pub xdp: Vec<faultbpf::reaper::XdpAttachment>,
+}
+
+/// A mix, checked at parse time (so a bad one is a usage error naming it)
+/// and kept as written: the rule spec carries it as text.
+fn parse_mix(s: &str) -> Result<String, String> {
+    s.parse::<faults::Mix>()?;
+    Ok(s.to_string())
 }
 
 fn either_port(s: &str) -> Result<PortRange, String> {
@@ -754,8 +765,8 @@ mod tests {
         else {
             panic!()
         };
-        let (f, a) = fault.into_parts().unwrap();
-        assert_eq!(f, faultbpf::Fault::Blackhole);
+        let (spec, a) = fault.into_spec();
+        assert_eq!(spec.fault, "blackhole");
         assert_eq!(a.command, ["pytest", "-x"]);
     }
 
@@ -791,9 +802,75 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(c.mix.entries().len(), 2);
+        assert_eq!(c.mix, "drop:20,reset:10");
         let e = parse(&["chaos", "--port", "1", "--mix", "boom:5"]).unwrap_err();
         assert!(e.to_string().contains("boom"));
+    }
+
+    #[test]
+    fn cli_names_the_registry() {
+        // Every fault is reached by a subcommand (ecn by `mark --ecn`), and
+        // every fault subcommand is a fault.
+        let cmd = Cli::command();
+        for def in faults::REGISTRY {
+            let sub = def.command.split_whitespace().next().unwrap();
+            let c = cmd
+                .find_subcommand(sub)
+                .unwrap_or_else(|| panic!("no subcommand for {}", def.name));
+            assert_eq!(
+                c.get_about().map(|a| a.to_string()).as_deref(),
+                Some(def.about)
+            );
+            if let Some(flag) = def.command.split_whitespace().nth(1) {
+                let long = flag.trim_start_matches("--");
+                assert!(
+                    c.get_arguments().any(|a| a.get_long() == Some(long)),
+                    "{}",
+                    def.name
+                );
+            }
+        }
+        let fault_subs = FaultCommand::augment_subcommands(clap::Command::new("x"));
+        for sub in fault_subs.get_subcommands() {
+            assert!(
+                faults::REGISTRY
+                    .iter()
+                    .any(|d| d.command.starts_with(sub.get_name())),
+                "{} is not in the registry",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn flags_become_the_spec_the_api_takes() {
+        for (args, json) in [
+            (
+                &[
+                    "delay", "--port", "5", "--ms", "300", "--jitter", "20ms", "--dist", "normal",
+                ][..],
+                r#"{"fault":"delay","port":[5],"proto":"all","pct":100.0,"per":"packet","direction":"both","delay_ms":300.0,"jitter":"20ms","dist":"normal"}"#,
+            ),
+            (
+                &[
+                    "mark", "--dport", "80-81", "--ecn", "--name", "x", "--force",
+                ][..],
+                r#"{"name":"x","fault":"ecn","dport":["80-81"],"proto":"all","pct":100.0,"per":"packet","direction":"both","force":true}"#,
+            ),
+            (
+                &[
+                    "chaos", "--sport", "9", "--mix", "drop:5", "--for", "30s", "--per", "flow",
+                ][..],
+                r#"{"fault":"chaos","sport":[9],"proto":"all","pct":100.0,"per":"flow","direction":"both","mix":"drop:5","for":"30s"}"#,
+            ),
+        ] {
+            let Command::Fault(fc) = parse(args).unwrap().command else {
+                panic!()
+            };
+            let (spec, _) = fc.into_spec();
+            let want: RuleSpec = serde_json::from_str(json).unwrap();
+            assert_eq!(spec, want, "{args:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! ```toml
 //! interfaces = ["eth0"]   # default: every interface that is up, and new ones
 //! lease = "5s"            # dead man's switch
+//! socket_group = "faultbpf"  # members may use the daemon's socket
+//! socket_mode = "0660"       # default "0600" (root only)
 //! [defaults]
 //! ttl = "10m"             # rules without `ttl` last this long
 //! [[rule]]
@@ -28,14 +30,11 @@ use toml::Spanned;
 use crate::{
     rules::Rule,
     span::key_span,
-    spec::{RuleSpec, parse_duration},
+    spec::{Policy, RuleSpec, parse_duration},
 };
 
 /// Rules without a `ttl` last this long, unless the config says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
-/// The port no config rule may cut without `force` (the daemon also guards
-/// its own TCP API port, which only its command line knows).
-const GUARDED_PORT: u16 = 22;
 
 /// How long the programs keep faulting without a heartbeat.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
@@ -45,6 +44,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 struct RawConfig {
     interfaces: Option<Vec<String>>,
     lease: Option<Spanned<String>>,
+    socket_group: Option<String>,
+    socket_mode: Option<Spanned<String>>,
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
@@ -64,6 +65,10 @@ pub struct Config {
     pub interfaces: Option<Vec<String>>,
     pub lease: Duration,
     pub default_ttl: Duration,
+    /// The group that owns the daemon's socket (`None`: root's).
+    pub socket_group: Option<String>,
+    /// The socket's permission bits (`None`: 0600).
+    pub socket_mode: Option<u32>,
     /// Named rules; ids are assigned by the daemon.
     pub rules: Vec<NamedRule>,
 }
@@ -74,6 +79,8 @@ impl Default for Config {
             interfaces: None,
             lease: DEFAULT_LEASE,
             default_ttl: DEFAULT_TTL,
+            socket_group: None,
+            socket_mode: None,
             rules: Vec::new(),
         }
     }
@@ -108,6 +115,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     };
     let lease = duration(&raw.lease, DEFAULT_LEASE, "lease")?;
     let default_ttl = duration(&raw.defaults.ttl, DEFAULT_TTL, "defaults.ttl")?;
+    let socket_mode = match &raw.socket_mode {
+        None => None,
+        Some(m) => Some(
+            parse_socket_mode(m.get_ref())
+                .map_err(|e| at(m.span(), format!("socket_mode: {e}")))?,
+        ),
+    };
 
     let mut names = HashSet::new();
     let mut owners = HashMap::new();
@@ -138,31 +152,23 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .find_map(|k| key_span(text, r.span(), k).map(|s| (*k, s)))
                 .unwrap_or((field, r.span()))
         };
-        let rule = spec.to_rule(0, Some(default_ttl)).map_err(|e| {
-            let (key, span) = written(e.field);
-            at(span, format!("rule `{name}`: `{key}`: {}", e.message))
-        })?;
-        // What the daemon would refuse, refused here with a position, so
-        // `faultbpf check` and a reload agree with the daemon.
+        // The same validation and guard rails as the daemon's (which adds
+        // its own ports), so `faultbpf check` and a reload agree with it.
         let port_key = ["port", "dport", "sport"]
             .into_iter()
             .find(|k| key_span(text, r.span(), k).is_some())
             .unwrap_or("port");
-        if !spec.force
-            && rule
-                .ports
-                .iter()
-                .any(|p| (p.first..=p.last).contains(&GUARDED_PORT))
-        {
-            let (_, span) = written(port_key);
-            return Err(at(
-                span,
-                format!(
-                    "rule `{name}`: refusing to fault port {GUARDED_PORT}: it would cut ssh to \
-                     this host; add `force = true` if you mean it"
-                ),
-            ));
-        }
+        let policy = Policy {
+            default_ttl: Some(default_ttl),
+            ..Policy::default()
+        };
+        let rule = spec.validate(0, &policy).map_err(|e| {
+            let (key, span) = written(if e.field == "port" { port_key } else { e.field });
+            let message = e
+                .message
+                .replace("\"force\": true (--force)", "`force = true`");
+            at(span, format!("rule `{name}`: `{key}`: {message}"))
+        })?;
         for k in rule.keys() {
             if let Some(other) = owners.insert(k, name.clone()) {
                 let (_, span) = written(port_key);
@@ -185,8 +191,33 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         interfaces: raw.interfaces,
         lease,
         default_ttl,
+        socket_group: raw.socket_group,
+        socket_mode,
         rules,
     })
+}
+
+/// Parses a socket mode in octal (`0660`, `660`): permission bits only,
+/// and the owner (root) keeps read and write.
+pub fn parse_socket_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim(), 8)
+        .map_err(|_| format!("`{s}` is not an octal mode; write it like 0660"))?;
+    if m > 0o777 {
+        return Err(format!(
+            "`{s}` has bits beyond 0777; a socket mode is permission bits only, like 0660"
+        ));
+    }
+    if m & 0o600 != 0o600 {
+        return Err(format!(
+            "`{s}` takes read/write away from root, who owns the socket; use 06x0, like 0660"
+        ));
+    }
+    if m & 0o002 != 0 {
+        return Err(format!(
+            "`{s}` lets every user on the host add faults; give a group access instead              (socket_group, mode 0660)"
+        ));
+    }
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -224,6 +255,33 @@ ttl = "10s"
 
     fn err(text: &str) -> String {
         parse("f.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn socket_group_and_mode_are_read_and_checked() {
+        let c = parse(
+            "f.toml",
+            "socket_group = \"faultbpf\"\nsocket_mode = \"0660\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.socket_group.as_deref(), Some("faultbpf"));
+        assert_eq!(c.socket_mode, Some(0o660));
+        assert_eq!(Config::default().socket_mode, None);
+        let e = err("socket_mode = \"0666\"\n");
+        assert!(
+            e.starts_with("f.toml:1:15:") && e.contains("every user"),
+            "{e}"
+        );
+        for (bad, says) in [
+            ("rw", "not an octal mode"),
+            ("01660", "beyond 0777"),
+            ("0460", "takes read/write away from root"),
+            ("0606", "every user"),
+        ] {
+            let e = parse_socket_mode(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+        }
+        assert_eq!(parse_socket_mode("660"), Ok(0o660));
     }
 
     #[test]

@@ -168,14 +168,13 @@ fn steer_to_one_cpu(far: &str) -> Result<(), Error> {
 /// user can act on.
 fn missing_qdisc(e: Error) -> Error {
     match &e {
-        Error::Io { what, .. } if what.contains("qdisc kind is unknown") => Error::Io {
-            what: "delay needs the kernel's fq and netem qdiscs (modules sch_fq and sch_netem), \
-                   and this kernel has neither: `modprobe sch_fq sch_netem`, or install the \
-                   kernel's module package (Debian: linux-modules or linux-image-$(uname -r)); \
-                   every other fault works without them"
+        Error::Io { what, .. } if what.contains("qdisc kind is unknown") => Error::Unsupported(
+            "delay needs the kernel's fq and netem qdiscs (modules sch_fq and sch_netem), \
+             and this kernel has neither: `modprobe sch_fq sch_netem`, or install the \
+             kernel's module package (Debian: linux-modules or linux-image-$(uname -r)); \
+             every other fault works without them"
                 .into(),
-            source: io::Error::new(io::ErrorKind::Unsupported, "qdisc kind is unknown"),
-        },
+        ),
         _ => e,
     }
 }

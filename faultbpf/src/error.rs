@@ -45,6 +45,10 @@ pub enum Error {
         #[source]
         source: anyhow::Error,
     },
+    /// This kernel lacks what the rule needs (e.g. `delay` without sch_fq
+    /// and sch_netem): no other value of the rule would help on this host.
+    #[error("{0}")]
+    Unsupported(String),
     /// Plain I/O while inspecting the host.
     #[error("{what}")]
     Io {

@@ -23,20 +23,20 @@
 use std::{path::PathBuf, time::Duration};
 
 use faultbpf_common::RuleCounters;
-use serde::Deserialize;
 
 use crate::{
-    AttachMode, Direction, Fault, Injector, Proto, Rule,
-    client::{Client, ClientError, DEFAULT_SOCKET},
-    faults::Mix,
+    AttachMode, Direction, Hooks, Proto, Rule,
+    api::{Client, ClientError, DEFAULT_SOCKET},
+    faults::Dist,
     iface,
-    rules::{Peer, Per, PortRange, Side},
-    spec::RuleSpec,
+    rules::Per,
+    session::{Handle, Placement, StartError},
+    spec::{Policy, PortSpec, RuleSpec},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    /// A builder value is invalid.
+    /// A builder value is invalid, or a guard rail refused the rule.
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -45,127 +45,151 @@ pub enum GuardError {
     Daemon(#[from] ClientError),
 }
 
+impl From<StartError> for GuardError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Invalid(e) => Self::Invalid(e.to_string()),
+            StartError::Kernel(e) => Self::Kernel(e),
+            StartError::Daemon(e) => Self::Daemon(e),
+        }
+    }
+}
+
 /// Builds one fault; see the module docs.
 #[derive(Debug, Clone)]
 pub struct FaultBuilder {
-    rule: Rule,
-    errors: Vec<String>,
+    spec: RuleSpec,
     ifaces: Vec<String>,
     socket: Option<PathBuf>,
     standalone: bool,
-    name: Option<String>,
 }
 
 impl FaultBuilder {
-    pub fn new(fault: Fault) -> Self {
+    /// A fault by its wire name (`faults::REGISTRY`); the constructors
+    /// below are shorthands.
+    pub fn new(fault: &str) -> Self {
         Self {
-            rule: Rule::new(0, fault, Vec::new()),
-            errors: Vec::new(),
+            spec: RuleSpec::new(fault),
             ifaces: Vec::new(),
             socket: None,
             standalone: false,
-            name: None,
         }
     }
 
     /// Packets vanish (see `faults/blackhole.rs`).
     pub fn blackhole() -> Self {
-        Self::new(Fault::Blackhole)
+        Self::new("blackhole")
     }
 
     /// ECONNREFUSED / ECONNRESET (see `faults/reset.rs`).
     pub fn reset() -> Self {
-        Self::new(Fault::Reset)
+        Self::new("reset")
     }
 
     /// Connections open, data never arrives (see `faults/hang.rs`).
     pub fn hang() -> Self {
-        Self::new(Fault::Hang)
+        Self::new("hang")
     }
 
     /// Delivered bytes are wrong (see `faults/corrupt.rs`).
     pub fn corrupt() -> Self {
-        Self::new(Fault::Corrupt)
+        Self::new("corrupt")
+    }
+
+    /// Sets `skb->mark` (see `faults/mark.rs`).
+    pub fn mark(value: u32) -> Self {
+        let mut b = Self::new("mark");
+        b.spec.mark = Some(value);
+        b
+    }
+
+    /// Sets ECN CE (see `faults/mark.rs`).
+    pub fn ecn() -> Self {
+        Self::new("ecn")
     }
 
     /// A mix such as `"drop:20,reset:10"` (see `faults/chaos.rs`).
     pub fn chaos(mix: &str) -> Self {
-        match mix.parse::<Mix>() {
-            Ok(m) => Self::new(Fault::Chaos(m)),
-            Err(e) => {
-                let mut b = Self::blackhole();
-                b.errors.push(format!("mix: {e}"));
-                b
-            }
-        }
+        let mut b = Self::new("chaos");
+        b.spec.mix = Some(mix.to_string());
+        b
+    }
+
+    /// Packets arrive `ms` milliseconds late (see `faults/delay.rs`).
+    pub fn delay(ms: f64) -> Self {
+        let mut b = Self::new("delay");
+        b.spec.delay_ms = Some(ms);
+        b
+    }
+
+    /// Delay jitter, uniform by default.
+    pub fn jitter(mut self, jitter: Duration, dist: Dist) -> Self {
+        self.spec.jitter = Some(humantime::format_duration(jitter).to_string());
+        self.spec.dist = Some(dist);
+        self
     }
 
     /// Destination or source port.
-    pub fn port(self, port: u16) -> Self {
-        self.range(Side::Either, &port.to_string())
+    pub fn port(mut self, port: u16) -> Self {
+        self.spec.port.push(PortSpec::Number(port.into()));
+        self
     }
 
     /// Destination or source ports, `"8000-8100"`.
-    pub fn ports(self, range: &str) -> Self {
-        self.range(Side::Either, range)
+    pub fn ports(mut self, range: &str) -> Self {
+        self.spec.port.push(PortSpec::Text(range.into()));
+        self
     }
 
     /// Destination port only.
-    pub fn dport(self, port: u16) -> Self {
-        self.range(Side::Dst, &port.to_string())
+    pub fn dport(mut self, port: u16) -> Self {
+        self.spec.dport.push(PortSpec::Number(port.into()));
+        self
     }
 
     /// Source port only.
-    pub fn sport(self, port: u16) -> Self {
-        self.range(Side::Src, &port.to_string())
-    }
-
-    fn range(mut self, side: Side, s: &str) -> Self {
-        match PortRange::parse(side, s) {
-            Ok(r) => self.rule.ports.push(r),
-            Err(e) => self.errors.push(format!("port: {e}")),
-        }
+    pub fn sport(mut self, port: u16) -> Self {
+        self.spec.sport.push(PortSpec::Number(port.into()));
         self
     }
 
     pub fn proto(mut self, proto: Proto) -> Self {
-        self.rule.proto = proto;
+        self.spec.proto = Some(proto);
         self
     }
 
     /// Percent of packets (or flows) hit, 0 to 100.
     pub fn pct(mut self, pct: f64) -> Self {
-        if !(0.0..=100.0).contains(&pct) {
-            self.errors
-                .push(format!("pct: {pct} is out of range (0 to 100)"));
-        }
-        self.rule.pct = pct;
+        self.spec.pct = Some(pct);
         self
     }
 
     /// Decide per connection instead of per packet.
     pub fn per_flow(mut self) -> Self {
-        self.rule.per = Per::Flow;
+        self.spec.per = Some(Per::Flow);
         self
     }
 
     /// Only traffic to or from this host or prefix.
     pub fn peer(mut self, cidr: &str) -> Self {
-        match cidr.parse::<Peer>() {
-            Ok(p) => self.rule.peers.push(p),
-            Err(e) => self.errors.push(format!("peer: {e}")),
-        }
+        self.spec.peer.push(cidr.to_string());
         self
     }
 
     pub fn direction(mut self, d: Direction) -> Self {
-        self.rule.direction = d;
+        self.spec.direction = Some(d);
         self
     }
 
     /// The kernel lifts the fault after this long even if the guard lives on.
     pub fn lasting(mut self, d: Duration) -> Self {
-        self.rule.lasts = Some(d);
+        self.spec.lasts = Some(humantime::format_duration(d).to_string());
+        self
+    }
+
+    /// Allow what the guard rails refuse (port 22, most of the port space).
+    pub fn force(mut self) -> Self {
+        self.spec.force = true;
         self
     }
 
@@ -189,111 +213,79 @@ impl FaultBuilder {
 
     /// A name for the daemon's lists and metrics.
     pub fn name(mut self, name: &str) -> Self {
-        self.name = Some(name.to_string());
+        self.spec.name = Some(name.to_string());
         self
     }
 
-    /// The rule this builder describes, checked.
+    /// The rule this builder describes, checked as every caller's rules
+    /// are (`RuleSpec::validate`).
     pub fn rule(&self) -> Result<Rule, GuardError> {
-        if let Some(e) = self.errors.first() {
-            return Err(GuardError::Invalid(e.clone()));
-        }
-        if self.rule.ports.is_empty() {
-            return Err(GuardError::Invalid(
-                "port: give at least one port (port, ports, dport or sport)".into(),
-            ));
-        }
-        Ok(self.rule.clone())
+        self.spec
+            .validate(0, &Policy::default())
+            .map_err(|e| GuardError::Invalid(e.to_string()))
     }
 
     /// Puts the fault in force until the guard is dropped.
     pub fn apply(self) -> Result<FaultGuard, GuardError> {
-        let rule = self.rule()?;
+        self.rule()?;
         let socket = self.socket.clone().unwrap_or_else(|| {
             std::env::var_os("FAULTBPF_SOCKET")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
         });
         let client = Client::new(socket);
-        if !self.standalone && client.is_up() {
-            let mut spec = RuleSpec::from_rule(&rule, self.name.clone(), false);
-            spec.owner_pid = Some(std::process::id());
-            let body = serde_json::to_value(&spec)
-                .map_err(|e| GuardError::Invalid(format!("could not encode the rule: {e}")))?;
-            #[derive(Deserialize)]
-            struct Added {
-                id: u32,
-            }
-            let added: Added = client.call("POST", "/v1/rules", Some(&body))?;
-            return Ok(FaultGuard::Daemon {
-                client,
-                id: added.id,
-            });
-        }
-        let ifaces = if self.ifaces.is_empty() {
-            iface::up()?
+        let mut placement = if !self.standalone && client.is_up() {
+            Placement::daemon(client)
         } else {
-            self.ifaces.clone()
+            let ifaces = if self.ifaces.is_empty() {
+                iface::up()?
+            } else {
+                self.ifaces.clone()
+            };
+            Placement::here(&ifaces, Hooks::tc(AttachMode::Auto))?
         };
-        let mut inj = Injector::attach(&ifaces, AttachMode::Auto)?;
-        inj.insert(&rule)?;
-        Ok(FaultGuard::Local {
-            inj: Box::new(inj),
-            id: rule.id,
+        let handle = placement.start(&self.spec, true)?;
+        Ok(FaultGuard {
+            placement,
+            handle: Some(handle),
         })
     }
 }
 
 /// A fault in force; dropping it lifts the fault.
-pub enum FaultGuard {
-    /// Programs loaded by this process.
-    Local { inj: Box<Injector>, id: u32 },
-    /// A rule in a daemon.
-    Daemon { client: Client, id: u32 },
+pub struct FaultGuard {
+    placement: Placement,
+    /// Taken by `Drop`.
+    handle: Option<Handle>,
 }
 
 impl FaultGuard {
     /// Counters so far.
     pub fn counters(&self) -> Result<RuleCounters, GuardError> {
-        match self {
-            Self::Local { inj, id } => Ok(inj.counters(*id)?),
-            Self::Daemon { client, id } => {
-                #[derive(Deserialize)]
-                struct Stats {
-                    rules: Vec<RuleCounters2>,
-                }
-                #[derive(Deserialize)]
-                struct RuleCounters2 {
-                    id: u32,
-                    matched_packets: u64,
-                    matched_bytes: u64,
-                    acted_packets: u64,
-                    acted_bytes: u64,
-                }
-                let s: Stats = client.call("GET", "/v1/stats", None)?;
-                let r = s
-                    .rules
-                    .into_iter()
-                    .find(|r| r.id == *id)
-                    .ok_or_else(|| GuardError::Invalid(format!("rule {id} is gone")))?;
-                Ok(RuleCounters {
-                    matched_packets: r.matched_packets,
-                    matched_bytes: r.matched_bytes,
-                    acted_packets: r.acted_packets,
-                    acted_bytes: r.acted_bytes,
-                    ..Default::default()
-                })
-            }
-        }
+        let h = self.handle.as_ref().expect("only Drop takes the handle");
+        self.placement
+            .counters(h)
+            .map_err(GuardError::Invalid)?
+            .ok_or_else(|| GuardError::Invalid(format!("rule {} is gone", h.id())))
+    }
+
+    /// The rule's id: its daemon id, or its counter slot in this process.
+    pub fn id(&self) -> u32 {
+        self.handle.as_ref().map_or(0, Handle::id)
+    }
+
+    /// Whether the fault is in a daemon (else in this process).
+    pub fn in_daemon(&self) -> bool {
+        matches!(self.placement, Placement::Daemon(_))
     }
 }
 
 impl Drop for FaultGuard {
     fn drop(&mut self) {
-        if let Self::Daemon { client, id } = self {
-            let _ = client.request("DELETE", &format!("/v1/rules/{id}"), None);
+        if let Some(h) = self.handle.take() {
+            let _ = self.placement.stop(h);
         }
-        // Local: the Injector's own Drop detaches everything.
+        // In this process, the Injector's own Drop then detaches everything.
     }
 }
 
@@ -314,16 +306,36 @@ mod tests {
             .lasting(Duration::from_secs(5))
             .rule()
             .unwrap();
-        assert_eq!(r.fault, Fault::Reset);
+        assert_eq!(r.fault, crate::Fault::Reset);
         assert_eq!(r.ports.len(), 3);
         assert_eq!((r.pct, r.per), (30.0, Per::Flow));
         assert_eq!(r.peers.len(), 1);
     }
 
     #[test]
+    fn every_registered_fault_has_a_guard_constructor() {
+        for def in crate::faults::REGISTRY {
+            let b = match def.name {
+                "blackhole" => FaultBuilder::blackhole(),
+                "reset" => FaultBuilder::reset(),
+                "hang" => FaultBuilder::hang(),
+                "corrupt" => FaultBuilder::corrupt(),
+                "mark" => FaultBuilder::mark(7),
+                "ecn" => FaultBuilder::ecn(),
+                "chaos" => FaultBuilder::chaos("drop:5"),
+                "delay" => FaultBuilder::delay(5.0),
+                other => panic!("no guard constructor for `{other}`: add one to FaultBuilder"),
+            };
+            let r = b.port(5).rule().unwrap();
+            assert_eq!(r.fault.name(), def.name);
+        }
+    }
+
+    #[test]
     fn builder_errors_name_the_value() {
         for (b, needle) in [
-            (FaultBuilder::blackhole(), "give at least one port"),
+            (FaultBuilder::blackhole(), "give at least one of `port`"),
+            (FaultBuilder::blackhole().port(22), "port 22"),
             (FaultBuilder::blackhole().port(0), "port 0"),
             (FaultBuilder::blackhole().port(1).pct(101.0), "101"),
             (FaultBuilder::blackhole().port(1).peer("x"), "`x`"),

@@ -4,7 +4,7 @@
 //! The CLI (`main.rs`) is a thin layer over this; tests and other tools can
 //! drive the same API.
 
-pub mod client;
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod delaydev;
@@ -14,16 +14,19 @@ pub mod guard;
 pub mod iface;
 mod load;
 pub mod loader;
+pub mod mapwrite;
 mod mountns;
 mod port_filter;
 pub mod reaper;
 pub mod report;
 pub mod rules;
 pub mod scenario;
+pub mod session;
 mod span;
 pub mod spec;
 pub mod target;
 
+pub use api::client;
 pub use error::Error;
 pub use faults::Fault;
 pub use loader::{AttachMode, Hooks, Injector, XdpMode};

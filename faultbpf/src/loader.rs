@@ -15,12 +15,16 @@
 //! does aya fall back to netlink, whose attachment outlives the process:
 //! those are detached on drop here, and by the reaper if we die.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
     maps::{
-        Array, MapData, PerCpuArray,
+        Array, Map, MapData, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -32,15 +36,17 @@ use aya::{
 };
 use faultbpf_common::{
     COUNTERS_MAP, DELAY_DEV_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP,
-    PORTS_MAP, RETURN_PROGRAM, RULE_INDEX_MAP, RULES_MAP, RuleCounters, RuleKey, RuleValue,
-    XDP_PROGRAM,
+    PORT_WORDS, PORTS_MAP, RETURN_PROGRAM, RULE_INDEX_MAP, RULE_INDEX_WORDS, RULES_MAP,
+    RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
 };
 use serde::Serialize;
 
 use crate::{
     delaydev::DelayDevice,
     error::Error,
-    iface, load, port_filter, reaper,
+    iface, load,
+    mapwrite::{self, ArrayFd},
+    port_filter, reaper,
     rules::{Rule, monotonic_ns},
 };
 
@@ -190,6 +196,12 @@ pub struct Injector {
     delay_link: Option<SchedClassifierLink>,
     /// The longest delay the device's qdiscs are sized for.
     delay_max: Duration,
+    /// What `RULE_INDEX` and `PORTS` hold: only this process writes them
+    /// (the maps are created at load and never pinned), so a change is
+    /// computed here and only the words that differ are written, in
+    /// batches, without reading the kernel's copy first.
+    index_shadow: Vec<u64>,
+    ports_shadow: Vec<u64>,
 }
 
 impl Injector {
@@ -246,6 +258,8 @@ impl Injector {
             delay: None,
             delay_link: None,
             delay_max: Duration::ZERO,
+            index_shadow: vec![0; RULE_INDEX_WORDS as usize],
+            ports_shadow: vec![0; PORT_WORDS as usize],
         };
         for i in interfaces {
             inj.attach_one(i)?;
@@ -379,6 +393,12 @@ impl Injector {
         }
     }
 
+    /// Forgets `ifname` (gone, or replaced by a new device of that name):
+    /// its links went with the old device.
+    pub fn forget_interface(&mut self, ifname: &str) {
+        self.interfaces.retain(|i| i != ifname);
+    }
+
     /// Drops interfaces that no longer exist (their links went with them).
     pub fn forget_vanished(&mut self) {
         self.interfaces.retain(|i| iface::index(i).is_some());
@@ -420,14 +440,68 @@ impl Injector {
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         })?;
         self.set_index(&keys, slot)?;
-        let mut ports = self.ports_map()?;
-        for (word, mask) in port_filter::words(keys) {
-            let old = ports.get(&word, 0).unwrap_or(0);
-            ports
-                .set(word, old | mask, 0)
-                .map_err(|e| map_err(PORTS_MAP, "could not update the port filter", e))?;
+        let changes = port_filter::words(keys)
+            .into_iter()
+            .map(|(word, mask)| (word, self.ports_shadow[word as usize] | mask))
+            .collect();
+        self.write_words(PORTS_MAP, changes)
+            .map_err(|e| map_err(PORTS_MAP, "could not update the port filter", e))
+    }
+
+    /// Writes `(word, value)` pairs of `RULE_INDEX` or `PORTS` (whose
+    /// shadow it updates), skipping words that already hold their value.
+    fn write_words(&mut self, name: &'static str, changes: Vec<(u32, u64)>) -> std::io::Result<()> {
+        let fd = self.map_fd(name).map_err(std::io::Error::other)?;
+        let shadow = if name == PORTS_MAP {
+            &mut self.ports_shadow
+        } else {
+            &mut self.index_shadow
+        };
+        let (words, values): (Vec<u32>, Vec<u64>) = changes
+            .into_iter()
+            .filter(|(w, v)| shadow[*w as usize] != *v)
+            .unzip();
+        mapwrite::update_batch(fd, &words, &values)?;
+        for (w, v) in words.iter().zip(values) {
+            shadow[*w as usize] = v;
         }
         Ok(())
+    }
+
+    /// The raw file descriptor of one of the object's maps (owned by
+    /// `self.ebpf`).
+    fn map_fd(&self, name: &'static str) -> Result<i32, Error> {
+        match self.ebpf.map(name) {
+            Some(Map::Array(d)) => Ok(d.fd().as_fd().as_raw_fd()),
+            Some(_) => Err(map_err(
+                name,
+                "unexpected map type",
+                anyhow::anyhow!("not an array"),
+            )),
+            None => Err(missing(name)),
+        }
+    }
+
+    /// A handle on the `LEASE` map with a file descriptor of its own, for a
+    /// heartbeat thread that must not wait for whoever holds the injector.
+    pub fn lease_writer(&self) -> Result<LeaseWriter, Error> {
+        let fd = self.map_fd(LEASE_MAP)?;
+        // SAFETY: `fd` is open for as long as `self.ebpf` lives, which is
+        // longer than this call; the clone is a new descriptor we own.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let owned = borrowed.try_clone_to_owned().map_err(|e| Error::Io {
+            what: format!("could not duplicate the file descriptor of map `{LEASE_MAP}`"),
+            source: e,
+        })?;
+        Ok(LeaseWriter(ArrayFd::new(owned)))
+    }
+
+    /// Makes sure a delay rule of up to `max` can be inserted (the delay
+    /// device exists and its qdiscs are wide enough), without inserting
+    /// any: lets a caller check what this kernel can do before changing
+    /// anything.
+    pub fn prepare_delay(&mut self, max: Duration) -> Result<(), Error> {
+        self.ensure_delay_device(max)
     }
 
     /// Makes the delay device on first use (or widens its qdiscs' horizon),
@@ -486,20 +560,19 @@ impl Injector {
         let keys = rule.keys();
         let _ = self.set_index(&keys, 0);
         // A port's bit stays while any rule of either protocol still has it.
-        let index = self.index_map()?;
         let unused: Vec<_> = keys
             .into_iter()
             .filter(|k| {
                 port_filter::sharing(*k)
                     .iter()
-                    .all(|other| index_slot(&index, other) == 0)
+                    .all(|other| index_slot(&self.index_shadow, other) == 0)
             })
             .collect();
-        let mut ports = self.ports_map()?;
-        for (word, mask) in port_filter::words(unused) {
-            let old = ports.get(&word, 0).unwrap_or(0);
-            let _ = ports.set(word, old & !mask, 0);
-        }
+        let changes = port_filter::words(unused)
+            .into_iter()
+            .map(|(word, mask)| (word, self.ports_shadow[word as usize] & !mask))
+            .collect();
+        let _ = self.write_words(PORTS_MAP, changes);
         let mut peers = self.peers_map()?;
         for (len, data) in rule.peer_entries() {
             let _ = peers.remove(&Key::new(len, data));
@@ -511,10 +584,6 @@ impl Injector {
     fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>, Error> {
         let map = self.ebpf.map_mut(name).ok_or_else(|| missing(name))?;
         Array::try_from(map).map_err(|e| map_err(name, "unexpected map type", e))
-    }
-
-    fn ports_map(&mut self) -> Result<Array<&mut MapData, u64>, Error> {
-        self.array(PORTS_MAP)
     }
 
     fn peers_map(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 20], u8>, Error> {
@@ -580,31 +649,21 @@ impl Injector {
         self.array(RULES_MAP)
     }
 
-    fn index_map(&mut self) -> Result<Array<&mut MapData, u64>, Error> {
-        self.array(RULE_INDEX_MAP)
-    }
-
-    /// Points `keys` at `slot` (slot + 1 of a rule, or 0 for none), one
-    /// read-modify-write per index word touched. Only this process writes
-    /// the index, so nothing can change a word between the read and write.
+    /// Points `keys` at `slot` (slot + 1 of a rule, or 0 for none): the
+    /// words touched are computed from the shadow copy and written in
+    /// batches.
     fn set_index(&mut self, keys: &[RuleKey], slot: u16) -> Result<(), Error> {
-        let mut words: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut words: BTreeMap<u32, u64> = BTreeMap::new();
         for k in keys {
             if let Some((word, shift)) = k.index_bits() {
-                words.entry(word).or_default().push(shift);
+                let w = words
+                    .entry(word)
+                    .or_insert(self.index_shadow[word as usize]);
+                *w = (*w & !(0xffff << shift)) | (u64::from(slot) << shift);
             }
         }
-        let mut index = self.index_map()?;
-        for (word, shifts) in words {
-            let mut w = index.get(&word, 0).unwrap_or(0);
-            for shift in shifts {
-                w = (w & !(0xffff << shift)) | (u64::from(slot) << shift);
-            }
-            index
-                .set(word, w, 0)
-                .map_err(|e| map_err(RULE_INDEX_MAP, "could not update the rule index", e))?;
-        }
-        Ok(())
+        self.write_words(RULE_INDEX_MAP, words.into_iter().collect())
+            .map_err(|e| map_err(RULE_INDEX_MAP, "could not update the rule index", e))
     }
 
     /// The first attached interface that no longer exists, if any.
@@ -655,10 +714,29 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {
 }
 
 /// The slot + 1 `key` points at in the rule index; 0 for none.
-fn index_slot(index: &Array<&mut MapData, u64>, key: &RuleKey) -> u64 {
+fn index_slot(index: &[u64], key: &RuleKey) -> u64 {
     match key.index_bits() {
-        Some((word, shift)) => (index.get(&word, 0).unwrap_or(0) >> shift) & 0xffff,
+        Some((word, shift)) => (index[word as usize] >> shift) & 0xffff,
         None => 0,
+    }
+}
+
+/// Renews the `LEASE` map through a file descriptor of its own
+/// ([`Injector::lease_writer`]); `Send`, so a heartbeat thread can own it.
+#[derive(Debug)]
+pub struct LeaseWriter(ArrayFd);
+
+impl LeaseWriter {
+    /// Rules act for `lease` from now, unless renewed again; zero disables
+    /// the switch.
+    pub fn renew(&self, lease: Duration) -> Result<(), Error> {
+        let lease = Lease {
+            heartbeat_ns: monotonic_ns(),
+            lease_ns: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
+        };
+        self.0
+            .set(0, &lease)
+            .map_err(|e| map_err(LEASE_MAP, "could not renew the lease", e))
     }
 }
 

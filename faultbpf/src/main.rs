@@ -2,34 +2,27 @@
 //! code (0 done, 1 runtime failure, 2 bad usage).
 
 mod cli;
-mod foreground;
-mod remote;
-mod runner;
+mod fault;
+mod manage;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, error::ErrorKind};
-use faultbpf::{Fault, client::Client, daemon, scenario, target::Target};
+use faultbpf::{client::Client, daemon, scenario};
 
 use crate::{
-    cli::{Cli, Command, FaultArgs, ScenarioCommand},
-    foreground::Failure,
+    cli::{Cli, Command, ScenarioCommand},
+    fault::Failure,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = Client::new(&cli.socket);
     let result = match cli.command {
-        Command::Fault(fc) => match fc.into_parts() {
-            Ok((f, args)) => fault(f, args, &client),
-            Err(e) => Err(Failure::Usage(e)),
-        },
-        Command::Run { fault } => match fault.into_parts() {
-            Ok((f, args)) => match run(f, args, &client) {
-                Ok(code) => return ExitCode::from(code),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(Failure::Usage(e)),
+        Command::Fault(fc) => fault::fault(fc, &client),
+        Command::Run { fault } => match fault::run(fault, &client) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
         },
         Command::Scenario(ScenarioCommand::Run { file, json }) => {
             match scenario::run(&file, json, &client) {
@@ -49,11 +42,13 @@ fn main() -> ExitCode {
             ifaces: d.ifaces,
             attach: d.attach,
             lease: d.lease,
+            socket_group: d.socket_group,
+            socket_mode: d.socket_mode,
         })
         .map_err(Failure::Runtime),
-        Command::Rules { json } => remote::rules(&client, json),
-        Command::Rm { ids, all } => remote::rm(&client, &ids, all),
-        Command::Stats { watch, json } => remote::stats(&client, watch, json),
+        Command::Rules { json } => manage::rules(&client, json),
+        Command::Rm { ids, all, json } => manage::rm(&client, &ids, all, json),
+        Command::Stats { watch, json } => manage::stats(&client, watch, json),
         Command::Check { file } => check(&file),
         Command::Reap(args) => {
             faultbpf::reaper::run(&args.filters, &args.clsact, &args.xdp);
@@ -74,44 +69,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// A fault command: a daemon rule when a daemon listens, else standalone.
-fn fault(f: Fault, args: FaultArgs, client: &Client) -> Result<(), Failure> {
-    if !args.command.is_empty() {
-        return Err(Failure::Usage(format!(
-            "a command after `--` needs `faultbpf run`: faultbpf run {} ... -- {}",
-            f.name(),
-            args.command.join(" ")
-        )));
-    }
-    match daemon_for(&args, client)? {
-        Some(c) => remote::add(f, args, c),
-        None => foreground::run(f, args),
-    }
-}
-
-/// `faultbpf run`.
-fn run(f: Fault, args: FaultArgs, client: &Client) -> Result<u8, Failure> {
-    let c = daemon_for(&args, client)?;
-    runner::run(f, args, c)
-}
-
-/// Enters the target namespace if one is named (then always standalone:
-/// a daemon owns its own namespace), else picks the daemon if one listens.
-fn daemon_for<'a>(args: &FaultArgs, client: &'a Client) -> Result<Option<&'a Client>, Failure> {
-    let target = match (&args.netns, args.pid, &args.container) {
-        (Some(n), _, _) => Some(Target::Netns(n.clone())),
-        (_, Some(p), _) => Some(Target::Pid(p)),
-        (_, _, Some(c)) => Some(Target::Container(c.clone())),
-        _ => None,
-    };
-    if let Some(t) = target {
-        t.enter().map_err(|e| Failure::Runtime(e.into()))?;
-        return Ok(None);
-    }
-    // --xdp attaches its own program: standalone only.
-    Ok((!args.standalone && !args.xdp && client.is_up()).then_some(client))
 }
 
 /// `faultbpf check FILE`.

@@ -7,7 +7,7 @@ use faultbpf_common::RuleCounters;
 use serde::Serialize;
 
 use crate::{
-    faults::{Fault, chaos},
+    faults::Fault,
     rules::{Direction, Proto, Rule},
 };
 
@@ -42,8 +42,8 @@ pub fn action_counts(rule: &Rule, c: &RuleCounters) -> Option<Vec<(&'static str,
         return None;
     }
     let mut out: Vec<(&'static str, u64)> = Vec::new();
-    for ((kind, _), &n) in mix.entries().iter().zip(&c.mix_packets) {
-        let name = chaos::action_name(*kind);
+    for ((def, _), &n) in mix.entries().iter().zip(&c.mix_packets) {
+        let name = def.mix_action.unwrap_or(def.name);
         match out.iter_mut().find(|(a, _)| *a == name) {
             Some((_, sum)) => *sum += n,
             None => out.push((name, n)),

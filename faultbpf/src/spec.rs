@@ -1,29 +1,54 @@
-//! A rule as users write it, in the daemon's JSON API and in the TOML
-//! config: one serde type for both, so a field means the same everywhere.
-//! `RuleSpec::to_rule` validates it into a `rules::Rule`.
+//! A rule as users write it — in the daemon's JSON API, the TOML config,
+//! scenario files, and (built from flags) on the command line — and the one
+//! place it is validated into a `rules::Rule`.
+//!
+//! Validation is complete before anything reaches the kernel: durations and
+//! numbers are bounded (`MAX_LASTS`, the delay's 60 s), port ranges are
+//! merged and capped (`MAX_RANGES`), the fault's own fields are checked
+//! against its registry entry, and the guard rails ([`Guards`]: port 22,
+//! the daemon's own ports, a cut of most of the port space) refuse unless
+//! `force` is set. Every caller — CLI, `run`, the library guard, scenarios,
+//! the daemon — goes through [`RuleSpec::validate`].
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    faults::{DelayParams, Dist, Fault, Mix, delay},
+    faults::{self, Dist},
     rules::{Direction, Peer, Per, PortRange, Proto, Rule, Side},
 };
 
-/// The fault's wire name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultName {
-    Blackhole,
-    Reset,
-    Hang,
-    Corrupt,
-    Mark,
-    Ecn,
-    Chaos,
-    Delay,
-}
+/// The longest `for` / `ttl` a rule (or a scenario time) may have: 30 days.
+/// Longer is a typo, and would overflow clocks.
+pub const MAX_LASTS: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Port entries a spec may list before merging.
+pub const MAX_PORT_ENTRIES: usize = 1024;
+/// Port ranges a rule may hold after overlapping and adjacent ones are
+/// merged.
+pub const MAX_RANGES: usize = 64;
+/// A rule covering more ports than this cuts most of the host: it needs
+/// `force`.
+pub const WIDE_CUT: u32 = 32_768;
+
+/// The fields every rule has, whatever its fault (the others belong to
+/// one fault's `params`, see `faults::REGISTRY`).
+pub const COMMON_FIELDS: &[&str] = &[
+    "name",
+    "fault",
+    "port",
+    "dport",
+    "sport",
+    "proto",
+    "peer",
+    "pct",
+    "per",
+    "direction",
+    "fragments",
+    "for",
+    "force",
+    "owner_pid",
+];
 
 /// A port as written: `5432` or `"8000-8100"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,7 +65,10 @@ pub struct RuleSpec {
     /// Optional label, shown in lists and metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    pub fault: FaultName,
+    /// A wire name from `faults::REGISTRY`; another is refused while
+    /// parsing, so TOML errors point at the value.
+    #[serde(deserialize_with = "known_fault")]
+    pub fault: String,
     /// Destination or source ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port: Vec<PortSpec>,
@@ -97,6 +125,17 @@ pub struct RuleSpec {
     pub owner_pid: Option<u32>,
 }
 
+pub(crate) fn known_fault<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    match faults::lookup(&name) {
+        Some(_) => Ok(name),
+        None => Err(serde::de::Error::custom(format!(
+            "`{name}` is not a fault (expected one of {})",
+            faults::names()
+        ))),
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -107,66 +146,125 @@ fn is_false(b: &bool) -> bool {
 pub struct SpecError {
     pub field: &'static str,
     pub message: String,
+    /// A guard rail refused it: `force` would let it through (the daemon
+    /// answers 403 rather than 400).
+    pub guarded: bool,
 }
 
-fn bad(field: &'static str, message: impl Into<String>) -> SpecError {
-    SpecError {
-        field,
-        message: message.into(),
+impl SpecError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+            guarded: false,
+        }
     }
 }
 
+fn bad(field: &'static str, message: impl Into<String>) -> SpecError {
+    SpecError::new(field, message)
+}
+
+/// Ports no rule may cut without `force`, and why: ssh, and the daemon's
+/// own TCP API and metrics ports where there are some.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guards {
+    ports: Vec<(u16, String)>,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Self {
+            ports: vec![(22, "it would cut ssh to this host".into())],
+        }
+    }
+}
+
+impl Guards {
+    /// Also guards `port`, for `why`.
+    pub fn with_port(mut self, port: u16, why: impl Into<String>) -> Self {
+        self.ports.push((port, why.into()));
+        self
+    }
+
+    /// The refusal for `rule`, if a guard rail applies.
+    fn check(&self, rule: &Rule) -> Result<(), SpecError> {
+        let guarded = |message: String| SpecError {
+            field: "port",
+            message: format!("{message}; add \"force\": true (--force) if you mean it"),
+            guarded: true,
+        };
+        for (port, why) in &self.ports {
+            if rule.ports.iter().any(|r| (r.first..=r.last).contains(port)) {
+                return Err(guarded(format!("refusing to fault port {port}: {why}")));
+            }
+        }
+        let covered = covered_ports(&rule.ports);
+        if covered > WIDE_CUT {
+            return Err(guarded(format!(
+                "refusing to fault {covered} ports ({}): a cut that wide takes down most of \
+                 this host's traffic",
+                rule.ports_text().join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How a spec becomes a rule: the expiry a rule without `for` gets, and
+/// the guard rails.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub default_ttl: Option<Duration>,
+    pub guards: Guards,
+}
+
 impl RuleSpec {
-    /// A spec for the CLI's own flags, so the CLI and the API share one
-    /// validation path.
-    pub fn from_rule(rule: &Rule, name: Option<String>, force: bool) -> Self {
-        let mut spec = Self {
-            name,
-            fault: match &rule.fault {
-                Fault::Blackhole => FaultName::Blackhole,
-                Fault::Reset => FaultName::Reset,
-                Fault::Hang => FaultName::Hang,
-                Fault::Corrupt => FaultName::Corrupt,
-                Fault::Mark { .. } => FaultName::Mark,
-                Fault::Ecn => FaultName::Ecn,
-                Fault::Chaos(_) => FaultName::Chaos,
-                Fault::Delay(_) => FaultName::Delay,
-            },
+    /// A spec of `fault` with nothing else set.
+    pub fn new(fault: &str) -> Self {
+        Self {
+            name: None,
+            fault: fault.to_string(),
             port: Vec::new(),
             dport: Vec::new(),
             sport: Vec::new(),
+            proto: None,
+            peer: Vec::new(),
+            pct: None,
+            per: None,
+            direction: None,
+            fragments: false,
+            mark: None,
+            mix: None,
+            delay_ms: None,
+            jitter: None,
+            dist: None,
+            reorder: false,
+            lasts: None,
+            force: false,
+            owner_pid: None,
+        }
+    }
+
+    /// The spec of a validated rule (the CLI's flags and the library
+    /// guard's builder become a spec this way, so they share one
+    /// validation path with the API).
+    pub fn from_rule(rule: &Rule, name: Option<String>, force: bool) -> Self {
+        let mut spec = Self {
+            name,
             proto: Some(rule.proto),
             peer: rule.peers.iter().map(|p| p.to_string()).collect(),
             pct: Some(rule.pct),
             per: Some(rule.per),
             direction: Some(rule.direction),
             fragments: rule.fragments,
-            mark: match rule.fault {
-                Fault::Mark { value } => Some(value),
-                _ => None,
-            },
-            mix: match &rule.fault {
-                Fault::Chaos(m) => Some(m.to_string()),
-                _ => None,
-            },
             lasts: rule
                 .lasts
                 .map(|d| humantime::format_duration(d).to_string()),
-            delay_ms: rule.fault.delay().map(|d| d.mean.as_secs_f64() * 1e3),
-            jitter: rule
-                .fault
-                .delay()
-                .filter(|d| !d.jitter.is_zero())
-                .map(|d| humantime::format_duration(d.jitter).to_string()),
-            dist: rule
-                .fault
-                .delay()
-                .map(|d| d.dist)
-                .filter(|d| *d != Dist::Uniform),
-            reorder: rule.fault.delay().is_some_and(|d| d.reorder),
             force,
-            owner_pid: None,
+            ..Self::new(rule.fault.name())
         };
+        rule.fault.write_params(&mut spec);
         for r in &rule.ports {
             let text = if r.first == r.last {
                 PortSpec::Number(r.first.into())
@@ -182,52 +280,124 @@ impl RuleSpec {
         spec
     }
 
-    /// Validates into a rule with counter slot `id`. `default_ttl` applies
-    /// when the spec gives no `for`.
-    pub fn to_rule(&self, id: u32, default_ttl: Option<Duration>) -> Result<Rule, SpecError> {
-        let fault = match self.fault {
-            FaultName::Blackhole => Fault::Blackhole,
-            FaultName::Reset => Fault::Reset,
-            FaultName::Hang => Fault::Hang,
-            FaultName::Corrupt => Fault::Corrupt,
-            FaultName::Ecn => Fault::Ecn,
-            FaultName::Mark => Fault::Mark {
-                value: self
-                    .mark
-                    .ok_or_else(|| bad("mark", "the mark fault needs a `mark` value"))?,
-            },
-            FaultName::Chaos => {
-                let mix = self
-                    .mix
-                    .as_deref()
-                    .ok_or_else(|| bad("mix", "the chaos fault needs a `mix`, e.g. \"drop:20\""))?;
-                let mut mix = mix.parse::<Mix>().map_err(|e| bad("mix", e))?;
-                if mix.delays() {
-                    mix.delay = Some(self.delay_params()?);
-                }
-                Fault::Chaos(mix)
-            }
-            FaultName::Delay => Fault::Delay(self.delay_params()?),
-        };
-        let delays = matches!(self.fault, FaultName::Delay)
-            || (self.fault == FaultName::Chaos
-                && self.mix.as_deref().is_some_and(|m| m.contains("delay")));
-        if !delays
-            && (self.delay_ms.is_some()
-                || self.jitter.is_some()
-                || self.dist.is_some()
-                || self.reorder)
-        {
+    /// Validates into a rule with counter slot `id`, completely: nothing
+    /// about the rule is checked later, so a caller may write it to the
+    /// kernel as soon as this returns `Ok`.
+    pub fn validate(&self, id: u32, policy: &Policy) -> Result<Rule, SpecError> {
+        let def = faults::lookup(&self.fault).ok_or_else(|| {
+            bad(
+                "fault",
+                format!(
+                    "`{}` is not a fault (expected one of {})",
+                    self.fault,
+                    faults::names()
+                ),
+            )
+        })?;
+        self.check_params(def)?;
+        let fault = (def.build)(self)?;
+        let ports = self.port_ranges()?;
+        let pct = self.pct.unwrap_or(100.0);
+        if !(0.0..=100.0).contains(&pct) {
             return Err(bad(
-                "delay_ms",
-                "only delay (or a mix with delay) takes delay_ms, jitter, dist, reorder",
+                "pct",
+                format!("{pct} is out of range (expected 0 to 100)"),
             ));
         }
-        if self.mark.is_some() && self.fault != FaultName::Mark {
-            return Err(bad("mark", "only the mark fault takes a `mark`"));
+        let proto = self.proto.unwrap_or(Proto::All);
+        if proto == Proto::Udp && !def.udp {
+            return Err(bad(
+                "proto",
+                format!(
+                    "{} has nothing to do on UDP (it stalls TCP payload after the handshake); \
+                     use blackhole to lose UDP datagrams",
+                    def.name
+                ),
+            ));
         }
-        if self.mix.is_some() && self.fault != FaultName::Chaos {
-            return Err(bad("mix", "only the chaos fault takes a `mix`"));
+        let peers = self
+            .peer
+            .iter()
+            .map(|p| p.parse::<Peer>().map_err(|e| bad("peer", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lasts = match &self.lasts {
+            Some(s) => Some(parse_duration(s).map_err(|e| bad("for", e))?),
+            None => policy.default_ttl,
+        };
+        if let Some(n) = &self.name
+            && (n.is_empty() || n.chars().count() > 64 || n.chars().any(|c| c.is_control()))
+        {
+            return Err(bad("name", "1 to 64 printable characters"));
+        }
+        if let Some(pid) = self.owner_pid
+            && !(1..=i32::MAX as u32).contains(&pid)
+        {
+            return Err(bad(
+                "owner_pid",
+                format!("{pid} is not a process id (expected 1 to {})", i32::MAX),
+            ));
+        }
+        let rule = Rule {
+            proto,
+            peers,
+            pct,
+            per: self.per.unwrap_or(Per::Packet),
+            direction: self.direction.unwrap_or(Direction::Both),
+            fragments: self.fragments,
+            lasts,
+            ..Rule::new(id, fault, ports)
+        };
+        if !self.force {
+            policy.guards.check(&rule)?;
+        }
+        Ok(rule)
+    }
+
+    /// Refuses a field that belongs to another fault (`mark` on a
+    /// blackhole): whatever the spec carries beyond `COMMON_FIELDS` must be
+    /// one of this fault's `params`.
+    fn check_params(&self, def: &faults::FaultDef) -> Result<(), SpecError> {
+        let v = serde_json::to_value(self).map_err(|e| bad("fault", e.to_string()))?;
+        let Some(fields) = v.as_object() else {
+            return Ok(());
+        };
+        for field in fields.keys() {
+            if COMMON_FIELDS.contains(&field.as_str())
+                || def.params.iter().any(|p| p.field == field)
+            {
+                continue;
+            }
+            let owners: Vec<&str> = faults::REGISTRY
+                .iter()
+                .filter(|d| d.params.iter().any(|p| p.field == field))
+                .map(|d| d.name)
+                .collect();
+            let field = faults::REGISTRY
+                .iter()
+                .flat_map(|d| d.params)
+                .find(|p| p.field == field)
+                .map_or("fault", |p| p.field);
+            return Err(bad(
+                field,
+                format!(
+                    "{} does not take `{field}` (only {} do)",
+                    def.name,
+                    owners.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `port`, `dport` and `sport` as ranges: at least one, overlapping and
+    /// adjacent ranges of a side merged, at most `MAX_RANGES` left.
+    fn port_ranges(&self) -> Result<Vec<PortRange>, SpecError> {
+        let given = self.port.len() + self.dport.len() + self.sport.len();
+        if given > MAX_PORT_ENTRIES {
+            return Err(bad(
+                "port",
+                format!("{given} port entries; at most {MAX_PORT_ENTRIES} (write ranges as A-B)"),
+            ));
         }
         let mut ports = Vec::new();
         for (field, side, list) in [
@@ -246,67 +416,74 @@ impl RuleSpec {
         if ports.is_empty() {
             return Err(bad("port", "give at least one of `port`, `dport`, `sport`"));
         }
-        let pct = self.pct.unwrap_or(100.0);
-        if !(0.0..=100.0).contains(&pct) {
+        let ports = merge(ports);
+        if ports.len() > MAX_RANGES {
             return Err(bad(
-                "pct",
-                format!("{pct} is out of range (expected 0 to 100)"),
+                "port",
+                format!(
+                    "{} separate port ranges after merging; at most {MAX_RANGES} per rule \
+                     (use fewer, wider ranges, or several rules)",
+                    ports.len()
+                ),
             ));
         }
-        let peers = self
-            .peer
-            .iter()
-            .map(|p| p.parse::<Peer>().map_err(|e| bad("peer", e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let lasts = match &self.lasts {
-            Some(s) => Some(parse_duration(s).map_err(|e| bad("for", e))?),
-            None => default_ttl,
-        };
-        if let Some(n) = &self.name
-            && (n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control()))
-        {
-            return Err(bad("name", "1 to 64 printable characters"));
+        Ok(ports)
+    }
+}
+
+/// Sorts ranges and merges the overlapping and adjacent ones of each side.
+pub fn merge(mut ranges: Vec<PortRange>) -> Vec<PortRange> {
+    let order = |s: Side| s as u8;
+    ranges.sort_by_key(|r| (order(r.side), r.first, r.last));
+    let mut out: Vec<PortRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(prev) if prev.side == r.side && u32::from(r.first) <= u32::from(prev.last) + 1 => {
+                prev.last = prev.last.max(r.last);
+            }
+            _ => out.push(r),
         }
-        Ok(Rule {
-            proto: self.proto.unwrap_or(Proto::All),
-            peers,
-            pct,
-            per: self.per.unwrap_or(Per::Packet),
-            direction: self.direction.unwrap_or(Direction::Both),
-            fragments: self.fragments,
-            lasts,
-            ..Rule::new(id, fault, ports)
-        })
     }
+    out
 }
 
-impl RuleSpec {
-    /// `delay_ms`, `jitter`, `dist`, `reorder`, checked.
-    fn delay_params(&self) -> Result<DelayParams, SpecError> {
-        let ms = self
-            .delay_ms
-            .ok_or_else(|| bad("delay_ms", "the delay fault needs `delay_ms`"))?;
-        let mean = delay::ms(ms).map_err(|e| bad("delay_ms", e))?;
-        let jitter = match &self.jitter {
-            Some(j) => humantime::parse_duration(j.trim()).map_err(|e| {
-                bad(
-                    "jitter",
-                    format!("`{j}` is not a duration ({e}); e.g. 20ms"),
-                )
-            })?,
-            None => Duration::ZERO,
-        };
-        DelayParams::new(mean, jitter, self.dist.unwrap_or_default(), self.reorder)
-            .map_err(|e| bad("delay_ms", e))
+/// How many distinct port numbers the ranges cover, whatever their side.
+fn covered_ports(ranges: &[PortRange]) -> u32 {
+    let mut spans: Vec<(u32, u32)> = ranges
+        .iter()
+        .map(|r| (u32::from(r.first), u32::from(r.last)))
+        .collect();
+    spans.sort();
+    let mut total = 0;
+    let mut reach = 0;
+    for (first, last) in spans {
+        let from = first.max(reach);
+        if last >= from {
+            total += last - from + 1;
+            reach = last + 1;
+        }
     }
+    total
 }
 
-/// `30s`, `10m`, `1h30m`; positive.
+/// `30s`, `10m`, `1h30m`: positive and at most `MAX_LASTS`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration ({e}); examples: 30s, 5m, 1h30m"))?;
+    let d = parse_bounded(s, MAX_LASTS)?;
     if d.is_zero() {
         return Err(format!("`{s}` is zero; give a positive duration"));
+    }
+    Ok(d)
+}
+
+/// A duration of at most `max` (zero allowed).
+pub fn parse_bounded(s: &str, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}); examples: 30s, 5m, 1h30m"))?;
+    if d > max {
+        return Err(format!(
+            "`{s}` is longer than the maximum, {}",
+            humantime::format_duration(max)
+        ));
     }
     Ok(d)
 }
@@ -314,15 +491,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Fault;
 
     fn spec(json: &str) -> RuleSpec {
         serde_json::from_str(json).unwrap()
     }
 
+    fn ttl(secs: u64) -> Policy {
+        Policy {
+            default_ttl: Some(Duration::from_secs(secs)),
+            ..Policy::default()
+        }
+    }
+
     #[test]
     fn minimal_spec_gets_defaults_and_ttl() {
         let r = spec(r#"{"fault":"blackhole","port":[5672]}"#)
-            .to_rule(4, Some(Duration::from_secs(600)))
+            .validate(4, &ttl(600))
             .unwrap();
         assert_eq!(r.id, 4);
         assert_eq!(r.fault, Fault::Blackhole);
@@ -337,7 +522,7 @@ mod tests {
                 "dport":[9],"sport":["10"],"proto":"udp","peer":["10.200.0.0/24"],"pct":50,
                 "per":"flow","direction":"egress","fragments":true,"for":"30s"}"#,
         )
-        .to_rule(0, None)
+        .validate(0, &Policy::default())
         .unwrap();
         assert_eq!(r.ports.len(), 4);
         assert_eq!(r.proto, Proto::Udp);
@@ -361,7 +546,7 @@ mod tests {
             ),
             (r#"{"fault":"blackhole","dport":["9-1"]}"#, "dport"),
         ] {
-            let e = spec(json).to_rule(0, None).unwrap_err();
+            let e = spec(json).validate(0, &Policy::default()).unwrap_err();
             assert_eq!(e.field, field, "{json}: {e}");
         }
     }
@@ -369,16 +554,155 @@ mod tests {
     #[test]
     fn unknown_fields_and_faults_are_rejected() {
         assert!(serde_json::from_str::<RuleSpec>(r#"{"fault":"blackhole","prot":1}"#).is_err());
-        assert!(serde_json::from_str::<RuleSpec>(r#"{"fault":"explode"}"#).is_err());
+        let e = serde_json::from_str::<RuleSpec>(r#"{"fault":"explode","port":[1]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`explode`") && e.contains("blackhole"), "{e}");
+        let e = RuleSpec::new("explode")
+            .validate(0, &Policy::default())
+            .unwrap_err();
+        assert_eq!(e.field, "fault");
+    }
+
+    #[test]
+    fn huge_values_are_refused_naming_them() {
+        for (json, field, needle) in [
+            (
+                r#"{"fault":"blackhole","port":[5],"for":"300000000000y"}"#,
+                "for",
+                "300000000000y",
+            ),
+            (
+                r#"{"fault":"blackhole","port":[5],"for":"31days"}"#,
+                "for",
+                "31days",
+            ),
+            (
+                r#"{"fault":"delay","port":[5],"delay_ms":1e300}"#,
+                "delay_ms",
+                "1e300",
+            ),
+            (
+                r#"{"fault":"delay","port":[5],"delay_ms":5,"jitter":"300000000000y"}"#,
+                "jitter",
+                "300000000000y",
+            ),
+            (
+                r#"{"fault":"delay","port":[5],"delay_ms":30000,"jitter":"11s","dist":"normal"}"#,
+                "delay_ms",
+                "normal",
+            ),
+            (
+                r#"{"fault":"blackhole","port":[5],"owner_pid":0}"#,
+                "owner_pid",
+                "0",
+            ),
+            (
+                r#"{"fault":"blackhole","port":[5],"owner_pid":4294967295}"#,
+                "owner_pid",
+                "4294967295",
+            ),
+            (
+                r#"{"fault":"hang","port":[5],"proto":"udp"}"#,
+                "proto",
+                "blackhole",
+            ),
+            (
+                r#"{"fault":"blackhole","port":[5],"mark":3}"#,
+                "mark",
+                "only mark",
+            ),
+            (
+                r#"{"fault":"reset","port":[5],"delay_ms":3}"#,
+                "delay_ms",
+                "only chaos, delay",
+            ),
+            (
+                r#"{"fault":"chaos","port":[5],"mix":"drop:5","delay_ms":3}"#,
+                "delay_ms",
+                "drop:5",
+            ),
+        ] {
+            let e = spec(json).validate(0, &Policy::default()).unwrap_err();
+            assert_eq!(e.field, field, "{json}: {e}");
+            assert!(e.message.contains(needle), "{json}: {e}");
+        }
+        // Still fine at the bounds.
+        for json in [
+            r#"{"fault":"blackhole","port":[5],"for":"30days"}"#,
+            r#"{"fault":"delay","port":[5],"delay_ms":60000}"#,
+            r#"{"fault":"hang","port":[5],"proto":"tcp"}"#,
+        ] {
+            spec(json).validate(0, &Policy::default()).unwrap();
+        }
+    }
+
+    #[test]
+    fn ranges_are_merged_and_capped() {
+        let mut s = RuleSpec::new("blackhole");
+        s.dport = vec![PortSpec::Text("9461-65535".into()); 100];
+        s.dport.push(PortSpec::Number(9460));
+        s.force = true;
+        let r = s.validate(0, &Policy::default()).unwrap();
+        assert_eq!(
+            r.ports,
+            vec![PortRange {
+                side: Side::Dst,
+                first: 9460,
+                last: 65535
+            }]
+        );
+
+        let mut s = RuleSpec::new("blackhole");
+        s.port = (0..MAX_RANGES as i64 + 1)
+            .map(|i| PortSpec::Number(1000 + 2 * i))
+            .collect();
+        let e = s.validate(0, &Policy::default()).unwrap_err();
+        assert!(e.message.contains("65 separate port ranges"), "{e}");
+
+        let mut s = RuleSpec::new("blackhole");
+        s.port = vec![PortSpec::Number(80); MAX_PORT_ENTRIES + 1];
+        let e = s.validate(0, &Policy::default()).unwrap_err();
+        assert!(e.message.contains("1025 port entries"), "{e}");
+    }
+
+    #[test]
+    fn guard_rails_refuse_without_force() {
+        let guards = Guards::default().with_port(9464, "it would cut the daemon's metrics");
+        let policy = Policy {
+            default_ttl: None,
+            guards,
+        };
+        for (json, needle) in [
+            (r#"{"fault":"blackhole","port":[22]}"#, "port 22"),
+            (r#"{"fault":"blackhole","sport":["1-65535"]}"#, "port 22"),
+            (
+                r#"{"fault":"blackhole","dport":["9000-9999"]}"#,
+                "port 9464",
+            ),
+            (
+                r#"{"fault":"blackhole","dport":["10000-50000"]}"#,
+                "40001 ports",
+            ),
+        ] {
+            let e = spec(json).validate(0, &policy).unwrap_err();
+            assert!(e.guarded && e.message.contains(needle), "{json}: {e}");
+            let mut forced = spec(json);
+            forced.force = true;
+            forced.validate(0, &policy).unwrap();
+        }
+        spec(r#"{"fault":"blackhole","dport":["23-9000"]}"#)
+            .validate(0, &policy)
+            .unwrap();
     }
 
     #[test]
     fn round_trips_through_a_rule() {
         let r = spec(r#"{"fault":"reset","dport":["80-81"],"pct":30,"per":"flow"}"#)
-            .to_rule(2, None)
+            .validate(2, &Policy::default())
             .unwrap();
         let back = RuleSpec::from_rule(&r, None, false)
-            .to_rule(2, None)
+            .validate(2, &Policy::default())
             .unwrap();
         assert_eq!(back, r);
     }

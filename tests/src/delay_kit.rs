@@ -1,7 +1,6 @@
 //! Measuring tools for the `delay` tests: whether the kernel has the qdiscs
 //! delay needs, UDP round trips to an echo server, one-way times of a
-//! numbered UDP burst, bulk TCP throughput over a bounded window, and a
-//! faultbpf run that is expected to end by itself (a refusal).
+//! numbered UDP burst, and bulk TCP throughput over a bounded window.
 //!
 //! Every socket is made inside a test namespace; every loop and wait is
 //! bounded; servers and threads stop on `Drop`.
@@ -22,12 +21,9 @@ use std::{
 };
 
 use crate::{
-    Exit, Netns, assert_nothing_attached, faultbpf::faultbpf_bin, force_rcvbuf, has_clsact,
-    net::RecvRetry, tc_filters, tcp_connect, tcp_listen, udp_bind,
+    Netns, assert_nothing_attached, force_rcvbuf, has_clsact, net::RecvRetry, tc_filters,
+    tcp_connect, tcp_listen, udp_bind,
 };
-
-/// A socket path that never exists: no daemon can answer there.
-const NO_DAEMON: &str = "/nonexistent/faultbpf-tests.sock";
 
 /// What `tc` says when the kernel has no such qdisc (module missing).
 pub const UNKNOWN_QDISC: &str = "Specified qdisc kind is unknown";
@@ -58,17 +54,55 @@ pub fn has_delay_qdiscs(ns: &Netns, ifname: &str) -> bool {
     have
 }
 
-/// Runs `faultbpf SUBCOMMAND ARGS.. --standalone` in `ns` to its end (a
-/// refusal, or `--for`); kills it and panics if it is still running after
-/// `timeout`.
-pub fn run_to_exit(ns: &Netns, subcommand: &str, args: &[&str], timeout: Duration) -> Exit {
-    crate::require_root();
-    let mut cmd = ns.command(faultbpf_bin());
-    cmd.arg(subcommand)
-        .args(args)
-        .arg("--standalone")
-        .env("FAULTBPF_SOCKET", NO_DAEMON);
-    crate::daemon::run_bounded(&mut cmd, timeout)
+/// The environment variable by which `cargo xtask test` declares, after
+/// probing, that this kernel has neither sch_fq nor sch_netem (`1`); it then
+/// also skips the tests that need them (`--skip needs_qdiscs::`).
+pub const NO_NETEM_ENV: &str = "FAULTBPF_TEST_NO_NETEM";
+
+/// True if [`NO_NETEM_ENV`] is `1`.
+pub fn qdiscs_declared_absent() -> bool {
+    std::env::var_os(NO_NETEM_ENV).is_some_and(|v| v == "1")
+}
+
+/// For a test that needs sch_fq and sch_netem: returns if the kernel has
+/// both (probed on `ifname` in `ns`), and panics otherwise, saying how to
+/// skip it visibly instead. A stale declaration that they are absent,
+/// where they exist, panics too: it would hide these tests.
+pub fn require_delay_qdiscs(ns: &Netns, ifname: &str) {
+    let have = has_delay_qdiscs(ns, ifname);
+    let declared_absent = qdiscs_declared_absent();
+    assert!(
+        !(have && declared_absent),
+        "{NO_NETEM_ENV}=1 says this kernel has no sch_fq/sch_netem, but it has both: \
+         unset it, so the delay tests run"
+    );
+    if have {
+        return;
+    }
+    if declared_absent {
+        panic!(
+            "this kernel has no sch_fq/sch_netem ({NO_NETEM_ENV}=1): this test must be \
+             skipped, not run; pass `--skip needs_qdiscs::` (cargo xtask test does), so \
+             libtest counts it as filtered out"
+        );
+    }
+    panic!(
+        "this kernel has no sch_fq/sch_netem, which this delay test needs: load them \
+         (`modprobe sch_fq sch_netem`), or declare them absent with {NO_NETEM_ENV}=1 and \
+         skip these tests with `--skip needs_qdiscs::` (cargo xtask test does both after \
+         probing)"
+    );
+}
+
+/// For the refusal test: panics if the kernel has sch_fq and sch_netem,
+/// where no refusal can be seen (skip it there: `--skip without_qdiscs::`,
+/// as the VM lane and `cargo xtask test` do).
+pub fn require_no_delay_qdiscs(ns: &Netns, ifname: &str) {
+    assert!(
+        !has_delay_qdiscs(ns, ifname),
+        "this kernel has sch_fq and sch_netem, so `delay` is not refused here: skip this \
+         test with `--skip without_qdiscs::` (cargo xtask test does after probing)"
+    );
 }
 
 /// Waits (up to 10 s) until `ifname` carries nothing of faultbpf's, then

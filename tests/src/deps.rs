@@ -13,23 +13,16 @@
 //! removes its temporary directory. Every wait is bounded.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::Write,
     net::SocketAddr,
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError},
-    },
-    thread::{self, JoinHandle},
+    process::{Command, Stdio},
+    thread,
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
-use crate::{Exit, Netns, SERVER_V4, tcp_connect};
+use crate::{Netns, Proc, SERVER_V4, root_is_read_only, tcp_connect, temp::TempDir};
 
 /// Debian's interpreter, where python3-pika, python3-psycopg2 and
 /// python3-pytest install (a pyenv `python3` earlier on PATH lacks them).
@@ -46,268 +39,30 @@ const RABBITMQ_START: Duration = Duration::from_secs(60);
 /// How long PostgreSQL's initdb and start may each take.
 const PG_START: Duration = Duration::from_secs(60);
 
-static NEXT_ID: AtomicU32 = AtomicU32::new(0);
-
-/// `Some(reason)` when Debian's servers cannot be used for these tests
-/// here: a package missing (the test then fails, naming it, unless it is
-/// the VM lane), or the VM lane, whose read-only root and emulated CPU
-/// make RabbitMQ's and PostgreSQL's start take minutes; the kernel paths
-/// these tests use are covered there by the other suites.
-pub fn heavy_deps_skip_reason(packages: &[(&str, &str)]) -> Option<String> {
-    if root_is_read_only() {
-        return Some("the root filesystem is read-only (the VM lane): Debian's servers are not started there".into());
-    }
+/// Panics unless Debian's servers can run here: every `(path, package)`
+/// installed, and a writable root (the VM lane mounts the host's root
+/// read-only, and its emulated CPU makes RabbitMQ's and PostgreSQL's start
+/// take minutes, so it does not run these tests: `VM_SUITE` in
+/// xtask/src/vm/suite.rs). A test that cannot run here fails; it never
+/// reports a pass it did not earn.
+pub fn require_heavy_deps(packages: &[(&str, &str)]) {
+    assert!(
+        !root_is_read_only(),
+        "the root filesystem is read-only (the VM lane?): Debian's servers cannot start \
+         here; run this test on a writable root, or leave it out by name (`--skip`)"
+    );
     for (path, package) in packages {
         assert!(
             Path::new(path).exists(),
             "{path} is missing: install Debian's {package} (`cargo xtask setup` does)"
         );
     }
-    None
-}
-
-fn root_is_read_only() -> bool {
-    let root = std::ffi::CString::new("/").unwrap();
-    // SAFETY: statvfs fills the zeroed struct; a valid NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(root.as_ptr(), &mut st) };
-    rc == 0 && st.f_flag & libc::ST_RDONLY != 0
 }
 
 /// Kills (SIGKILL, by pid) every process in `ns`, except this test process,
 /// and waits up to 5 s until none is left.
 pub fn kill_all_in(ns: &Netns) {
     kill_all_in_name(ns.name());
-}
-
-/// A directory under /tmp, removed (with its contents) on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `/tmp/fbt-<tag>-<pid>-<n>/`, mode 0755.
-    pub fn new(tag: &str) -> Self {
-        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!("/tmp/fbt-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `self/name` as a string, for command lines.
-    pub fn join(&self, name: &str) -> String {
-        self.path.join(name).to_str().unwrap().to_string()
-    }
-
-    /// Writes `self/name`; returns its path.
-    pub fn write(&self, name: &str, contents: &str) -> String {
-        let p = self.join(name);
-        std::fs::write(&p, contents).unwrap_or_else(|e| panic!("write {p}: {e}"));
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-/// A process started by a test, its stdout and stderr read line by line;
-/// killed by pid on drop.
-pub struct Proc {
-    child: Child,
-    what: String,
-    stdin: Option<ChildStdin>,
-    out: Receiver<String>,
-    stdout_lines: Arc<Mutex<Vec<String>>>,
-    stderr_lines: Arc<Mutex<Vec<String>>>,
-    err: Receiver<String>,
-    threads: Vec<JoinHandle<()>>,
-    done: bool,
-}
-
-impl Proc {
-    /// Spawns `cmd` with piped stdin, stdout and stderr.
-    pub fn spawn(cmd: &mut Command, what: &str) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, out) = mpsc::channel();
-        let (etx, err) = mpsc::channel();
-        let mut threads = Vec::new();
-        let stdout = child.stdout.take().unwrap();
-        let log = Arc::clone(&stdout_lines);
-        threads.push(thread::spawn(move || pump(stdout, tx, log)));
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::clone(&stderr_lines);
-        threads.push(thread::spawn(move || pump(stderr, etx, log)));
-        Proc {
-            stdin: child.stdin.take(),
-            child,
-            what: what.to_string(),
-            out,
-            stdout_lines,
-            stderr_lines,
-            err,
-            threads,
-            done: false,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends one line on its stdin.
-    pub fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin closed");
-        writeln!(stdin, "{line}")
-            .and_then(|_| stdin.flush())
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{}: cannot write to stdin: {e}\nstderr:\n{}",
-                    self.what,
-                    self.stderr()
-                )
-            });
-    }
-
-    /// The next stdout line, parsed as JSON; panics (with stderr) on EOF,
-    /// on a line that is not JSON, or after `timeout`.
-    pub fn next_json(&mut self, timeout: Duration) -> Value {
-        let line = self.next_line(timeout);
-        serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!(
-                "{}: stdout line is not JSON ({e}): {line:?}\nstderr:\n{}",
-                self.what,
-                self.stderr()
-            )
-        })
-    }
-
-    /// The next stdout line.
-    pub fn next_line(&mut self, timeout: Duration) -> String {
-        match self.out.recv_timeout(timeout) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "{}: no output line within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                self.what,
-                self.stdout(),
-                self.stderr()
-            ),
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait().ok();
-                self.done = true;
-                panic!(
-                    "{}: exited ({status:?}) before the expected output\nstdout:\n{}\nstderr:\n{}",
-                    self.what,
-                    self.stdout(),
-                    self.stderr()
-                )
-            }
-        }
-    }
-
-    /// Waits (up to `timeout`) for a stderr line starting with `prefix`;
-    /// returns it.
-    pub fn wait_stderr(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.err.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
-                Err(e) => panic!(
-                    "{}: no stderr line starting with {prefix:?} ({e:?})\nstderr:\n{}",
-                    self.what,
-                    self.stderr()
-                ),
-            }
-        }
-    }
-
-    pub fn stdout(&self) -> String {
-        self.stdout_lines.lock().unwrap().join("\n")
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr_lines.lock().unwrap().join("\n")
-    }
-
-    /// Sends `signal` to the process (by its pid).
-    pub fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.pid()).unwrap();
-        // SAFETY: plain kill(2); the pid is our own unreaped child.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// Closes stdin, waits up to `timeout` for the exit (killing it and
-    /// panicking after that), and returns status and output.
-    pub fn wait(&mut self, timeout: Duration) -> Exit {
-        drop(self.stdin.take());
-        let Some(status) = crate::wait_within(&mut self.child, timeout) else {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            self.done = true;
-            panic!(
-                "{} still running after {timeout:?}; killed it\nstdout:\n{}\nstderr:\n{}",
-                self.what,
-                self.stdout(),
-                self.stderr()
-            );
-        };
-        self.done = true;
-        // The pipes close at exit (unless a grandchild inherited them).
-        let until = Instant::now() + Duration::from_secs(5);
-        for h in self.threads.drain(..) {
-            while !h.is_finished() && Instant::now() < until {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if h.is_finished() {
-                let _ = h.join();
-            }
-        }
-        Exit {
-            status,
-            stdout: self.stdout(),
-            stderr: self.stderr(),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn pump(r: impl Read, tx: mpsc::Sender<String>, log: Arc<Mutex<Vec<String>>>) {
-    for line in BufReader::new(r).lines() {
-        let Ok(line) = line else { break };
-        log.lock().unwrap().push(line.clone());
-        let _ = tx.send(line);
-    }
 }
 
 /// `python3 -u -B -c SCRIPT ARGS..` inside `ns`, with `extra_path` on
@@ -408,7 +163,7 @@ impl RabbitMq {
     }
 
     fn alive(&mut self) -> Result<(), String> {
-        match self.server.child.try_wait() {
+        match self.server.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(s)) => Err(format!(
                 "rabbitmq-server exited ({s})\nlog:\n{}",
@@ -494,7 +249,7 @@ impl Postgres {
         assert!(status.success(), "chown postgres {}", dir.path().display());
         let data = dir.join("data");
         let run = |cmd: &mut Command, what: &str| {
-            let exit = crate::daemon::run_bounded(cmd, PG_START);
+            let exit = crate::run_bounded(cmd, PG_START);
             assert!(exit.status.success(), "{what} failed: {exit:#?}");
         };
         run(
@@ -629,7 +384,7 @@ impl HttpServer {
         };
         let addr = SocketAddr::new(SERVER_V4, port);
         wait_tcp(client, addr, Duration::from_secs(10), || {
-            match s.server.child.try_wait() {
+            match s.server.try_wait() {
                 Ok(None) => Ok(()),
                 other => Err(format!(
                     "http.server exited: {other:?}: {}",
@@ -639,18 +394,6 @@ impl HttpServer {
         });
         s
     }
-}
-
-/// A socket path where no daemon ever listens.
-pub const NO_DAEMON: &str = "/nonexistent/faultbpf-tests.sock";
-
-/// `faultbpf ARGS..` inside `ns`, talking to the daemon on `socket`
-/// (`None`: no daemon, so it runs standalone).
-pub fn faultbpf_in(ns: &Netns, args: &[&str], socket: Option<&str>) -> Command {
-    let mut cmd = ns.command(crate::faultbpf::faultbpf_bin());
-    cmd.args(args)
-        .env("FAULTBPF_SOCKET", socket.unwrap_or(NO_DAEMON));
-    cmd
 }
 
 /// True if a TCP connect from `from` to `addr` succeeds within `wait`.

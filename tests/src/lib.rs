@@ -2,7 +2,8 @@
 //!
 //! Every test builds its own client and server network namespaces joined by a
 //! veth pair ([`Topology`]), runs the real `faultbpf` binary inside one of them
-//! ([`Faultbpf`]) and checks what the sockets on the other side see. Nothing
+//! (always through [`Launch`], which makes every invocation say where its
+//! rules go) and checks what the sockets on the other side see. Nothing
 //! here ever touches an interface or address of the root namespace: the only
 //! addresses used are 10.200.0.0/16 and fd00:200::/64 inside the test's own
 //! namespaces, and every namespace and process is removed on `Drop`, so a
@@ -15,25 +16,27 @@ pub mod daemon;
 pub mod delay_kit;
 pub mod deps;
 pub mod fault_kit;
-pub mod faultbpf;
 pub mod frames;
+pub mod http;
+pub mod launch;
 pub mod net;
 pub mod netns;
+pub mod openapi;
+pub mod probe;
+pub mod process;
+pub mod prometheus;
+pub mod temp;
+pub mod user;
 
 pub use attach::{
     EGRESS_PROGRAM, INGRESS_PROGRAM, assert_nothing_attached, has_clsact, program_name, tc_filters,
     tcx_program_names,
 };
 pub use aya::programs::tc::TcAttachType;
-pub use faultbpf::{Counters, Exit, Faultbpf};
+pub use launch::{ACTIVE_PREFIX, Launch, NO_DAEMON, faultbpf_bin};
 pub use net::*;
 pub use netns::*;
-
-use std::{
-    process::ExitStatus,
-    thread,
-    time::{Duration, Instant},
-};
+pub use process::{Counters, Exit, Proc, run_bounded, wait_within};
 
 /// Panics with a clear message unless the tests run as root: creating
 /// namespaces and loading BPF programs both need it, and a test that skipped
@@ -47,17 +50,14 @@ pub fn require_root() {
     );
 }
 
-/// Waits up to `timeout` for `child` to exit; `None` if it is still
-/// running then (the caller kills it and says why).
-pub fn wait_within(child: &mut std::process::Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+/// True in the VM lane (`cargo xtask vm`), whose root filesystem is the
+/// host's, mounted read-only, and whose CPU is emulated: load tests scale
+/// down there.
+pub fn root_is_read_only() -> bool {
+    let root = std::ffi::CString::new("/").unwrap();
+    // SAFETY: statvfs is plain data; all-zero is a valid value to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a live statvfs to write into.
+    let rc = unsafe { libc::statvfs(root.as_ptr(), &mut st) };
+    rc == 0 && st.f_flag & libc::ST_RDONLY != 0
 }

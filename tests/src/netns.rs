@@ -55,9 +55,14 @@ impl Netns {
 
     /// A command that runs `program` inside this namespace (`ip netns exec`,
     /// which execs the program, so the child's pid is the program's).
+    /// `FAULTBPF_SOCKET` points nowhere ([`crate::NO_DAEMON`]), so nothing
+    /// started here (a Python client, a script) finds the host's daemon.
+    /// Run faultbpf itself with [`crate::Launch`].
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd.args(["netns", "exec", &self.name])
+            .arg(program)
+            .env("FAULTBPF_SOCKET", crate::NO_DAEMON);
         cmd
     }
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, Faultbpf, Netns, SERVER_IF, SERVER_V4, Topology, count_datagrams, force_rcvbuf,
+    CLIENT_IF, Launch, Netns, SERVER_IF, SERVER_V4, Topology, count_datagrams, force_rcvbuf,
     frames, udp_bind,
 };
 
@@ -104,10 +104,10 @@ fn trafgen_udp_flood_is_dropped_and_counted() {
     assert_eq!(got.len(), N, "without faultbpf every frame must arrive");
     assert!(got.iter().all(|d| d[..] == payload[..]));
 
-    let mut fb = Faultbpf::start(
-        &topo.server,
-        &["--port", &P.to_string(), "--iface", SERVER_IF, "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(["--port", &P.to_string(), "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     trafgen(&topo.client, &config.0, N);
     let got = count_datagrams(&rx, N + 1, Duration::from_secs(1));
     let exit = fb.stop(libc::SIGTERM);

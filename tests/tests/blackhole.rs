@@ -10,7 +10,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, CLIENT_V6, Faultbpf, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
+    CLIENT_V4, CLIENT_V6, Launch, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
     force_rcvbuf, tcp_connect, tcp_listen, udp_bind,
 };
 
@@ -33,7 +33,10 @@ fn tcp_to_blackholed_port_times_out_while_other_port_answers() {
     }
 
     // Default interfaces (veth-s and lo) and direction (both).
-    let mut fb = Faultbpf::start(&topo.server, &["--port", &P.to_string(), "--json"]);
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(["--port", &P.to_string(), "--json"])
+        .standalone()
+        .start();
     for ip in targets {
         let err = tcp_connect(
             &topo.client,
@@ -89,10 +92,10 @@ fn udp_to_blackholed_port_vanishes_while_other_port_arrives() {
     );
 
     // Only UDP is sent to P from here on, so the counters must equal N*2 exactly.
-    let mut fb = Faultbpf::start(
-        &topo.server,
-        &["--port", &P.to_string(), "--iface", SERVER_IF, "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(["--port", &P.to_string(), "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     send(P, N);
     send(Q, N);
     assert_eq!(

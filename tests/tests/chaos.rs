@@ -26,8 +26,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, RecvRetry, SERVER_IF, SERVER_V4, Topology,
-    fault_kit::{CsumErrors, Fault, nstat, tx_checksum_off},
+    CLIENT_IF, CLIENT_V4, Launch, RecvRetry, SERVER_IF, SERVER_V4, Topology,
+    fault_kit::{CsumErrors, nstat, tx_checksum_off},
     force_rcvbuf, udp_bind,
 };
 
@@ -80,10 +80,8 @@ fn chaos_mix_shares() {
     let n = rx.recv_retry(&mut buf).expect("control datagram");
     assert_eq!(&buf[..n], &PAYLOAD);
 
-    let mut fb = Fault::start(
-        &topo.server,
-        "chaos",
-        &[
+    let mut fb = Launch::new(&topo.server, ["chaos"])
+        .args([
             "--port",
             &P.to_string(),
             "--mix",
@@ -93,8 +91,9 @@ fn chaos_mix_shares() {
             "--iface",
             SERVER_IF,
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     let client_before = nstat(&topo.client);
     let server_before = nstat(&topo.server);

@@ -9,8 +9,8 @@
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
 use faultbpf_tests::{
-    SERVER_IF, SERVER_V4, SERVER_V6, Topology,
-    fault_kit::{EchoServer, Fault, connect_timed, exchange},
+    Launch, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    fault_kit::{EchoServer, connect_timed, exchange},
 };
 
 /// Blackholed port.
@@ -68,10 +68,8 @@ fn concurrent(tag: &str, attach: &str, stop: Stop) {
     };
     check([State::Works; 3], "before faultbpf");
 
-    let mut blackhole = Fault::start(
-        &topo.server,
-        "blackhole",
-        &[
+    let mut blackhole = Launch::new(&topo.server, ["blackhole"])
+        .args([
             "--port",
             &A.to_string(),
             "--iface",
@@ -79,12 +77,11 @@ fn concurrent(tag: &str, attach: &str, stop: Stop) {
             "--attach",
             attach,
             "--json",
-        ],
-    );
-    let mut reset = Fault::start(
-        &topo.server,
-        "reset",
-        &[
+        ])
+        .standalone()
+        .start();
+    let mut reset = Launch::new(&topo.server, ["reset"])
+        .args([
             "--port",
             &B.to_string(),
             "--iface",
@@ -94,8 +91,9 @@ fn concurrent(tag: &str, attach: &str, stop: Stop) {
             "--attach",
             attach,
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     check(
         [State::TimesOut, State::Refused, State::Works],
         "both running",

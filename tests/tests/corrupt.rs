@@ -22,9 +22,9 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, CLIENT_V6, Netns, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    CLIENT_IF, CLIENT_V4, CLIENT_V6, Launch, Netns, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
     count_datagrams,
-    fault_kit::{CsumErrors, EchoServer, Fault, connect_timed, exchange, tx_checksum_off},
+    fault_kit::{CsumErrors, EchoServer, connect_timed, exchange, tx_checksum_off},
     udp_bind,
 };
 
@@ -85,11 +85,10 @@ fn corrupt_tcp_echo_in_server() {
         assert_eq!(echo_round(&topo, ip, &sent, "no fault"), sent, "control");
     }
 
-    let mut fb = Fault::start(
-        &topo.server,
-        "corrupt",
-        &["--port", &P.to_string(), "--iface", SERVER_IF, "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args(["--port", &P.to_string(), "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
         let sent = pattern(ECHO_BYTES, 10 + n);
@@ -119,10 +118,8 @@ fn corrupt_tcp_echo_in_server() {
 fn corrupt_tcp_at_client_egress() {
     let (topo, csum_client, csum_server) = checksummed_topology("cor-tcp-c");
     let echo = EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), P));
-    let mut fb = Fault::start(
-        &topo.client,
-        "corrupt",
-        &[
+    let mut fb = Launch::new(&topo.client, ["corrupt"])
+        .args([
             "--port",
             &P.to_string(),
             "--iface",
@@ -130,8 +127,9 @@ fn corrupt_tcp_at_client_egress() {
             "--direction",
             "egress",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (n, ip) in [SERVER_V4, SERVER_V6].into_iter().enumerate() {
         let sent = pattern(ECHO_BYTES, 20 + n);
@@ -158,10 +156,8 @@ fn corrupt_tcp_at_client_egress() {
 #[test]
 fn corrupt_udp_at_server_ingress() {
     let (topo, csum_client, csum_server) = checksummed_topology("cor-udp");
-    let mut fb = Fault::start(
-        &topo.server,
-        "corrupt",
-        &[
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args([
             "--port",
             &P.to_string(),
             "--iface",
@@ -169,8 +165,9 @@ fn corrupt_udp_at_server_ingress() {
             "--direction",
             "ingress",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for (client, server) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
         let rx = udp_bind(&topo.server, SocketAddr::new(server, P));
@@ -254,11 +251,10 @@ fn corrupt_both_directions_never_cancels_on_an_echo() {
             );
         }
     }
-    let mut fb = Fault::start(
-        &topo.server,
-        "corrupt",
-        &["--port", &P.to_string(), "--iface", SERVER_IF, "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["corrupt"])
+        .args(["--port", &P.to_string(), "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for ip in [SERVER_V4, SERVER_V6] {
         // In at the server's ingress, back at its egress: two hits.
@@ -275,11 +271,10 @@ fn corrupt_on_loopback_never_cancels_on_an_echo() {
     ns.ip(&["link", "set", "lo", "up"]);
     let _echo = EchoServer::tcp(&ns, SocketAddr::new("::".parse().unwrap(), P));
     let local: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
-    let mut fb = Fault::start(
-        &ns,
-        "corrupt",
-        &["--port", &P.to_string(), "--iface", "lo", "--json"],
-    );
+    let mut fb = Launch::new(&ns, ["corrupt"])
+        .args(["--port", &P.to_string(), "--iface", "lo", "--json"])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     for ip in local {
         // lo's egress and ingress, each way: four hits.

@@ -14,11 +14,14 @@ use std::{
 };
 
 use faultbpf_tests::{
-    Topology,
-    daemon::{
-        ApiCheck, Daemon, Request, Response, TempFile, TestUser, UdpPath, check_openapi, cli,
-        parse_prometheus, sample_value, tcp_request,
-    },
+    Launch, Topology,
+    daemon::Daemon,
+    http::{Request, Response, tcp_request},
+    openapi::{ApiCheck, check_openapi},
+    probe::UdpPath,
+    prometheus::{parse_prometheus, sample_value},
+    temp::TempFile,
+    user::TestUser,
 };
 use serde_json::{Value, json};
 
@@ -376,7 +379,7 @@ fn bad_requests_get_problems_and_the_daemon_keeps_serving() {
 }
 
 /// The four counters of rule `id` in parsed metrics, in `/v1/stats` order.
-fn metric_counters(samples: &[faultbpf_tests::daemon::Sample], id: u64) -> [u64; 4] {
+fn metric_counters(samples: &[faultbpf_tests::prometheus::Sample], id: u64) -> [u64; 4] {
     [
         "faultbpf_matched_packets_total",
         "faultbpf_matched_bytes_total",
@@ -513,7 +516,7 @@ fn socket_is_0600_and_other_users_cannot_connect() {
 
     let url = "http://faultbpf/healthz";
     // Control: root gets through with the same command.
-    let root = faultbpf_tests::daemon::run_bounded(
+    let root = faultbpf_tests::run_bounded(
         topo.server.command("curl").args([
             "-sS",
             "--max-time",
@@ -547,7 +550,7 @@ fn socket_is_0600_and_other_users_cannot_connect() {
             } else {
                 "http://faultbpf/v1/rules"
             });
-        let out = faultbpf_tests::daemon::run_bounded(&mut cmd, Duration::from_secs(10));
+        let out = faultbpf_tests::run_bounded(&mut cmd, Duration::from_secs(10));
         assert!(
             !out.status.success(),
             "uid {} reached the daemon: {out:?}",
@@ -566,7 +569,7 @@ fn socket_is_0600_and_other_users_cannot_connect() {
          print('connected'); sys.exit(1)",
         d.socket_str(),
     ]);
-    let out = faultbpf_tests::daemon::run_bounded(&mut cmd, Duration::from_secs(10));
+    let out = faultbpf_tests::run_bounded(&mut cmd, Duration::from_secs(10));
     assert!(out.status.success(), "uid {} connected: {out:?}", user.uid);
     assert_eq!(
         out.stdout.trim(),
@@ -606,19 +609,20 @@ fn guard_rails_refuse_port_22_unless_forced() {
     let id = rule_id(&forced);
     assert_eq!(d.delete(&format!("/v1/rules/{id}")).status, 200);
 
-    // The CLI: refused with the daemon's reason, then allowed with --force.
-    let out = cli(&topo.server, d.socket_str(), &["blackhole", "--port", "22"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // The CLI: refused as a usage error naming the port (the same guard
+    // rail with or without a daemon), then allowed with --force.
+    let out = Launch::new(&topo.server, ["blackhole", "--port", "22"])
+        .socket(d.socket_str())
+        .run();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        out.stderr.contains("403") && out.stderr.contains("force"),
+        out.stderr.contains("port 22") && out.stderr.contains("force"),
         "{out:?}"
     );
     assert!(d.rules().is_empty());
-    let out = cli(
-        &topo.server,
-        d.socket_str(),
-        &["blackhole", "--port", "22", "--force"],
-    );
+    let out = Launch::new(&topo.server, ["blackhole", "--port", "22", "--force"])
+        .socket(d.socket_str())
+        .run();
     out.assert_success();
     assert_eq!(d.rules().len(), 1);
 }
@@ -731,10 +735,9 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
 
     // Returns at once (a standalone run would stay until Ctrl-C), printing the id.
     let started = Instant::now();
-    let out = cli(
+    let out = Launch::new(
         &topo.server,
-        sock,
-        &[
+        [
             "blackhole",
             "--port",
             &P.to_string(),
@@ -743,7 +746,9 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
             "--name",
             "cli-sink",
         ],
-    );
+    )
+    .socket(sock)
+    .run();
     let took = started.elapsed();
     out.assert_success();
     assert!(took < Duration::from_secs(5), "took {took:?}: {out:?}");
@@ -762,7 +767,7 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
     assert_eq!(to_p.probe(10), 0, "the CLI's rule must act");
 
     // `rules`: a line for it.
-    let out = cli(&topo.server, sock, &["rules"]);
+    let out = Launch::new(&topo.server, ["rules"]).socket(sock).run();
     out.assert_success();
     let row = out
         .stdout
@@ -773,16 +778,20 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
         row.contains("cli-sink") && row.contains(&P.to_string()) && row.contains("blackhole"),
         "{row}"
     );
-    let out = cli(&topo.server, sock, &["rules", "--json"]);
+    let out = Launch::new(&topo.server, ["rules", "--json"])
+        .socket(sock)
+        .run();
     out.assert_success();
     assert_eq!(out.json()["rules"][0]["id"], id, "{out:?}");
 
     // `stats`: the counters of what was sent.
-    let out = cli(&topo.server, sock, &["stats", "--json"]);
+    let out = Launch::new(&topo.server, ["stats", "--json"])
+        .socket(sock)
+        .run();
     out.assert_success();
     let st = &out.json()["rules"][0];
     assert_eq!(st["acted_packets"], 10, "{st}");
-    let out = cli(&topo.server, sock, &["stats"]);
+    let out = Launch::new(&topo.server, ["stats"]).socket(sock).run();
     out.assert_success();
     assert!(
         out.stdout
@@ -792,16 +801,19 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
     );
 
     // Flags that belong to a standalone run are refused with a reason.
-    let out = cli(
+    let out = Launch::new(
         &topo.server,
-        sock,
-        &["blackhole", "--port", "6000", "--iface", "veth-s"],
-    );
+        ["blackhole", "--port", "6000", "--iface", "veth-s"],
+    )
+    .socket(sock)
+    .run();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("--standalone"), "{out:?}");
 
     // `rm ID`.
-    let out = cli(&topo.server, sock, &["rm", &id.to_string()]);
+    let out = Launch::new(&topo.server, ["rm", &id.to_string()])
+        .socket(sock)
+        .run();
     out.assert_success();
     assert!(
         out.stdout.contains(&format!("removed rule {id}")),
@@ -809,10 +821,12 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
     );
     assert!(d.rules().is_empty());
     assert_eq!(to_p.probe(10), 10, "port {P} must heal after `rm`");
-    let out = cli(&topo.server, sock, &["rm", &id.to_string()]);
+    let out = Launch::new(&topo.server, ["rm", &id.to_string()])
+        .socket(sock)
+        .run();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("404"), "{out:?}");
-    let out = cli(&topo.server, sock, &["rules"]);
+    let out = Launch::new(&topo.server, ["rules"]).socket(sock).run();
     out.assert_success();
     assert_eq!(out.stdout.trim(), "no rules", "{out:?}");
 
@@ -826,7 +840,7 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
         &["chaos", "--port", "6006", "--mix", "drop:20,reset:10"],
         &["blackhole", "--port", "6007", "--for", "1m", "--name", "x"],
     ] {
-        let out = cli(&topo.server, sock, args);
+        let out = Launch::new(&topo.server, args).socket(sock).run();
         out.assert_success();
         assert!(out.stdout.starts_with("rule "), "{args:?}: {out:?}");
     }
@@ -848,27 +862,30 @@ fn cli_adds_lists_and_removes_rules_through_the_daemon() {
         ],
         "one rule per command, in order"
     );
-    let out = cli(&topo.server, sock, &["rm", "--all"]);
+    let out = Launch::new(&topo.server, ["rm", "--all"])
+        .socket(sock)
+        .run();
     out.assert_success();
     assert!(out.stdout.contains("removed 7 rule(s)"), "{out:?}");
     assert!(d.rules().is_empty());
 
     // --standalone ignores the daemon and runs in the foreground.
-    let out = cli(
+    let out = Launch::new(
         &topo.server,
-        sock,
-        &[
+        [
             "blackhole",
             "--port",
             &P.to_string(),
-            "--standalone",
             "--iface",
             "veth-s",
             "--for",
             "1s",
             "--json",
         ],
-    );
+    )
+    .socket(sock)
+    .standalone()
+    .run();
     out.assert_success();
     assert!(out.stderr.contains("faultbpf: active:"), "{out:?}");
     assert_ne!(out.json()["attach"], "daemon", "{out:?}");

@@ -6,11 +6,7 @@
 
 use std::time::Duration;
 
-use faultbpf_tests::{
-    SERVER_IF, Topology,
-    daemon::{Daemon, TempFile, UdpPath, run_bounded},
-    faultbpf::faultbpf_bin,
-};
+use faultbpf_tests::{Launch, SERVER_IF, Topology, daemon::Daemon, probe::UdpPath, temp::TempFile};
 use serde_json::{Value, json};
 
 /// Blackholed by the config's `sink` rule.
@@ -63,10 +59,7 @@ fn rule(name: &str, port: u16) -> String {
 
 /// `faultbpf check FILE`.
 fn check(file: &TempFile) -> faultbpf_tests::Exit {
-    run_bounded(
-        std::process::Command::new(faultbpf_bin()).args(["check", file.as_str()]),
-        Duration::from_secs(30),
-    )
+    Launch::offline(["check", file.as_str()]).run()
 }
 
 #[test]

@@ -11,8 +11,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    Faultbpf, SERVER_IF, Topology, assert_nothing_attached,
-    daemon::{Daemon, UdpPath, cli},
+    Launch, SERVER_IF, Topology, assert_nothing_attached, daemon::Daemon, probe::UdpPath,
 };
 use serde_json::json;
 
@@ -130,11 +129,12 @@ fn rule_for_2s_stops_acting_while_the_daemon_stays_up() {
     let d = Daemon::start(&topo.server, "for", &[]);
 
     let started = Instant::now();
-    let out = cli(
+    let out = Launch::new(
         &topo.server,
-        d.socket_str(),
-        &["blackhole", "--port", &P.to_string(), "--for", "2s"],
-    );
+        ["blackhole", "--port", &P.to_string(), "--for", "2s"],
+    )
+    .socket(d.socket_str())
+    .run();
     let returned = Instant::now();
     out.assert_success();
     assert!(out.stdout.contains("expires in 2s"), "{out:?}");
@@ -193,19 +193,17 @@ fn cli_wait_stays_in_the_foreground_and_removes_its_rule_on_sigterm() {
     let to_p = UdpPath::new(&topo, P);
     let d = Daemon::start(&topo.server, "wait", &[]);
 
-    let mut fg = Faultbpf::start(
-        &topo.server,
-        &[
-            "--socket",
-            d.socket_str(),
+    let mut fg = d
+        .launch(&topo.server, ["blackhole"])
+        .args([
             "--port",
             &P.to_string(),
             "--wait",
             "--json",
             "--name",
             "waiter",
-        ],
-    );
+        ])
+        .start();
     let rules = d.rules();
     assert_eq!(rules.len(), 1, "{rules:?}");
     assert_eq!(rules[0]["name"], "waiter");
@@ -242,16 +240,10 @@ fn cli_wait_killed_leaves_no_rule_behind() {
     let topo = Topology::new("dlc-waitkill");
     let to_p = UdpPath::new(&topo, P);
     let d = Daemon::start(&topo.server, "waitkill", &[]);
-    let mut fg = Faultbpf::start(
-        &topo.server,
-        &[
-            "--socket",
-            d.socket_str(),
-            "--port",
-            &P.to_string(),
-            "--wait",
-        ],
-    );
+    let mut fg = d
+        .launch(&topo.server, ["blackhole"])
+        .args(["--port", &P.to_string(), "--wait"])
+        .start();
     let rules = d.rules();
     assert_eq!(rules.len(), 1, "{rules:?}");
     let id = rules[0]["id"].as_u64().unwrap();

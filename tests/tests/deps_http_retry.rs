@@ -15,7 +15,10 @@
 
 use std::time::Duration;
 
-use faultbpf_tests::{Topology, deps::HttpServer, deps::python, fault_kit::Fault};
+use faultbpf_tests::{
+    Launch, Topology,
+    deps::{HttpServer, python},
+};
 
 const PORT: u16 = 8000;
 const REQUESTS: u32 = 400;
@@ -60,10 +63,8 @@ print(json.dumps({"attempts": attempts, "ok": ok, "errors": errors}), flush=True
 fn three_attempts_at_most_and_every_exhausted_request_is_counted() {
     let topo = Topology::new("retry");
     let _server = HttpServer::start(&topo.server, &topo.client, PORT);
-    let mut fault = Fault::start(
-        &topo.server,
-        "reset",
-        &[
+    let mut fault = Launch::new(&topo.server, ["reset"])
+        .args([
             "--dport",
             &PORT.to_string(),
             "--pct",
@@ -71,8 +72,9 @@ fn three_attempts_at_most_and_every_exhausted_request_is_counted() {
             "--per",
             "packet",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let mut client = python(
         &topo.client,
         CLIENT,

@@ -9,9 +9,8 @@
 use std::time::Duration;
 
 use faultbpf_tests::{
-    Topology,
-    deps::{Postgres, heavy_deps_skip_reason, postgres_installed, python},
-    fault_kit::Fault,
+    Launch, Topology,
+    deps::{Postgres, postgres_installed, python, require_heavy_deps},
 };
 
 /// The client's deadline for one query.
@@ -81,13 +80,10 @@ for line in sys.stdin:
 
 #[test]
 fn a_query_under_hang_ends_at_the_clients_own_deadline() {
-    if let Some(why) = heavy_deps_skip_reason(&[(
+    require_heavy_deps(&[(
         "/usr/lib/python3/dist-packages/psycopg2",
         "python3-psycopg2",
-    )]) {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    )]);
     assert!(
         postgres_installed(),
         "no /usr/lib/postgresql/*/bin/initdb: install Debian's postgresql (`cargo xtask setup` does)"
@@ -106,7 +102,10 @@ fn a_query_under_hang_ends_at_the_clients_own_deadline() {
     assert_eq!(r["rows"][0][0], 1, "{r}");
 
     // The connection is open; now Postgres hangs (for this client).
-    let mut hang = Fault::start(&topo.client, "hang", &["--port", "5432", "--json"]);
+    let mut hang = Launch::new(&topo.client, ["hang"])
+        .args(["--port", "5432", "--json"])
+        .standalone()
+        .start();
     client.send("query");
     let r = client.next_json(Duration::from_secs(20));
     assert_eq!(r["ok"], false, "the query answered under hang: {r}");

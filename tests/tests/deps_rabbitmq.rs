@@ -9,9 +9,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use faultbpf_tests::{
-    Topology,
-    deps::{RabbitMq, heavy_deps_skip_reason, python},
-    fault_kit::Fault,
+    Launch, Topology,
+    deps::{RabbitMq, python, require_heavy_deps},
 };
 use serde_json::Value;
 
@@ -143,13 +142,10 @@ fn ids(v: &Value) -> Vec<u64> {
 
 #[test]
 fn publisher_buffers_reconnects_and_delivers_every_message_once() {
-    if let Some(why) = heavy_deps_skip_reason(&[
+    require_heavy_deps(&[
         ("/usr/lib/rabbitmq/bin/rabbitmq-server", "rabbitmq-server"),
         ("/usr/lib/python3/dist-packages/pika", "python3-pika"),
-    ]) {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    ]);
     let topo = Topology::new("rmq");
     let rabbit = RabbitMq::start(&topo.server, &topo.client);
 
@@ -172,7 +168,10 @@ fn publisher_buffers_reconnects_and_delivers_every_message_once() {
     std::thread::sleep(Duration::from_millis(500));
 
     // The outage: the client's host loses the broker for 10 s.
-    let mut cut = Fault::start(&topo.client, "blackhole", &["--port", "5672", "--json"]);
+    let mut cut = Launch::new(&topo.client, ["blackhole"])
+        .args(["--port", "5672", "--json"])
+        .standalone()
+        .start();
     std::thread::sleep(OUTAGE);
     let exit = cut.finish();
     let counters = exit.rule(0);

@@ -7,7 +7,7 @@
 use std::{io::Write, net::SocketAddr, os::fd::AsFd, thread, time::Duration};
 
 use faultbpf_tests::{
-    CLIENT_IF, Faultbpf, SERVER_V4, Topology, connect_finished, socket_error, tcp_connect,
+    CLIENT_IF, Launch, Proc, SERVER_V4, Topology, connect_finished, socket_error, tcp_connect,
     tcp_connect_nonblocking, tcp_info, tcp_listen,
 };
 
@@ -16,10 +16,9 @@ const P: u16 = 5000;
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 
-fn egress_blackhole(topo: &Topology, attach: &str) -> Faultbpf {
-    Faultbpf::start(
-        &topo.client,
-        &[
+fn egress_blackhole(topo: &Topology, attach: &str) -> Proc {
+    Launch::new(&topo.client, ["blackhole"])
+        .args([
             "--port",
             &P.to_string(),
             "--iface",
@@ -29,8 +28,9 @@ fn egress_blackhole(topo: &Topology, attach: &str) -> Faultbpf {
             "--attach",
             attach,
             "--json",
-        ],
-    )
+        ])
+        .standalone()
+        .start()
 }
 
 /// An established connection keeps accepting `send()`s, and its

@@ -8,8 +8,8 @@
 use std::{io::ErrorKind, net::SocketAddr, time::Duration};
 
 use faultbpf_tests::{
-    CLIENT_IF, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
-    fault_kit::{EchoServer, Fault, connect_timed, exchange},
+    CLIENT_IF, Launch, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    fault_kit::{EchoServer, connect_timed, exchange},
 };
 
 /// The hung port.
@@ -52,10 +52,8 @@ fn hang(tag: &str, at_client: bool) {
 
     let port = P.to_string();
     let mut fb = if at_client {
-        Fault::start(
-            &topo.client,
-            "hang",
-            &[
+        Launch::new(&topo.client, ["hang"])
+            .args([
                 "--port",
                 &port,
                 "--iface",
@@ -63,14 +61,14 @@ fn hang(tag: &str, at_client: bool) {
                 "--direction",
                 "egress",
                 "--json",
-            ],
-        )
+            ])
+            .standalone()
+            .start()
     } else {
-        Fault::start(
-            &topo.server,
-            "hang",
-            &["--port", &port, "--iface", SERVER_IF, "--json"],
-        )
+        Launch::new(&topo.server, ["hang"])
+            .args(["--port", &port, "--iface", SERVER_IF, "--json"])
+            .standalone()
+            .start()
     };
     let cmd = fb.command().to_owned();
     let received_before = echo_p.received();

@@ -10,7 +10,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    EGRESS_PROGRAM, Faultbpf, INGRESS_PROGRAM, SERVER_IF, SERVER_V4, TcAttachType, Topology,
+    EGRESS_PROGRAM, INGRESS_PROGRAM, Launch, SERVER_IF, SERVER_V4, TcAttachType, Topology,
     assert_nothing_attached, has_clsact, program_name, tc_filters, tcp_connect, tcp_listen,
     tcx_program_names,
 };
@@ -59,10 +59,10 @@ fn assert_tcx_attached(topo: &Topology, ifname: &str) {
 fn signal_heals_and_detaches_tcx(tag: &str, signal: libc::c_int) {
     let topo = Topology::new(tag);
     let _listener = tcp_listen(&topo.server, SocketAddr::new(SERVER_V4, P));
-    let mut fb = Faultbpf::start(
-        &topo.server,
-        &["--port", &P.to_string(), "--attach", "tcx", "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(["--port", &P.to_string(), "--attach", "tcx", "--json"])
+        .standalone()
+        .start();
     assert_tcx_attached(&topo, SERVER_IF);
     assert_tcx_attached(&topo, "lo");
     assert_blocked(&topo);
@@ -102,10 +102,10 @@ fn sigkill_heals_and_detaches_tcx() {
 fn sigterm_heals_and_detaches_netlink() {
     let topo = Topology::new("lc-nl");
     let _listener = tcp_listen(&topo.server, SocketAddr::new(SERVER_V4, P));
-    let mut fb = Faultbpf::start(
-        &topo.server,
-        &["--port", &P.to_string(), "--attach", "netlink", "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(["--port", &P.to_string(), "--attach", "netlink", "--json"])
+        .standalone()
+        .start();
     for ifname in [SERVER_IF, "lo"] {
         assert!(
             has_clsact(&topo.server, ifname),
@@ -133,10 +133,10 @@ fn sigterm_heals_and_detaches_netlink() {
 fn for_duration_ends_by_itself() {
     let topo = Topology::new("lc-for");
     let _listener = tcp_listen(&topo.server, SocketAddr::new(SERVER_V4, P));
-    let mut fb = Faultbpf::start(
-        &topo.server,
-        &["--port", &P.to_string(), "--for", "2s", "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(["--port", &P.to_string(), "--for", "2s", "--json"])
+        .standalone()
+        .start();
     let active_at = Instant::now();
     let exit = fb.wait(Duration::from_secs(10));
     let took = active_at.elapsed();

@@ -19,8 +19,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    Netns, count_datagrams,
-    fault_kit::{EchoServer, Fault, connect_timed, exchange, udp_connect},
+    Launch, Netns, count_datagrams,
+    fault_kit::{EchoServer, connect_timed, exchange, udp_connect},
     udp_bind,
 };
 
@@ -100,10 +100,8 @@ fn check_direction(
     );
 
     let port = P.to_string();
-    let mut fb = Fault::start(
-        ns,
-        "reset",
-        &[
+    let mut fb = Launch::new(ns, ["reset"])
+        .args([
             "--port",
             &port,
             "--iface",
@@ -112,8 +110,9 @@ fn check_direction(
             attach,
             "--direction",
             direction,
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     for ip in [V4, V6] {
         let (result, took) = connect_timed(ns, SocketAddr::new(ip, P), secs(3));
         match result {

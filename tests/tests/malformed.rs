@@ -10,8 +10,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, Faultbpf, PacketSocket, SERVER_IF, SERVER_V4, Topology, count_datagrams,
-    frames, udp_bind,
+    CLIENT_IF, CLIENT_V4, Launch, PacketSocket, Proc, SERVER_IF, SERVER_V4, Topology,
+    count_datagrams, frames, udp_bind,
 };
 
 /// The blackholed port. 257 is 0x0101, the bytes of two IPv4 NOP options or
@@ -75,11 +75,11 @@ impl Frames {
 }
 
 /// Starts the blackhole on port A at the client's veth (both directions).
-fn blackhole_a(topo: &Topology) -> Faultbpf {
-    Faultbpf::start(
-        &topo.client,
-        &["--port", &A.to_string(), "--iface", CLIENT_IF, "--json"],
-    )
+fn blackhole_a(topo: &Topology) -> Proc {
+    Launch::new(&topo.client, ["blackhole"])
+        .args(["--port", &A.to_string(), "--iface", CLIENT_IF, "--json"])
+        .standalone()
+        .start()
 }
 
 /// Sends the `cases`' frames from the client's veth and returns the names of

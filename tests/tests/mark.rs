@@ -14,8 +14,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, CLIENT_V6, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
-    fault_kit::{Fault, nft, nft_counter_packets, recv_with_tos, set_recv_tos, set_tos},
+    CLIENT_V4, CLIENT_V6, Launch, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
+    fault_kit::{nft, nft_counter_packets, recv_with_tos, set_recv_tos, set_tos},
     udp_bind,
 };
 
@@ -80,10 +80,8 @@ fn mark_value_is_seen_by_nftables() {
         "marked before the fault"
     );
 
-    let mut fb = Fault::start(
-        &topo.server,
-        "mark",
-        &[
+    let mut fb = Launch::new(&topo.server, ["mark"])
+        .args([
             "--port",
             &P.to_string(),
             "--value",
@@ -93,8 +91,9 @@ fn mark_value_is_seen_by_nftables() {
             "--iface",
             SERVER_IF,
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     send(P);
     send(Q);
@@ -164,10 +163,8 @@ fn mark_ecn_sets_congestion_experienced() {
         "without faultbpf",
     );
 
-    let mut fb = Fault::start(
-        &topo.server,
-        "mark",
-        &[
+    let mut fb = Launch::new(&topo.server, ["mark"])
+        .args([
             "--port",
             &P.to_string(),
             "--ecn",
@@ -176,8 +173,9 @@ fn mark_ecn_sets_congestion_experienced() {
             "--iface",
             SERVER_IF,
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     send_and_check(
         &[

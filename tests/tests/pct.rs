@@ -14,8 +14,7 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, Counters, Faultbpf, RecvRetry, SERVER_IF, SERVER_V4, Topology, force_rcvbuf,
-    udp_bind,
+    CLIENT_V4, Counters, Launch, RecvRetry, SERVER_IF, SERVER_V4, Topology, force_rcvbuf, udp_bind,
 };
 
 const P: u16 = 5000;
@@ -35,9 +34,8 @@ fn run(tag: &str, pct: &str, n: u64) -> (u64, Counters) {
     let tx = udp_bind(&topo.client, SocketAddr::new(CLIENT_V4, 0));
     tx.connect(SocketAddr::new(SERVER_V4, P)).unwrap();
 
-    let mut fb = Faultbpf::start(
-        &topo.server,
-        &[
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args([
             "--port",
             &P.to_string(),
             "--pct",
@@ -49,8 +47,9 @@ fn run(tag: &str, pct: &str, n: u64) -> (u64, Counters) {
             "--direction",
             "ingress",
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let sent_all = AtomicBool::new(false);
     let sent_at = OnceLock::new();
     let received = thread::scope(|s| {

@@ -8,7 +8,10 @@
 
 use std::{net::IpAddr, net::SocketAddr, time::Duration};
 
-use faultbpf_tests::fault_kit::{EchoServer, Fault, Star, StarClient, connect_timed, exchange};
+use faultbpf_tests::{
+    Launch,
+    fault_kit::{EchoServer, Star, StarClient, connect_timed, exchange},
+};
 
 const P: u16 = 5000;
 
@@ -87,7 +90,10 @@ fn partition(tag: &str, peers: impl Fn(&Star) -> Vec<String>, cut_a: Cut, cut_b:
         args.extend(["--peer".to_owned(), peer.clone()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut fb = Fault::start(&star.server, "blackhole", &args);
+    let mut fb = Launch::new(&star.server, ["blackhole"])
+        .args(&args)
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     let mut wrong = Vec::new();
     let mut expected_cuts = 0;

@@ -18,8 +18,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    SERVER_IF, SERVER_V4, SERVER_V6, Topology,
-    fault_kit::{EchoServer, Fault, exchange},
+    Launch, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    fault_kit::{EchoServer, exchange},
     tcp_info,
 };
 
@@ -42,10 +42,8 @@ struct Tally {
 fn per_flow_fails_whole_connections() {
     let topo = Topology::new("perflow");
     let echo = EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), P));
-    let mut fb = Fault::start(
-        &topo.server,
-        "blackhole",
-        &[
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args([
             "--port",
             &P.to_string(),
             "--pct",
@@ -55,8 +53,9 @@ fn per_flow_fails_whole_connections() {
             "--iface",
             SERVER_IF,
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     let tally = Mutex::new(Tally::default());
     let start = Instant::now();

@@ -14,8 +14,9 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, CLIENT_V6, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology, count_datagrams,
-    fault_kit::{EchoServer, Fault, connect_timed},
+    CLIENT_V4, CLIENT_V6, Launch, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    count_datagrams,
+    fault_kit::{EchoServer, connect_timed},
     udp_bind,
 };
 
@@ -27,11 +28,10 @@ fn dport_range_covers_its_edges_only() {
         .clone()
         .map(|port| EchoServer::tcp(&topo.server, SocketAddr::new("::".parse().unwrap(), port)))
         .collect();
-    let mut fb = Fault::start(
-        &topo.server,
-        "reset",
-        &["--dport", "9000-9002", "--iface", SERVER_IF, "--json"],
-    );
+    let mut fb = Launch::new(&topo.server, ["reset"])
+        .args(["--dport", "9000-9002", "--iface", SERVER_IF, "--json"])
+        .standalone()
+        .start();
     let cmd = fb.command().to_owned();
     let mut wrong = Vec::new();
     for ip in [SERVER_V4, SERVER_V6] {
@@ -130,11 +130,10 @@ fn sport_on_the_server_cuts_replies_only() {
         };
         assert_eq!(round(9001), 2 * K, "before the fault the echo answers");
 
-        let mut fb = Fault::start(
-            &topo.server,
-            "blackhole",
-            &["--sport", "9000-9001", "--iface", SERVER_IF, "--json"],
-        );
+        let mut fb = Launch::new(&topo.server, ["blackhole"])
+            .args(["--sport", "9000-9001", "--iface", SERVER_IF, "--json"])
+            .standalone()
+            .start();
         let cmd = fb.command().to_owned();
         let before = cut_rx.load(Ordering::Relaxed);
         let replies = round(9001);

@@ -14,9 +14,10 @@ use std::{
 
 use faultbpf_tests::{
     SERVER_V4, Topology,
-    daemon::{Daemon, run_bounded},
-    deps::{PYTHON, TempDir, connects, python, wait_connects},
-    tcp_listen,
+    daemon::Daemon,
+    deps::{PYTHON, connects, python, wait_connects},
+    run_bounded, tcp_listen,
+    temp::TempDir,
 };
 
 const P: u16 = 5700;
@@ -190,13 +191,12 @@ fn pytest_fixture_removes_what_a_failing_test_left() {
     let has_pytest = run_bounded(
         std::process::Command::new(PYTHON).args(["-c", "import pytest"]),
         Duration::from_secs(30),
-    )
-    .status
-    .success();
-    if !has_pytest {
-        eprintln!("skipped: {PYTHON} has no pytest (install Debian's python3-pytest)");
-        return;
-    }
+    );
+    assert!(
+        has_pytest.status.success(),
+        "{PYTHON} has no pytest: install Debian's python3-pytest (`cargo xtask setup` does): \
+         {has_pytest:#?}"
+    );
     let topo = Topology::new("pyt");
     let _listener = tcp_listen(&topo.server, (SERVER_V4, P).into());
     let daemon = Daemon::start(&topo.server, "pyt", &[]);

@@ -22,11 +22,9 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, CLIENT_V6, Netns, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
-    count_datagrams,
-    fault_kit::{
-        CsumErrors, EchoServer, Fault, connect_timed, exchange, tx_checksum_off, udp_connect,
-    },
+    CLIENT_IF, CLIENT_V4, CLIENT_V6, Launch, Netns, Proc, RecvRetry, SERVER_IF, SERVER_V4,
+    SERVER_V6, Topology, count_datagrams,
+    fault_kit::{CsumErrors, EchoServer, connect_timed, exchange, tx_checksum_off, udp_connect},
     udp_bind,
 };
 
@@ -75,7 +73,7 @@ fn reset_both_directions_in_client() {
     reset_everything("rst-cb", Placement::ClientBoth);
 }
 
-fn start_reset(topo: &Topology, placement: Placement) -> Fault {
+fn start_reset(topo: &Topology, placement: Placement) -> Proc {
     let port = P.to_string();
     let (ns, ifname, direction) = match placement {
         Placement::ServerIngress => (&topo.server, SERVER_IF, Some("ingress")),
@@ -87,7 +85,7 @@ fn start_reset(topo: &Topology, placement: Placement) -> Fault {
     if let Some(direction) = direction {
         args.extend(["--direction", direction]);
     }
-    Fault::start(ns, "reset", &args)
+    Launch::new(ns, ["reset"]).args(&args).standalone().start()
 }
 
 fn reset_everything(tag: &str, placement: Placement) {

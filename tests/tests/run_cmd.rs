@@ -12,10 +12,9 @@ use std::{
 };
 
 use faultbpf_tests::{
-    SERVER_IF, SERVER_V4, Topology, assert_nothing_attached,
-    daemon::{Daemon, run_bounded},
-    deps::{NsProcesses, PYTHON, Proc, connects, faultbpf_in, wait_connects},
-    faultbpf::ACTIVE_PREFIX,
+    ACTIVE_PREFIX, Launch, SERVER_IF, SERVER_V4, Topology, assert_nothing_attached,
+    daemon::Daemon,
+    deps::{NsProcesses, PYTHON, connects, wait_connects},
     tcp_listen,
 };
 
@@ -49,10 +48,9 @@ fn run_exits_with_the_commands_status_and_the_fault_ends_with_it() {
     for (cmd, want) in cases {
         let mut args = vec!["run", "blackhole", "--port", &port, "--"];
         args.extend_from_slice(cmd);
-        let exit = run_bounded(
-            &mut faultbpf_in(&topo.server, &args, None),
-            Duration::from_secs(30),
-        );
+        let exit = Launch::new(&topo.server, &args)
+            .standalone()
+            .run_within(Duration::from_secs(30));
         assert_eq!(
             exit.status.code(),
             Some(want),
@@ -67,10 +65,9 @@ fn run_exits_with_the_commands_status_and_the_fault_ends_with_it() {
         assert_nothing_attached(&topo.server, &[SERVER_IF, "lo"]);
     }
     // Without a command: bad usage, exit 2, nothing attached.
-    let exit = run_bounded(
-        &mut faultbpf_in(&topo.server, &["run", "blackhole", "--port", &port], None),
-        Duration::from_secs(30),
-    );
+    let exit = Launch::new(&topo.server, ["run", "blackhole", "--port", &port])
+        .standalone()
+        .run_within(Duration::from_secs(30));
     assert_eq!(exit.status.code(), Some(2), "{exit:#?}");
     assert!(exit.stderr.contains("--"), "{exit:#?}");
 }
@@ -82,14 +79,13 @@ fn kill_9_of_a_standalone_run_leaves_nothing() {
     let _reap = NsProcesses(topo.server.name().to_string());
     let _listener = tcp_listen(&topo.server, addr());
     let port = P.to_string();
-    let mut fb = Proc::spawn(
-        &mut faultbpf_in(
-            &topo.server,
-            &["run", "blackhole", "--port", &port, "--", "sleep", "30"],
-            None,
-        ),
-        "faultbpf run -- sleep 30",
-    );
+    let mut fb = Launch::new(
+        &topo.server,
+        ["run", "blackhole", "--port", &port, "--", "sleep", "30"],
+    )
+    .standalone()
+    .stdin_piped()
+    .spawn();
     fb.wait_stderr(ACTIVE_PREFIX, Duration::from_secs(30));
     assert!(
         !connects(&topo.client, addr(), Duration::from_millis(800)),
@@ -116,36 +112,33 @@ fn kill_9_of_a_run_through_the_daemon_removes_its_rule() {
 
     // A normal end first: the command's status, and the rule gone.
     let script = probe_script();
-    let exit = run_bounded(
-        &mut faultbpf_in(
-            &topo.server,
-            &[
-                "run",
-                "blackhole",
-                "--port",
-                &port,
-                "--",
-                PYTHON,
-                "-c",
-                &script,
-            ],
-            Some(daemon.socket_str()),
-        ),
-        Duration::from_secs(30),
-    );
+    let exit = Launch::new(
+        &topo.server,
+        [
+            "run",
+            "blackhole",
+            "--port",
+            &port,
+            "--",
+            PYTHON,
+            "-c",
+            &script,
+        ],
+    )
+    .socket(daemon.socket_str())
+    .run_within(Duration::from_secs(30));
     assert_eq!(exit.status.code(), Some(7), "{exit:#?}");
     assert!(exit.stderr.contains("via the daemon"), "{exit:#?}");
     assert!(daemon.rules().is_empty(), "{:?}", daemon.rules());
 
     // Then kill -9 in the middle.
-    let mut fb = Proc::spawn(
-        &mut faultbpf_in(
-            &topo.server,
-            &["run", "blackhole", "--port", &port, "--", "sleep", "30"],
-            Some(daemon.socket_str()),
-        ),
-        "faultbpf run -- sleep 30 (daemon)",
-    );
+    let mut fb = Launch::new(
+        &topo.server,
+        ["run", "blackhole", "--port", &port, "--", "sleep", "30"],
+    )
+    .socket(daemon.socket_str())
+    .stdin_piped()
+    .spawn();
     fb.wait_stderr(ACTIVE_PREFIX, Duration::from_secs(30));
     let rules = daemon.rules();
     assert_eq!(rules.len(), 1, "{rules:?}");

@@ -19,10 +19,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    CLIENT_V4, Netns, SERVER_IF, SERVER_V4, Topology, assert_nothing_attached,
-    daemon::{Daemon, TempFile, run_bounded},
-    deps::{NsProcesses, Proc, faultbpf_in},
-    udp_bind,
+    CLIENT_V4, Launch, Netns, SERVER_IF, SERVER_V4, Topology, assert_nothing_attached,
+    daemon::Daemon, deps::NsProcesses, temp::TempFile, udp_bind,
 };
 use serde_json::Value;
 
@@ -140,19 +138,17 @@ fn scenario_runs_its_timeline_and_reports_each_step() {
     let topo = Topology::new("scn");
     let origin = Netns::new("scn-o");
     let file = TempFile::new("scenario", ".toml", &two_steps(Some(topo.server.name())));
-    let check = run_bounded(
-        &mut faultbpf_in(&origin, &["scenario", "check", file.as_str()], None),
-        Duration::from_secs(30),
-    );
+    let check = Launch::new(&origin, ["scenario", "check", file.as_str()])
+        .no_daemon()
+        .run_within(Duration::from_secs(30));
     assert!(check.status.success(), "{check:#?}");
     assert!(check.stdout.contains("OK"), "{check:#?}");
 
     let _traffic = Traffic::start(&topo);
     let started = Instant::now();
-    let exit = run_bounded(
-        &mut faultbpf_in(&origin, &["scenario", "run", file.as_str(), "--json"], None),
-        Duration::from_secs(60),
-    );
+    let exit = Launch::new(&origin, ["scenario", "run", file.as_str(), "--json"])
+        .no_daemon()
+        .run_within(Duration::from_secs(60));
     let took = started.elapsed();
     assert!(exit.status.success(), "{exit:#?}");
     let report = exit.json();
@@ -179,10 +175,9 @@ fn scenario_runs_its_timeline_and_reports_each_step() {
     assert_nothing_attached(&origin, &["lo"]);
 
     // The text report: one line per step.
-    let exit = run_bounded(
-        &mut faultbpf_in(&origin, &["scenario", "run", file.as_str()], None),
-        Duration::from_secs(60),
-    );
+    let exit = Launch::new(&origin, ["scenario", "run", file.as_str()])
+        .no_daemon()
+        .run_within(Duration::from_secs(60));
     assert!(exit.status.success(), "{exit:#?}");
     assert!(exit.stdout.contains("completed"), "{}", exit.stdout);
     assert_eq!(
@@ -202,10 +197,10 @@ fn ctrl_c_lifts_everything_and_reports_so_far() {
         .replace("at = \"2s\"", "at = \"40s\"");
     let file = TempFile::new("scenario", ".toml", &text);
     let _traffic = Traffic::start(&topo);
-    let mut run = Proc::spawn(
-        &mut faultbpf_in(&origin, &["scenario", "run", file.as_str(), "--json"], None),
-        "faultbpf scenario run",
-    );
+    let mut run = Launch::new(&origin, ["scenario", "run", file.as_str(), "--json"])
+        .no_daemon()
+        .stdin_piped()
+        .spawn();
     run.wait_stderr("[", Duration::from_secs(30));
     thread::sleep(Duration::from_millis(1500));
     run.signal(libc::SIGINT);
@@ -229,14 +224,9 @@ fn through_a_daemon_steps_are_owned_rules() {
     // No [target]: the run uses the daemon it finds on the socket.
     let file = TempFile::new("scenario", ".toml", &two_steps(None));
     let _traffic = Traffic::start(&topo);
-    let exit = run_bounded(
-        &mut faultbpf_in(
-            &topo.server,
-            &["scenario", "run", file.as_str(), "--json"],
-            Some(daemon.socket_str()),
-        ),
-        Duration::from_secs(60),
-    );
+    let exit = Launch::new(&topo.server, ["scenario", "run", file.as_str(), "--json"])
+        .socket(daemon.socket_str())
+        .run_within(Duration::from_secs(60));
     assert!(exit.status.success(), "{exit:#?}");
     let report = exit.json();
     check_two_steps(&report, "daemon");
@@ -251,14 +241,10 @@ fn through_a_daemon_steps_are_owned_rules() {
             .replace("for = \"1s\"", "for = \"30s\"")
             .replace("at = \"2s\"", "at = \"40s\""),
     );
-    let mut run = Proc::spawn(
-        &mut faultbpf_in(
-            &topo.server,
-            &["scenario", "run", long.as_str()],
-            Some(daemon.socket_str()),
-        ),
-        "faultbpf scenario run (daemon)",
-    );
+    let mut run = Launch::new(&topo.server, ["scenario", "run", long.as_str()])
+        .socket(daemon.socket_str())
+        .stdin_piped()
+        .spawn();
     run.wait_stderr("[", Duration::from_secs(30));
     let rules = daemon.rules();
     assert_eq!(rules.len(), 1, "{rules:?}");
@@ -286,10 +272,9 @@ fn check_names_the_line_of_a_mistake() {
         "[[step]]\nat = \"0s\"\nfor = \"1s\"\nfault = \"blackhole\"\nport = [5]\npct = 101\n",
     );
     for sub in ["check", "run"] {
-        let exit = run_bounded(
-            &mut faultbpf_in(&origin, &["scenario", sub, file.as_str()], None),
-            Duration::from_secs(30),
-        );
+        let exit = Launch::new(&origin, ["scenario", sub, file.as_str()])
+            .no_daemon()
+            .run_within(Duration::from_secs(30));
         assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
         assert!(
             exit.stderr.contains(&format!("{}:6:1:", file.as_str())),
@@ -301,10 +286,9 @@ fn check_names_the_line_of_a_mistake() {
     assert_nothing_attached(&origin, &["lo"]);
     // The example game day checks (and lists its random picks).
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/gameday.toml");
-    let exit = run_bounded(
-        &mut faultbpf_in(&origin, &["scenario", "check", example], None),
-        Duration::from_secs(30),
-    );
+    let exit = Launch::new(&origin, ["scenario", "check", example])
+        .no_daemon()
+        .run_within(Duration::from_secs(30));
     assert!(exit.status.success(), "{exit:#?}");
     assert!(exit.stdout.contains("random #1"), "{}", exit.stdout);
 }

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use faultbpf_tests::{CLIENT_IF, Faultbpf, PacketSocket, SERVER_IF, Topology, frames};
+use faultbpf_tests::{CLIENT_IF, Launch, PacketSocket, SERVER_IF, Topology, frames};
 
 /// The blackholed port.
 const A: u16 = 257;
@@ -156,9 +156,8 @@ fn run(topo: &Topology, hook: Hook, cases: &[(&'static str, Vec<u8>)]) -> (u64, 
         Hook::ClientEgress => (&topo.client, CLIENT_IF, "egress"),
         Hook::ServerIngress => (&topo.server, SERVER_IF, "ingress"),
     };
-    let mut fb = Faultbpf::start(
-        ns,
-        &[
+    let mut fb = Launch::new(ns, ["blackhole"])
+        .args([
             "--port",
             &port,
             "--iface",
@@ -166,8 +165,9 @@ fn run(topo: &Topology, hook: Hook, cases: &[(&'static str, Vec<u8>)]) -> (u64, 
             "--direction",
             direction,
             "--json",
-        ],
-    );
+        ])
+        .standalone()
+        .start();
     let capture = PacketSocket::open(&topo.server, SERVER_IF);
     let sender = PacketSocket::open(&topo.client, CLIENT_IF);
     for (_, frame) in cases {

@@ -7,10 +7,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use faultbpf_tests::{
-    Netns, SERVER_V4, Topology, assert_nothing_attached,
-    daemon::run_bounded,
-    deps::{NsProcesses, Proc, connects, faultbpf_in, wait_connects},
-    faultbpf::ACTIVE_PREFIX,
+    ACTIVE_PREFIX, Launch, Netns, Proc, SERVER_V4, Topology, assert_nothing_attached,
+    deps::{NsProcesses, connects, wait_connects},
     tcp_listen,
 };
 
@@ -27,10 +25,10 @@ fn fault_lands_in_the_server(topo: &Topology, origin: &Netns, target: &[&str]) {
     let port = P.to_string();
     let mut args = vec!["blackhole", "--port", &port, "--json"];
     args.extend_from_slice(target);
-    let mut fb = Proc::spawn(
-        &mut faultbpf_in(origin, &args, None),
-        &format!("faultbpf {}", args.join(" ")),
-    );
+    let mut fb = Launch::new(origin, &args)
+        .standalone()
+        .stdin_piped()
+        .spawn();
     let active = fb.wait_stderr(ACTIVE_PREFIX, Duration::from_secs(30));
     // The server's interfaces, not the origin's (which has only `lo`).
     assert!(active.contains("veth-s"), "{active}");
@@ -86,10 +84,9 @@ fn missing_targets_are_named() {
     ] {
         let mut args = vec!["blackhole", "--port", "1"];
         args.extend_from_slice(target);
-        let exit = run_bounded(
-            &mut faultbpf_in(&origin, &args, None),
-            Duration::from_secs(30),
-        );
+        let exit = Launch::new(&origin, &args)
+            .standalone()
+            .run_within(Duration::from_secs(30));
         assert_eq!(exit.status.code(), Some(1), "{target:?}: {exit:#?}");
         for n in needles {
             assert!(exit.stderr.contains(n), "{target:?}: {exit:#?}");
@@ -101,14 +98,12 @@ fn missing_targets_are_named() {
 #[test]
 fn container_without_a_container_runtime_says_so() {
     let origin = Netns::new("tgc-o");
-    let exit = run_bounded(
-        &mut faultbpf_in(
-            &origin,
-            &["blackhole", "--port", "1", "--container", "fbt-nope"],
-            None,
-        ),
-        Duration::from_secs(60),
-    );
+    let exit = Launch::new(
+        &origin,
+        ["blackhole", "--port", "1", "--container", "fbt-nope"],
+    )
+    .standalone()
+    .run_within(Duration::from_secs(60));
     assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
     let err = &exit.stderr;
     let has = |tool: &str| {

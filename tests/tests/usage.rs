@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use faultbpf_tests::{Faultbpf, Netns, assert_nothing_attached};
+use faultbpf_tests::{Launch, Netns, assert_nothing_attached};
 
 /// (arguments, text stderr must contain)
 const CASES: &[(&[&str], &str)] = &[
@@ -22,7 +22,10 @@ fn bad_input_exits_2_naming_the_value() {
     let ns = Netns::new("usage");
     let mut failures = Vec::new();
     for (args, needle) in CASES {
-        let exit = Faultbpf::spawn(&ns, args).wait(Duration::from_secs(20));
+        let exit = Launch::new(&ns, ["blackhole"])
+            .args(*args)
+            .standalone()
+            .run_within(Duration::from_secs(20));
         let code = exit.status.code();
         let stderr = &exit.stderr;
         if code != Some(2) {
@@ -42,7 +45,7 @@ fn bad_input_exits_2_naming_the_value() {
                 "{args:?}: stderr does not mention the port: {stderr}"
             ));
         }
-        if stderr.contains(faultbpf_tests::faultbpf::ACTIVE_PREFIX) {
+        if stderr.contains(faultbpf_tests::ACTIVE_PREFIX) {
             failures.push(format!("{args:?}: became active despite bad input"));
         }
     }

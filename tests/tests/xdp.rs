@@ -21,18 +21,14 @@
 use std::{
     io::ErrorKind,
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use faultbpf_tests::{
-    CLIENT_IF, CLIENT_V4, CLIENT_V6, Netns, RecvRetry, SERVER_IF, SERVER_V4, SERVER_V6,
-    TcAttachType, Topology, count_datagrams,
-    fault_kit::{
-        CsumErrors, EchoServer, Fault, connect_timed, exchange, tx_checksum_off, udp_connect,
-    },
-    faultbpf::{ACTIVE_PREFIX, faultbpf_bin},
+    ACTIVE_PREFIX, CLIENT_IF, CLIENT_V4, CLIENT_V6, Launch, Netns, RecvRetry, SERVER_IF, SERVER_V4,
+    SERVER_V6, TcAttachType, Topology, count_datagrams,
+    fault_kit::{CsumErrors, EchoServer, connect_timed, exchange, tx_checksum_off, udp_connect},
     run_checked, tcx_program_names, udp_bind,
 };
 
@@ -134,7 +130,10 @@ fn drop_test(tag: &str, mode: Mode, direction: Option<&str>) {
     let drops_before = xdp_drops(&topo.server, SERVER_IF);
 
     let port = P.to_string();
-    let mut fb = Fault::start(&topo.server, "blackhole", &xdp_args(&port, mode, direction));
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(xdp_args(&port, mode, direction))
+        .standalone()
+        .start();
     assert_attached(&topo.server, mode, direction, &fb.stderr());
     for ip in servers {
         let (r, took) = connect_timed(&topo.client, SocketAddr::new(ip, P), ms(1500));
@@ -220,10 +219,8 @@ fn reset_test(tag: &str, mode: Mode, direction: Option<&str>) {
     // See the module docs: the peer needs an XDP program for native XDP_TX.
     let unused = UNUSED.to_string();
     let _peer = (mode == Mode::Native).then(|| {
-        Fault::start(
-            &topo.client,
-            "blackhole",
-            &[
+        Launch::new(&topo.client, ["blackhole"])
+            .args([
                 "--port",
                 &unused,
                 "--iface",
@@ -233,11 +230,15 @@ fn reset_test(tag: &str, mode: Mode, direction: Option<&str>) {
                 "native",
                 "--direction",
                 "ingress",
-            ],
-        )
+            ])
+            .standalone()
+            .start()
     });
     let port = P.to_string();
-    let mut fb = Fault::start(&topo.server, "reset", &xdp_args(&port, mode, direction));
+    let mut fb = Launch::new(&topo.server, ["reset"])
+        .args(xdp_args(&port, mode, direction))
+        .standalone()
+        .start();
     assert_attached(&topo.server, mode, direction, &fb.stderr());
     let cmd = fb.command().to_owned();
 
@@ -324,11 +325,10 @@ fn reset_test(tag: &str, mode: Mode, direction: Option<&str>) {
 fn kill_9_leaves_no_xdp_program() {
     let topo = Topology::new("xdp-k9");
     let port = P.to_string();
-    let mut fb = Fault::start(
-        &topo.server,
-        "blackhole",
-        &xdp_args(&port, Mode::Generic, None),
-    );
+    let mut fb = Launch::new(&topo.server, ["blackhole"])
+        .args(xdp_args(&port, Mode::Generic, None))
+        .standalone()
+        .start();
     assert_eq!(
         xdp_attached(&topo.server, SERVER_IF),
         Some((XDP_PROGRAM.to_owned(), Mode::Generic.ip_mode())),
@@ -365,7 +365,7 @@ fn faults_xdp_cannot_do_are_refused() {
     let mut failures = Vec::new();
     for (args, needle) in REFUSED {
         let mut all = args.to_vec();
-        all.extend(["--port", "5000", "--xdp", "--standalone"]);
+        all.extend(["--port", "5000", "--xdp"]);
         let (code, stderr) = run_to_exit(&ns, &all);
         if code != Some(2) {
             failures.push(format!("{all:?}: exit {code:?}, want 2; stderr: {stderr}"));
@@ -391,35 +391,11 @@ fn faults_xdp_cannot_do_are_refused() {
     assert_no_xdp(&ns, "lo");
 }
 
-/// Runs `faultbpf ARGS` in `ns` to its end (bounded: killed by pid after
-/// 20 s); returns its exit code and stderr.
+/// Runs `faultbpf ARGS --standalone` in `ns` to its end (bounded: killed
+/// by pid after 20 s); returns its exit code and stderr.
 fn run_to_exit(ns: &Netns, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = ns
-        .command(faultbpf_bin())
-        .args(args)
-        .env("FAULTBPF_SOCKET", "/nonexistent/faultbpf-tests.sock")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start faultbpf: {e}"));
-    let deadline = Instant::now() + secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("faultbpf {args:?} still running after 20 s; killed it");
-        }
-        thread::sleep(ms(20));
-    };
-    let out = child.wait_with_output().unwrap();
-    (
-        status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let exit = Launch::new(ns, args).standalone().run_within(secs(20));
+    (exit.status.code(), exit.stderr)
 }
 
 /// Checks, right after the active line, that the XDP program is attached

@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod pytools;
 mod setup;
 mod test;
 mod vm;

@@ -59,6 +59,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-prometheus-client",
     "python3-jsonschema",
     "python3-yaml",
+    // Virtualenvs for the Python tools Debian lacks (xtask/src/pytools.rs).
+    "python3-venv",
     // The VM lane (xtask/src/vm): qemu, the Debian 6.1 LTS kernel it boots
     // (installed into /boot, never booted on the host), and the static
     // busybox its initramfs runs; virtiofsd is built from crates.io (see

@@ -2,8 +2,17 @@
 //! `application/problem+json` body with a fixed status per kind: bad body
 //! 400, guarded port 403, not found 404, conflict 409, body too large 413,
 //! no slot left 507; anything else is logged and becomes 500.
+//!
+//! Handlers that read or write the rule table run on the blocking pool
+//! ([`with_state`]), so a request that writes a wide port range never holds
+//! up the runtime, other connections or `/healthz`, which answers from a
+//! snapshot ([`Health`]) without taking the rule lock. A panic in a handler
+//! is caught there and becomes a logged 500.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use axum::{
     Json, Router,
@@ -14,15 +23,103 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde_json::json;
 
 use super::{
     log, metrics,
-    state::{Origin, RuleInfo, State, StateError},
+    state::{State, StateError},
 };
-use crate::spec::RuleSpec;
+use crate::{
+    api::{Health, Origin, Removed, RuleInfo, RuleList, RuleStats},
+    spec::RuleSpec,
+};
 
-pub type Shared = Arc<Mutex<State>>;
+/// The state the handlers share, and its health snapshot (what
+/// `/healthz` shows, copied out of the state after every change).
+pub struct Inner {
+    state: Mutex<State>,
+    health: Mutex<Health>,
+}
+
+#[derive(Clone)]
+pub struct Shared(Arc<Inner>);
+
+impl Shared {
+    pub fn new(st: State) -> Self {
+        let s = Self(Arc::new(Inner {
+            state: Mutex::new(st),
+            health: Mutex::new(Health {
+                status: "ok".into(),
+                attach: String::new(),
+                interfaces: Vec::new(),
+                rules: 0,
+            }),
+        }));
+        s.publish(&s.lock());
+        s
+    }
+
+    /// The rule table. A panic while holding the lock cannot leave the
+    /// table half-changed in a way later calls would trip on (see
+    /// `state.rs`); keep serving.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refreshes the health snapshot from `st` (held by the caller).
+    pub fn publish(&self, st: &State) {
+        let h = Health {
+            status: "ok".into(),
+            attach: st.inj.mode().name().into(),
+            interfaces: st.inj.interfaces().to_vec(),
+            rules: st.len(),
+        };
+        *self.0.health.lock().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    pub fn health(&self) -> Health {
+        self.0
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Runs `f` on the rule table on the blocking pool, then refreshes the
+/// health snapshot. A panic in `f` is logged and answered with 500.
+pub async fn with_state<T, F>(s: &Shared, f: F) -> Result<T, Problem>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut State) -> Result<T, Problem> + Send + 'static,
+{
+    let s = s.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        // Blocking-pool threads only ever run this: lowering them once is
+        // enough, and repeating it costs one syscall.
+        super::set_thread_nice(super::HANDLER_NICE);
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut st = s.lock();
+            let r = f(&mut st);
+            s.publish(&st);
+            r
+        }));
+        if r.is_err() {
+            s.publish(&s.lock());
+        }
+        r
+    })
+    .await;
+    match joined {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) | Err(_) => {
+            log("internal error: a request handler panicked (a bug; see the panic above)");
+            Err(Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: the request failed and changed nothing; see the daemon's log",
+            ))
+        }
+    }
+}
 
 /// Largest request body; a rule spec is a few hundred bytes.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -74,7 +171,7 @@ pub fn with_token(router: Router, token: String) -> Router {
     }))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -96,12 +193,12 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
+        let body = crate::api::Problem {
+            kind: "about:blank".into(),
+            title: self.status.canonical_reason().unwrap_or("error").into(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
         let mut r = (self.status, Json(body)).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -119,6 +216,8 @@ impl From<StateError> for Problem {
             StateError::NotFound(_) => StatusCode::NOT_FOUND,
             StateError::Conflict(_) => StatusCode::CONFLICT,
             StateError::Full => StatusCode::INSUFFICIENT_STORAGE,
+            StateError::TooLong(_) | StateError::InRule { .. } => StatusCode::BAD_REQUEST,
+            StateError::Kernel(crate::Error::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Kernel(k) => {
                 log(&format!("internal error: {}", crate::error::chain(k)));
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -126,12 +225,6 @@ impl From<StateError> for Problem {
         };
         Self::new(status, e.to_string())
     }
-}
-
-fn lock(s: &Shared) -> MutexGuard<'_, State> {
-    // A panic while holding the lock cannot leave the table half-changed
-    // in a way later calls would trip on; keep serving.
-    s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn parse_id(raw: &str) -> Result<u32, Problem> {
@@ -143,8 +236,8 @@ fn parse_id(raw: &str) -> Result<u32, Problem> {
     })
 }
 
-async fn list(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
-    Json(json!({ "rules": lock(&s).list() }))
+async fn list(AxState(s): AxState<Shared>) -> Result<Json<RuleList<RuleInfo>>, Problem> {
+    with_state(&s, |st| Ok(Json(RuleList { rules: st.list() }))).await
 }
 
 async fn create(
@@ -152,17 +245,34 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RuleInfo>), Problem> {
     let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
-    let spec: RuleSpec = serde_json::from_slice(&body)
-        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {e}")))?;
-    let mut st = lock(&s);
-    let id = st.add(spec, Origin::Api)?;
-    let info = st.info(id).expect("just added");
-    log(&format!(
-        "rule {id} added: {}{} (api)",
-        info.description,
-        expiry_text(info.expires_in_seconds)
-    ));
-    Ok((StatusCode::CREATED, Json(info)))
+    let spec = parse_spec(&body)?;
+    with_state(&s, move |st| {
+        let id = st.add(spec, Origin::Api)?;
+        let info = st.info(id).ok_or(StateError::NotFound(id))?;
+        log(&format!(
+            "rule {id} added: {}{} (api)",
+            info.description,
+            expiry_text(info.expires_in_seconds)
+        ));
+        Ok((StatusCode::CREATED, Json(info)))
+    })
+    .await
+}
+
+/// A rule body: JSON, an object, no `null` values (a field is given or
+/// left out, as the OpenAPI document says), then the `RuleSpec` fields.
+fn parse_spec(body: &[u8]) -> Result<RuleSpec, Problem> {
+    let bad = |m: String| Problem::new(StatusCode::BAD_REQUEST, format!("bad rule: {m}"));
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if let Some((k, _)) = v
+        .as_object()
+        .and_then(|o| o.iter().find(|(_, v)| v.is_null()))
+    {
+        return Err(bad(format!(
+            "`{k}` is null; give it a value or leave it out"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
 }
 
 fn expiry_text(secs: Option<f64>) -> String {
@@ -177,10 +287,12 @@ async fn get_one(
     Path(raw): Path<String>,
 ) -> Result<Json<RuleInfo>, Problem> {
     let id = parse_id(&raw)?;
-    lock(&s)
-        .info(id)
-        .map(Json)
-        .ok_or_else(|| StateError::NotFound(id).into())
+    with_state(&s, move |st| {
+        st.info(id)
+            .map(Json)
+            .ok_or_else(|| StateError::NotFound(id).into())
+    })
+    .await
 }
 
 async fn delete_one(
@@ -188,36 +300,36 @@ async fn delete_one(
     Path(raw): Path<String>,
 ) -> Result<Json<RuleInfo>, Problem> {
     let id = parse_id(&raw)?;
-    let mut st = lock(&s);
-    let info = st.info(id).ok_or(StateError::NotFound(id))?;
-    st.remove(id)?;
-    log(&format!("rule {id} removed: {} (api)", info.description));
-    Ok(Json(info))
+    with_state(&s, move |st| {
+        let info = st.info(id).ok_or(StateError::NotFound(id))?;
+        st.remove(id)?;
+        log(&format!("rule {id} removed: {} (api)", info.description));
+        Ok(Json(info))
+    })
+    .await
 }
 
-async fn delete_all(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
-    let n = lock(&s).remove_all(None);
-    log(&format!("all rules removed ({n}) (api)"));
-    Json(json!({ "removed": n }))
+async fn delete_all(AxState(s): AxState<Shared>) -> Result<Json<Removed>, Problem> {
+    with_state(&s, |st| {
+        let n = st.remove_all(None);
+        log(&format!("all rules removed ({n}) (api)"));
+        Ok(Json(Removed { removed: n }))
+    })
+    .await
 }
 
-async fn stats(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
-    Json(json!({ "rules": lock(&s).stats() }))
+async fn stats(AxState(s): AxState<Shared>) -> Result<Json<RuleList<RuleStats>>, Problem> {
+    with_state(&s, |st| Ok(Json(RuleList { rules: st.stats() }))).await
 }
 
-async fn metrics(AxState(s): AxState<Shared>) -> Response {
-    let text = metrics::render(&lock(&s).stats());
-    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+async fn metrics(AxState(s): AxState<Shared>) -> Result<Response, Problem> {
+    let text = with_state(&s, |st| Ok(metrics::render(&st.stats()))).await?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
 
-async fn healthz(AxState(s): AxState<Shared>) -> Json<serde_json::Value> {
-    let st = lock(&s);
-    Json(json!({
-        "status": "ok",
-        "attach": st.inj.mode().name(),
-        "interfaces": st.inj.interfaces(),
-        "rules": st.len(),
-    }))
+/// Answers from the snapshot: never waits for the rule lock.
+async fn healthz(AxState(s): AxState<Shared>) -> Json<Health> {
+    Json(s.health())
 }
 
 async fn not_found(req: Request) -> Problem {

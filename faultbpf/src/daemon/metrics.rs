@@ -93,7 +93,7 @@ mod tests {
         let s = RuleStats {
             id: 3,
             name: Some("a \"b\"\\".into()),
-            fault: "blackhole",
+            fault: "blackhole".into(),
             ports: vec!["port 5672".into()],
             description: String::new(),
             matched_packets: 10,
@@ -116,14 +116,18 @@ mod tests {
         let s = RuleStats {
             id: 4,
             name: None,
-            fault: "chaos",
+            fault: "chaos".into(),
             ports: vec!["port 7000".into()],
             description: String::new(),
             matched_packets: 100,
             matched_bytes: 7000,
             acted_packets: 30,
             acted_bytes: 2100,
-            actions: Some([("drop", 20), ("reset", 10)].into_iter().collect()),
+            actions: Some(
+                [("drop".into(), 20), ("reset".into(), 10)]
+                    .into_iter()
+                    .collect(),
+            ),
         };
         let text = render(&[s]);
         assert!(text.contains(

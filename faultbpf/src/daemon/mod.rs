@@ -1,21 +1,35 @@
 //! `faultbpf daemon`: one long-lived process owns the programs and the
 //! maps; the CLI, tests and game-day tools add and remove rules over an
-//! HTTP/JSON API on a Unix socket (root only).
+//! HTTP/JSON API on a Unix socket (root only by default).
 //!
 //! Faults never outlive their owner: every rule has an expiry the kernel
-//! enforces; a heartbeat renewed every second feeds the dead man's switch
-//! (a frozen daemon heals the host within the lease); and a killed daemon
-//! takes its links along.
+//! enforces; a heartbeat on a thread of its own, with its own file
+//! descriptor of the `LEASE` map, feeds the dead man's switch every third
+//! of the lease (a frozen daemon heals the host within the lease, and no
+//! request, however slow, can make it miss); and a killed daemon takes its
+//! links along. Handlers that touch the kernel run on the blocking pool of
+//! a multi-threaded runtime, so one slow request stalls neither the others
+//! nor `/healthz`, which answers from a snapshot without the rule lock.
+//!
+//! One daemon per network namespace: a lock on
+//! `/run/faultbpf/netns-<inode>.lock` decides, not the socket file, which
+//! anyone can unlink.
 
 pub mod api;
+pub mod http;
 pub mod metrics;
 pub mod state;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::{Duration, Instant},
 };
 
@@ -26,12 +40,35 @@ use crate::{
     AttachMode, Injector,
     config::{self, Config},
     iface,
+    loader::LeaseWriter,
 };
 use state::State;
 
-/// How often the heartbeat is renewed, expired rules swept and new
-/// interfaces looked for.
+/// How often expired rules are swept and interfaces looked for.
 const TICK: Duration = Duration::from_secs(1);
+/// The heartbeat renews the lease this many times per lease, and at least
+/// once a second.
+const BEATS_PER_LEASE: u32 = 3;
+/// The shortest lease: a third of it must survive a busy host's scheduling.
+const MIN_LEASE: Duration = Duration::from_millis(300);
+/// Where the per-namespace locks live.
+const LOCK_DIR: &str = "/run/faultbpf";
+/// Nice value of the heartbeat thread: ahead of everything else on a busy
+/// host, since a late renewal lifts every fault.
+const HEARTBEAT_NICE: i32 = -10;
+/// Nice value of the threads that write maps for requests: behind the
+/// runtime's own threads, so `/healthz` and accepts stay quick while one
+/// request writes a wide range.
+pub const HANDLER_NICE: i32 = 5;
+
+/// Sets the calling thread's nice value (Linux: per thread). Best effort:
+/// without CAP_SYS_NICE a negative value is refused and nothing changes.
+pub fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+    // SAFETY: setpriority only reads its integer arguments.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+}
 
 /// The daemon's settings, from its command line.
 #[derive(Debug, Clone)]
@@ -44,6 +81,10 @@ pub struct Options {
     pub ifaces: Vec<String>,
     pub attach: AttachMode,
     pub lease: Option<Duration>,
+    /// `--socket-group`: overrides the config's `socket_group`.
+    pub socket_group: Option<String>,
+    /// `--socket-mode`: overrides the config's `socket_mode`.
+    pub socket_mode: Option<u32>,
 }
 
 /// One log line on stderr.
@@ -52,7 +93,11 @@ pub fn log(msg: &str) {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // Requests that write maps wait for the rule lock here, one
+        // thread each; past this many, they queue.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
@@ -67,9 +112,32 @@ pub fn read_config(opts: &Options) -> anyhow::Result<Config> {
     }
 }
 
+/// How often the lease is renewed: a third of it, at most a second.
+pub fn heartbeat_every(lease: Duration) -> Duration {
+    if lease.is_zero() {
+        TICK
+    } else {
+        (lease / BEATS_PER_LEASE).min(TICK)
+    }
+}
+
+fn check_lease(lease: Duration) -> anyhow::Result<()> {
+    if !lease.is_zero() && lease < MIN_LEASE {
+        bail!(
+            "lease {} is too short: the heartbeat renews it every third of it, which a busy \
+             host cannot promise below {}; use --lease {} or more (0 turns the switch off)",
+            humantime::format_duration(lease),
+            humantime::format_duration(MIN_LEASE),
+            humantime::format_duration(MIN_LEASE)
+        );
+    }
+    Ok(())
+}
+
 async fn serve(opts: Options) -> anyhow::Result<()> {
     let config = read_config(&opts)?;
     let lease = opts.lease.unwrap_or(config.lease);
+    check_lease(lease)?;
     let token = match (&opts.listen, &opts.token_file) {
         (Some(_), Some(f)) => Some(read_token(f)?),
         (Some(_), None) => {
@@ -77,6 +145,15 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    check_socket_path(&opts.socket)?;
+    let access = SocketAccess {
+        gid: match opts.socket_group.as_ref().or(config.socket_group.as_ref()) {
+            Some(g) => Some(group_id(g)?),
+            None => None,
+        },
+        mode: opts.socket_mode.or(config.socket_mode).unwrap_or(0o600),
+    };
+    let _lock = NetnsLock::take(&opts.socket)?;
 
     // Interfaces: named on the command line or in the config, or every one
     // that is up, and then those that appear later.
@@ -85,95 +162,142 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     } else {
         Some(opts.ifaces.clone())
     };
-    let watch = named.is_none();
-    let ifaces = match named {
-        Some(v) => v,
+    let ifaces = match &named {
+        Some(v) => v.clone(),
         None => iface::up()?,
     };
-    let mut inj = Injector::attach(&ifaces, opts.attach)?;
-    inj.renew_lease(lease)?;
-    let mut st = State::new(inj, opts.listen.map(|a| a.port()), config.default_ttl);
-    st.reload(&config)
+    let inj = Injector::attach(&ifaces, opts.attach)?;
+    let lease_writer = inj.lease_writer()?;
+    lease_writer.renew(lease)?;
+    let mut st = State::new(
+        inj,
+        opts.listen.map(|a| a.port()),
+        opts.metrics.map(|a| a.port()),
+        config.default_ttl,
+    );
+    let loaded = st
+        .reload(&config)
         .context("could not apply the config's rules")?;
-    let shared: api::Shared = Arc::new(Mutex::new(st));
+    let shared = api::Shared::new(st);
+    let stop_beat = Arc::new(AtomicBool::new(false));
+    let beat = spawn_heartbeat(lease_writer, lease, stop_beat.clone())?;
 
-    let unix = bind_socket(&opts.socket)?;
-    let app = api::router(shared.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(unix, app).await {
-            log(&format!("unix socket server stopped: {e}"));
-        }
-    });
+    let (unix, socket_id) = bind_socket(&opts.socket, access)?;
+    tokio::spawn(http::serve(unix, api::router(shared.clone()), None));
     if let (Some(addr), Some(token)) = (opts.listen, token) {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("could not listen on {addr}"))?;
-        let app = api::with_token(api::router(shared.clone()), token);
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        let app = api::with_token(api::router(shared.clone()), token.clone());
+        tokio::spawn(http::serve(l, app, Some(token)));
     }
     if let Some(addr) = opts.metrics {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("could not listen on {addr} for metrics"))?;
-        let app = api::metrics_router(shared.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app).await;
-        });
+        tokio::spawn(http::serve(l, api::metrics_router(shared.clone()), None));
     }
     {
-        let st = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let st = shared.lock();
         log(&format!(
-            "serving on {} (lease {}s); attached to {} via {}; {} config rule(s)",
+            "serving on {} (lease {}, renewed every {}); attached to {} via {}; {} config \
+             rule(s): {loaded}",
             opts.socket.display(),
-            lease.as_secs_f64(),
+            humantime::format_duration(lease),
+            humantime::format_duration(heartbeat_every(lease)),
             st.inj.interfaces().join(", "),
             st.inj.mode().name(),
-            st.len()
+            st.len(),
         ));
     }
 
+    // The interfaces named at start, by ifindex: a device deleted and made
+    // again under the same name is a new device to attach to.
+    let mut attached: HashMap<String, Option<u32>> = ifaces
+        .iter()
+        .map(|i| (i.clone(), iface::index(i)))
+        .collect();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(TICK);
-    let mut last_beat = Instant::now();
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => reload(&opts, &shared),
+            _ = sighup.recv() => {
+                let (opts, shared) = (opts.clone(), shared.clone());
+                let _ = tokio::task::spawn_blocking(move || reload(&opts, &shared)).await;
+            }
             _ = tick.tick() => {
-                let now = Instant::now();
-                let gap = now - last_beat;
-                last_beat = now;
-                let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-                if gap > lease {
-                    log(&format!(
-                        "resumed after {:.1}s without a heartbeat (stopped or starved); \
-                         faults were inert after the {}s lease and act again now",
-                        gap.as_secs_f64(),
-                        lease.as_secs_f64()
-                    ));
-                }
-                if let Err(e) = st.inj.renew_lease(lease) {
-                    log(&format!("could not renew the lease: {}", crate::error::chain(&e)));
-                }
-                for (id, why) in st.sweep(now) {
-                    log(&format!("rule {id} {why}"));
-                }
-                if watch {
-                    attach_new(&mut st);
-                }
+                let shared = shared.clone();
+                let named = named.clone();
+                let mut seen = std::mem::take(&mut attached);
+                attached = tokio::task::spawn_blocking(move || {
+                    let mut st = shared.lock();
+                    for (id, why) in st.sweep(Instant::now()) {
+                        log(&format!("rule {id} {why}"));
+                    }
+                    match &named {
+                        None => attach_new(&mut st),
+                        Some(names) => reattach(&mut st, names, &mut seen),
+                    }
+                    shared.publish(&st);
+                    seen
+                })
+                .await
+                .unwrap_or_default();
             }
         }
     }
-    let _ = std::fs::remove_file(&opts.socket);
-    let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let n = st.remove_all(None);
+    if socket_id.is_at(&opts.socket) {
+        let _ = std::fs::remove_file(&opts.socket);
+    }
+    let n = {
+        let mut st = shared.lock();
+        st.remove_all(None)
+    };
+    stop_beat.store(true, Ordering::Relaxed);
+    let _ = beat.join();
     log(&format!("stopping: {n} rule(s) lifted, programs detached"));
     Ok(())
+}
+
+/// The heartbeat: renews the lease every third of it through its own file
+/// descriptor, whatever the rest of the daemon is doing.
+fn spawn_heartbeat(
+    writer: LeaseWriter,
+    lease: Duration,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<thread::JoinHandle<()>> {
+    let every = heartbeat_every(lease);
+    thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || {
+            set_thread_nice(HEARTBEAT_NICE);
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(every);
+                let now = Instant::now();
+                let gap = now - last;
+                last = now;
+                if !lease.is_zero() && gap > lease {
+                    log(&format!(
+                        "resumed after {:.1}s without a heartbeat (stopped or starved); \
+                         faults were inert after the {} lease and act again now",
+                        gap.as_secs_f64(),
+                        humantime::format_duration(lease)
+                    ));
+                }
+                if let Err(e) = writer.renew(lease) {
+                    log(&format!(
+                        "could not renew the lease: {}",
+                        crate::error::chain(&e)
+                    ));
+                }
+            }
+        })
+        .context("could not start the heartbeat thread")
 }
 
 /// SIGHUP: re-read the config and apply its rules all or nothing.
@@ -191,12 +315,19 @@ fn reload(opts: &Options, shared: &api::Shared) {
             return;
         }
     };
-    let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-    match st.reload(&config) {
-        Ok((added, removed, kept)) => log(&format!(
-            "SIGHUP: config reloaded: {added} rule(s) added, {removed} removed, {kept} unchanged"
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut st = shared.lock();
+        let r = st.reload(&config);
+        shared.publish(&st);
+        r
+    }));
+    match result {
+        Ok(Ok(done)) => log(&format!("SIGHUP: config reloaded: {done}")),
+        Ok(Err(e)) => log(&format!(
+            "SIGHUP: config not applied, nothing changed: {}",
+            crate::error::chain(&e)
         )),
-        Err(e) => log(&format!("SIGHUP: config not applied, nothing changed: {e}")),
+        Err(_) => log("SIGHUP: internal error while applying the config (a bug; see above)"),
     }
 }
 
@@ -219,6 +350,38 @@ fn attach_new(st: &mut State) {
     }
 }
 
+/// `--iface X`: when X is deleted and made again (a new ifindex), attach
+/// to the new X. `seen` holds the ifindex each name was attached at.
+fn reattach(st: &mut State, names: &[String], seen: &mut HashMap<String, Option<u32>>) {
+    for name in names {
+        let now = iface::index(name);
+        let was = seen.get(name).copied().flatten();
+        if now == was || now.is_none() {
+            if now.is_none() && was.is_some() {
+                log(&format!(
+                    "interface {name} is gone; waiting for it to come back"
+                ));
+                seen.insert(name.clone(), None);
+            }
+            continue;
+        }
+        st.inj.forget_interface(name);
+        match st.inj.attach_interface(name) {
+            Ok(()) => {
+                log(&format!(
+                    "attached again to {name} (new ifindex {})",
+                    now.unwrap_or(0)
+                ));
+                seen.insert(name.clone(), now);
+            }
+            Err(e) => log(&format!(
+                "could not attach again to {name}: {}",
+                crate::error::chain(&e)
+            )),
+        }
+    }
+}
+
 fn read_token(path: &Path) -> anyhow::Result<String> {
     let t = std::fs::read_to_string(path)
         .with_context(|| format!("could not read the token file {}", path.display()))?;
@@ -232,9 +395,76 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// Binds the Unix socket with mode 0600, refusing to steal a live one.
-fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
-    if path.exists() {
+/// Refuses a `--socket` path that exists and is not a socket, before
+/// anything is loaded or attached.
+fn check_socket_path(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => bail!(
+            "--socket {} exists and is not a socket; refusing to replace it (choose another \
+             path, or remove it yourself if it is yours)",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The device and inode of the socket file this daemon made: on exit,
+/// only that file is removed, never another daemon's socket put at the
+/// same path since.
+#[derive(Debug, Clone, Copy)]
+struct SocketId {
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketId {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+
+    fn is_at(self, path: &Path) -> bool {
+        Self::of(path).is_some_and(|o| o.dev == self.dev && o.ino == self.ino)
+    }
+}
+
+/// Who may use the Unix socket: root, and the group `gid` as `mode` says.
+#[derive(Debug, Clone, Copy)]
+struct SocketAccess {
+    gid: Option<u32>,
+    mode: u32,
+}
+
+/// The id of group `name` (or a number), or an error naming it.
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let c = std::ffi::CString::new(name)
+        .with_context(|| format!("socket group `{name}` contains a NUL byte"))?;
+    // SAFETY: `c` is a valid C string; getgrnam returns NULL or a pointer
+    // to static storage we read at once, before any other getgr* call.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    if g.is_null() {
+        bail!("socket group `{name}` does not exist; create it (groupadd {name}) or name another");
+    }
+    // SAFETY: non-null, points to a valid `struct group`.
+    Ok(unsafe { (*g).gr_gid })
+}
+
+/// Binds the Unix socket (mode 0600 and root's group unless `access` says
+/// otherwise), refusing to steal a live one or to replace anything that is
+/// not a socket.
+fn bind_socket(
+    path: &Path,
+    access: SocketAccess,
+) -> anyhow::Result<(tokio::net::UnixListener, SocketId)> {
+    check_socket_path(path)?;
+    if std::fs::symlink_metadata(path).is_ok() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
                 "a faultbpf daemon already listens on {}; stop it or use another --socket",
@@ -250,7 +480,70 @@ fn bind_socket(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     // SAFETY: as above.
     unsafe { libc::umask(old) };
     let l = l.with_context(|| format!("could not listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("could not set mode 0600 on {}", path.display()))?;
-    Ok(l)
+    if let Some(gid) = access.gid {
+        std::os::unix::fs::lchown(path, None, Some(gid))
+            .with_context(|| format!("could not give {} to group {gid}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode)).with_context(
+        || {
+            format!(
+                "could not set mode {:04o} on {}",
+                access.mode,
+                path.display()
+            )
+        },
+    )?;
+    let id = SocketId::of(path)
+        .with_context(|| format!("the socket {} vanished as it was made", path.display()))?;
+    Ok((l, id))
+}
+
+/// One daemon per network namespace: an exclusive `flock` on a file named
+/// after the namespace's inode, held for the process's life (the kernel
+/// drops it when the process dies, however it dies).
+struct NetnsLock {
+    _file: std::fs::File,
+}
+
+impl NetnsLock {
+    fn take(socket: &Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        let ns = std::fs::metadata("/proc/self/ns/net")
+            .context("could not read this process's network namespace (/proc/self/ns/net)")?;
+        std::fs::create_dir_all(LOCK_DIR)
+            .with_context(|| format!("could not create {LOCK_DIR}"))?;
+        let path = format!("{LOCK_DIR}/netns-{}-{}.lock", ns.dev(), ns.ino());
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("could not open the daemon lock {path}"))?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                bail!(
+                    "another faultbpf daemon runs in this network namespace ({}); one daemon \
+                     per namespace owns the programs: stop it first (lock {path})",
+                    holder.trim()
+                );
+            }
+            return Err(e).with_context(|| format!("could not lock {path}"));
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(
+            file,
+            "pid {}, socket {}",
+            std::process::id(),
+            socket.display()
+        );
+        Ok(Self { _file: file })
+    }
 }

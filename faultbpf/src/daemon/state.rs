@@ -1,5 +1,11 @@
 //! The daemon's rule table: which rules exist, who owns which map keys,
 //! and the one place where rules go into and out of the kernel maps.
+//!
+//! The order of every change is: compute everything that can fail (id,
+//! keys, guard rails, conflicts, expiry with checked arithmetic, what the
+//! kernel must be able to do), then write the kernel, then record. A panic
+//! between the write and the record removes what was written ([`Undo`]),
+//! so the kernel never holds a rule the API cannot see.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -7,23 +13,15 @@ use std::{
 };
 
 use faultbpf_common::{MAX_SLOTS, RuleCounters, RuleKey};
-use serde::Serialize;
 
+pub use crate::api::{Origin, RuleStats};
 use crate::{
     Injector,
+    api::RuleInfo,
     config::Config,
     rules::Rule,
-    spec::{RuleSpec, SpecError},
+    spec::{Guards, Policy, RuleSpec, SpecError},
 };
-
-/// Where a rule came from: the API, or the config file (replaced on
-/// reload).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    Api,
-    Config,
-}
 
 /// A rule in the table.
 pub struct Entry {
@@ -33,43 +31,10 @@ pub struct Entry {
     pub expires_at: Option<Instant>,
 }
 
-/// What the API shows of a rule.
-#[derive(Debug, Serialize)]
-pub struct RuleInfo {
-    pub id: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub fault: &'static str,
-    pub description: String,
-    pub origin: Origin,
-    /// Seconds until the kernel stops applying it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_in_seconds: Option<f64>,
-    pub spec: RuleSpec,
-}
-
-/// A rule's counters, as `/v1/stats` shows them.
-#[derive(Debug, Serialize)]
-pub struct RuleStats {
-    pub id: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub fault: &'static str,
-    pub ports: Vec<String>,
-    pub description: String,
-    pub matched_packets: u64,
-    pub matched_bytes: u64,
-    pub acted_packets: u64,
-    pub acted_bytes: u64,
-    /// `chaos`: packets each mix action acted on; absent for other faults.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub actions: Option<std::collections::BTreeMap<&'static str, u64>>,
-}
-
 /// Why a change was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// 400: the spec is invalid.
+    /// 400: the spec is invalid (403 when a guard rail refused it).
     #[error("{0}")]
     Invalid(#[from] SpecError),
     /// 403: a guard rail; `force` overrides.
@@ -84,6 +49,17 @@ pub enum StateError {
     /// 507: every counter slot is in use.
     #[error("all {MAX_SLOTS} rule slots are in use; remove rules first")]
     Full,
+    /// 400: a duration the clock cannot count to.
+    #[error(
+        "a rule lasting {0} would end beyond what the clock can count; use a shorter `for`/`ttl`"
+    )]
+    TooLong(String),
+    /// 400: a config rule that cannot be applied, named.
+    #[error("rule `{name}`: {}", crate::error::chain(error.as_ref()))]
+    InRule {
+        name: String,
+        error: Box<StateError>,
+    },
     /// 500: the kernel refused.
     #[error(transparent)]
     Kernel(#[from] crate::Error),
@@ -94,48 +70,63 @@ pub struct State {
     rules: BTreeMap<u32, Entry>,
     owners: HashMap<RuleKey, u32>,
     next_id: u32,
-    /// Ports no rule may cut without `force`: ssh and our own TCP API.
-    guarded: Vec<(u16, &'static str)>,
-    default_ttl: Duration,
+    /// Default expiry and guard rails (ssh, our own TCP API and metrics).
+    policy: Policy,
 }
 
 impl State {
-    pub fn new(inj: Injector, api_port: Option<u16>, default_ttl: Duration) -> Self {
-        let mut guarded = vec![(22, "it would cut ssh to this host")];
+    pub fn new(
+        inj: Injector,
+        api_port: Option<u16>,
+        metrics_port: Option<u16>,
+        default_ttl: Duration,
+    ) -> Self {
+        let mut guards = Guards::default();
         if let Some(p) = api_port {
-            guarded.push((p, "it would cut the daemon's own TCP API"));
+            guards = guards.with_port(p, "it would cut the daemon's own TCP API");
+        }
+        if let Some(p) = metrics_port {
+            guards = guards.with_port(p, "it would cut the daemon's own metrics endpoint");
         }
         Self {
             inj,
             rules: BTreeMap::new(),
             owners: HashMap::new(),
             next_id: 0,
-            guarded,
-            default_ttl,
+            policy: Policy {
+                default_ttl: Some(default_ttl),
+                guards,
+            },
         }
     }
 
     /// Validates and inserts a rule; returns its id.
     pub fn add(&mut self, spec: RuleSpec, origin: Origin) -> Result<u32, StateError> {
         let id = self.free_id().ok_or(StateError::Full)?;
-        let rule = spec.to_rule(id, Some(self.default_ttl))?;
-        self.check(&rule, spec.force, &[])?;
-        self.insert(rule, spec, origin)?;
+        let rule = self.validate(&spec, id)?;
+        self.check(&rule, &[])?;
+        let expires_at = expiry(&rule, Instant::now())?;
+        self.insert(rule, spec, origin, expires_at)?;
         Ok(id)
     }
 
-    /// The guard rails and key conflicts; rules in `replacing` are about to
-    /// go and do not conflict.
-    fn check(&self, rule: &Rule, force: bool, replacing: &[u32]) -> Result<(), StateError> {
-        if !force {
-            for (port, why) in &self.guarded {
-                if rule.ports.iter().any(|r| (r.first..=r.last).contains(port)) {
-                    return Err(StateError::Guarded(format!(
-                        "refusing to fault port {port}: {why}; add \"force\": true (--force) if you mean it"
-                    )));
-                }
+    /// The shared validation (`RuleSpec::validate`) with this daemon's
+    /// policy; a guard rail's refusal is `Guarded`.
+    fn validate(&self, spec: &RuleSpec, id: u32) -> Result<Rule, StateError> {
+        let mut rule = spec.validate(id, &self.policy).map_err(|e| {
+            if e.guarded {
+                StateError::Guarded(e.message)
+            } else {
+                StateError::Invalid(e)
             }
-        }
+        })?;
+        rule.seed = crate::rules::random_seed();
+        Ok(rule)
+    }
+
+    /// Key conflicts; rules in `replacing` are about to go and do not
+    /// conflict.
+    fn check(&self, rule: &Rule, replacing: &[u32]) -> Result<(), StateError> {
         for k in rule.keys() {
             if let Some(other) = self.owners.get(&k)
                 && !replacing.contains(other)
@@ -149,15 +140,32 @@ impl State {
         Ok(())
     }
 
-    fn insert(&mut self, rule: Rule, spec: RuleSpec, origin: Origin) -> Result<(), StateError> {
+    /// Writes a checked rule into the kernel, then records it. Nothing may
+    /// fail after the kernel write; should anything panic there, `Undo`
+    /// takes the rule out of the kernel again while unwinding.
+    fn insert(
+        &mut self,
+        rule: Rule,
+        spec: RuleSpec,
+        origin: Origin,
+        expires_at: Option<Instant>,
+    ) -> Result<(), StateError> {
         if let Err(e) = self.inj.insert(&rule) {
             let _ = self.inj.remove(&rule);
             return Err(e.into());
         }
+        let undo = Undo {
+            inj: &mut self.inj,
+            rule: &rule,
+        };
+        #[cfg(debug_assertions)]
+        if std::env::var_os(PANIC_AFTER_WRITE).is_some() {
+            panic!("{PANIC_AFTER_WRITE} is set: panicking between the kernel write and the record");
+        }
+        std::mem::forget(undo);
         for k in rule.keys() {
             self.owners.insert(k, rule.id);
         }
-        let expires_at = rule.lasts.map(|d| Instant::now() + d);
         self.next_id = (rule.id + 1) % MAX_SLOTS;
         self.rules.insert(
             rule.id,
@@ -223,67 +231,137 @@ impl State {
         done
     }
 
-    /// Replaces the config's rules with `config`'s, all or nothing: rules
-    /// whose spec is unchanged keep their id and counters. Returns (added,
-    /// removed, kept).
-    pub fn reload(&mut self, config: &Config) -> Result<(usize, usize, usize), StateError> {
-        let current: HashMap<String, u32> = self
+    /// Replaces the config's rules with `config`'s, all or nothing: every
+    /// new rule is built and checked (ids, guard rails, conflicts, expiry,
+    /// and what this kernel can do: a delay rule needs its device) before
+    /// the first change; then the old rules go and the new ones come in,
+    /// and if the kernel refuses one, everything is put back as it was.
+    /// Rules whose spec is unchanged keep their id and counters.
+    pub fn reload(&mut self, config: &Config) -> Result<Reloaded, StateError> {
+        let current: BTreeMap<String, u32> = self
             .rules
             .iter()
             .filter(|(_, e)| e.origin == Origin::Config)
             .filter_map(|(id, e)| e.spec.name.clone().map(|n| (n, *id)))
             .collect();
-        let keep: Vec<u32> = config
-            .rules
-            .iter()
-            .filter_map(|nr| {
-                let id = current.get(&nr.name)?;
-                (self.rules[id].spec == nr.spec).then_some(*id)
-            })
-            .collect();
-        let going: Vec<u32> = current
-            .values()
-            .filter(|id| !keep.contains(id))
-            .copied()
-            .collect();
-        let coming: Vec<&RuleSpec> = config
-            .rules
-            .iter()
-            .filter(|nr| !current.get(&nr.name).is_some_and(|id| keep.contains(id)))
-            .map(|nr| &nr.spec)
-            .collect();
+        let mut report = Reloaded::default();
+        let mut going: Vec<u32> = Vec::new();
+        let mut coming: Vec<(&str, &RuleSpec)> = Vec::new();
+        for nr in &config.rules {
+            match current.get(&nr.name) {
+                Some(id) if self.rules[id].spec == nr.spec => report.kept.push(nr.name.clone()),
+                Some(id) => {
+                    report.changed.push(nr.name.clone());
+                    going.push(*id);
+                    coming.push((&nr.name, &nr.spec));
+                }
+                None => {
+                    report.added.push(nr.name.clone());
+                    coming.push((&nr.name, &nr.spec));
+                }
+            }
+        }
+        for (name, id) in &current {
+            if !config.rules.iter().any(|nr| &nr.name == name) {
+                report.removed.push(name.clone());
+                going.push(*id);
+            }
+        }
 
-        // Check everything before touching the maps.
+        // Check everything before touching the maps. New rules take free
+        // ids only, so the old ones can be put back in their slots.
+        let now = Instant::now();
         let mut planned = Vec::new();
         let mut ids: Vec<u32> = Vec::new();
         let mut keys = HashMap::new();
-        for spec in &coming {
+        let mut delay_max = None;
+        for (name, spec) in &coming {
+            let named = |e: StateError| StateError::InRule {
+                name: name.to_string(),
+                error: Box::new(e),
+            };
             let id = (0..MAX_SLOTS)
                 .map(|i| (self.next_id + i) % MAX_SLOTS)
-                .find(|id| {
-                    (!self.rules.contains_key(id) || going.contains(id)) && !ids.contains(id)
-                })
+                .find(|id| !self.rules.contains_key(id) && !ids.contains(id))
                 .ok_or(StateError::Full)?;
-            let rule = spec.to_rule(id, Some(self.default_ttl))?;
-            self.check(&rule, spec.force, &going)?;
+            let rule = self.validate(spec, id).map_err(named)?;
+            self.check(&rule, &going).map_err(named)?;
+            let expires_at = expiry(&rule, now).map_err(named)?;
             for k in rule.keys() {
-                if let Some(other) = keys.insert(k, id) {
+                if let Some(other) = keys.insert(k, *name) {
                     return Err(StateError::Conflict(format!(
-                        "port {} appears in two config rules ({other} and {id})",
+                        "port {} appears in two config rules (`{other}` and `{name}`)",
                         k.port()
                     )));
                 }
             }
+            if let Some(d) = rule.fault.delay() {
+                delay_max = delay_max.max(Some(d.max()));
+            }
             ids.push(id);
-            planned.push((rule, (*spec).clone()));
+            planned.push((*name, rule, (*spec).clone(), expires_at));
         }
+        if let Some(max) = delay_max {
+            // Makes the delay device now (or finds it there): the one
+            // thing a rule can need that this kernel may lack.
+            self.inj.prepare_delay(max).map_err(|e| {
+                let name = coming
+                    .iter()
+                    .zip(&planned)
+                    .find(|(_, (_, r, _, _))| r.fault.delay().is_some())
+                    .map_or("?", |((n, _), _)| *n);
+                StateError::InRule {
+                    name: name.to_string(),
+                    error: Box::new(StateError::Kernel(e)),
+                }
+            })?;
+        }
+
+        // Apply: out with the old, in with the new; on a refusal, back.
+        let mut removed: Vec<Entry> = Vec::new();
         for id in &going {
-            self.remove(*id)?;
+            match self.remove(*id) {
+                Ok(e) => removed.push(e),
+                Err(e) => {
+                    self.restore(Vec::new(), removed);
+                    return Err(e);
+                }
+            }
         }
-        for (rule, spec) in planned {
-            self.insert(rule, spec, Origin::Config)?;
+        let mut inserted = Vec::new();
+        for (name, rule, spec, expires_at) in planned {
+            let id = rule.id;
+            if let Err(e) = self.insert(rule, spec, Origin::Config, expires_at) {
+                self.restore(inserted, removed);
+                return Err(StateError::InRule {
+                    name: name.to_string(),
+                    error: Box::new(e),
+                });
+            }
+            inserted.push(id);
         }
-        Ok((coming.len(), going.len(), keep.len()))
+        Ok(report)
+    }
+
+    /// Undoes a reload half-way: lifts `inserted`, puts `removed` back in
+    /// their slots with the time they had left.
+    fn restore(&mut self, inserted: Vec<u32>, removed: Vec<Entry>) {
+        for id in inserted {
+            let _ = self.remove(id);
+        }
+        let now = Instant::now();
+        for mut e in removed {
+            if e.expires_at.is_some_and(|t| t <= now) {
+                continue;
+            }
+            e.rule.lasts = e.expires_at.map(|t| t.saturating_duration_since(now));
+            let expires_at = e.expires_at;
+            if let Err(err) = self.insert(e.rule, e.spec, e.origin, expires_at) {
+                super::log(&format!(
+                    "could not put a rule back while undoing a reload: {err}"
+                ));
+            }
+        }
     }
 
     pub fn info(&self, id: u32) -> Option<RuleInfo> {
@@ -291,7 +369,7 @@ impl State {
         Some(RuleInfo {
             id,
             name: e.spec.name.clone(),
-            fault: e.rule.fault.name(),
+            fault: e.rule.fault.name().to_string(),
             description: e.rule.describe(),
             origin: e.origin,
             expires_in_seconds: e
@@ -317,14 +395,15 @@ impl State {
                 RuleStats {
                     id: *id,
                     name: e.spec.name.clone(),
-                    fault: e.rule.fault.name(),
+                    fault: e.rule.fault.name().to_string(),
                     ports: e.rule.ports_text(),
                     description: e.rule.describe(),
                     matched_packets: c.matched_packets,
                     matched_bytes: c.matched_bytes,
                     acted_packets: c.acted_packets,
                     acted_bytes: c.acted_bytes,
-                    actions: crate::report::action_map(&e.rule, &c),
+                    actions: crate::report::action_map(&e.rule, &c)
+                        .map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
                 }
             })
             .collect()
@@ -336,6 +415,73 @@ impl State {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+}
+
+/// What a reload did, by rule name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub kept: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        // A changed rule is replaced: one in, one out.
+        write!(
+            f,
+            "{} rule(s) added, {} removed, {} unchanged (added {}; changed {}; kept {}; removed {})",
+            self.added.len() + self.changed.len(),
+            self.removed.len() + self.changed.len(),
+            self.kept.len(),
+            list(&self.added),
+            list(&self.changed),
+            list(&self.kept),
+            list(&self.removed)
+        )
+    }
+}
+
+/// Debug builds only: panic in [`State::insert`] right after the kernel
+/// write, so a test can show that the write is undone.
+#[cfg(debug_assertions)]
+pub const PANIC_AFTER_WRITE: &str = "FAULTBPF_TEST_PANIC_AFTER_KERNEL_WRITE";
+
+/// Takes a rule back out of the kernel unless forgotten.
+struct Undo<'a> {
+    inj: &'a mut Injector,
+    rule: &'a Rule,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        let _ = self.inj.remove(self.rule);
+    }
+}
+
+/// When `rule` ends if inserted at `now`; refused if the clock cannot
+/// count that far (`for: 300000000000y`).
+fn expiry(rule: &Rule, now: Instant) -> Result<Option<Instant>, StateError> {
+    match rule.lasts {
+        None => Ok(None),
+        Some(d) => now
+            .checked_add(d)
+            // The kernel counts in u64 nanoseconds of CLOCK_MONOTONIC.
+            .filter(|_| u64::try_from(d.as_nanos()).is_ok_and(|n| n < u64::MAX / 2))
+            .map(Some)
+            .ok_or_else(|| StateError::TooLong(humantime::format_duration(d).to_string())),
     }
 }
 

@@ -15,46 +15,111 @@ use std::str::FromStr;
 
 use faultbpf_common::{FaultKind, MIX_LEN};
 
-pub const KIND: FaultKind = FaultKind::Mix;
+use super::{Fault, FaultDef, Param, REGISTRY, by_mix_action};
+use crate::spec::{RuleSpec, SpecError};
+
+pub static DEF: FaultDef = FaultDef {
+    name: "chaos",
+    command: "chaos",
+    about: "Apply a mix of faults to one port, drawn per packet (or per flow)",
+    long_about: "Apply a mix of faults to one port, drawn per packet (or per flow)\n\n\
+        --mix drop:20,reset:10,corrupt:5 drops 20 % of the packets, resets 10 % and \
+        corrupts 5 %; the other 65 % pass. One random draw per packet picks at most one \
+        action. With --per flow every connection gets one fate.",
+    examples: "Examples:\n  \
+        faultbpf chaos --port 5672 --mix drop:20,reset:10\n  \
+        faultbpf chaos --port 8080 --mix reset:30,hang:20 --per flow\n  \
+        faultbpf chaos --port 5432 --mix drop:5,delay:20 --ms 200",
+    verb: "hit",
+    kind: FaultKind::Mix,
+    xdp: true,
+    xdp_refusal: "",
+    udp: true,
+    params: &[
+        Param {
+            field: "mix",
+            unit: "ACTION:PCT,... (drop, reset, hang, corrupt, delay)",
+        },
+        // A mix's `delay` entries take the delay fault's fields.
+        Param {
+            field: "delay_ms",
+            unit: "milliseconds",
+        },
+        Param {
+            field: "jitter",
+            unit: "a duration",
+        },
+        Param {
+            field: "dist",
+            unit: "uniform or normal",
+        },
+        Param {
+            field: "reorder",
+            unit: "true or false",
+        },
+    ],
+    mix_action: None,
+    build,
+};
+
+fn build(spec: &RuleSpec) -> Result<Fault, SpecError> {
+    let mix = spec
+        .mix
+        .as_deref()
+        .ok_or_else(|| SpecError::new("mix", "the chaos fault needs a `mix`, e.g. \"drop:20\""))?;
+    let mut mix = mix.parse::<Mix>().map_err(|e| SpecError::new("mix", e))?;
+    if mix.delays() {
+        mix.delay = Some(super::delay::params(spec)?);
+    } else if let Some(field) = super::delay::fields_given(spec) {
+        return Err(SpecError::new(
+            field,
+            format!("`{field}` applies to a mix's `delay` entries, and `{mix}` has none"),
+        ));
+    }
+    Ok(Fault::Chaos(mix))
+}
 
 /// A validated mix: at most `MIX_LEN` entries, shares summing to <= 100;
 /// a `delay` entry uses `delay` (set from the chaos command's `--ms`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mix {
-    entries: Vec<(FaultKind, f64)>,
+    entries: Vec<(&'static FaultDef, f64)>,
     pub delay: Option<super::delay::DelayParams>,
 }
 
 impl Mix {
-    pub fn entries(&self) -> &[(FaultKind, f64)] {
+    pub fn entries(&self) -> &[(&'static FaultDef, f64)] {
         &self.entries
     }
 
     /// Whether an entry delays (and so needs `delay`).
     pub fn delays(&self) -> bool {
-        self.entries.iter().any(|(k, _)| *k == FaultKind::Delay)
+        self.entries.iter().any(|(d, _)| d.kind == FaultKind::Delay)
+    }
+}
+
+impl PartialEq for FaultDef {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
     }
 }
 
 impl std::fmt::Display for Mix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (k, p)) in self.entries.iter().enumerate() {
+        for (i, (d, p)) in self.entries.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
-            write!(f, "{sep}{}:{p}", action_name(*k))?;
+            write!(f, "{sep}{}:{p}", d.mix_action.unwrap_or(d.name))?;
         }
         Ok(())
     }
 }
 
-/// An action's name in `--mix`, in reports and in the `action` metric label.
-pub fn action_name(k: FaultKind) -> &'static str {
-    match k {
-        FaultKind::Drop => "drop",
-        FaultKind::Reset => "reset",
-        FaultKind::Hang => "hang",
-        FaultKind::Corrupt => "corrupt",
-        FaultKind::Delay => "delay",
-        _ => "?",
+/// "drop, reset, hang, corrupt or delay", from the registry.
+fn actions() -> String {
+    let names: Vec<&str> = REGISTRY.iter().filter_map(|d| d.mix_action).collect();
+    match names.split_last() {
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
@@ -68,18 +133,13 @@ impl FromStr for Mix {
             let (name, pct) = part
                 .split_once(':')
                 .ok_or_else(|| format!("`{part}`: expected ACTION:PCT, e.g. drop:20"))?;
-            let kind = match name.trim() {
-                "drop" => FaultKind::Drop,
-                "reset" => FaultKind::Reset,
-                "hang" => FaultKind::Hang,
-                "corrupt" => FaultKind::Corrupt,
-                "delay" => FaultKind::Delay,
-                other => {
-                    return Err(format!(
-                        "`{other}` is not a mix action (expected drop, reset, hang, corrupt or delay)"
-                    ));
-                }
-            };
+            let def = by_mix_action(name.trim()).ok_or_else(|| {
+                format!(
+                    "`{}` is not a mix action (expected {})",
+                    name.trim(),
+                    actions()
+                )
+            })?;
             let pct: f64 = pct
                 .trim()
                 .parse()
@@ -89,11 +149,14 @@ impl FromStr for Mix {
                     "`{part}`: {pct} is out of range (expected 0 to 100)"
                 ));
             }
-            if out.iter().any(|(k, _)| *k == kind) {
-                return Err(format!("`{name}` appears twice in the mix"));
+            if out
+                .iter()
+                .any(|(d, _): &(&FaultDef, f64)| std::ptr::eq(*d, def))
+            {
+                return Err(format!("`{}` appears twice in the mix", name.trim()));
             }
             total += pct;
-            out.push((kind, pct));
+            out.push((def, pct));
         }
         if out.is_empty() {
             return Err(format!("`{s}` has no entries; e.g. drop:20,reset:10"));

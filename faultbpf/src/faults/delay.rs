@@ -21,7 +21,77 @@ use std::time::Duration;
 use faultbpf_common::{DIST_NORMAL, DIST_UNIFORM, FaultKind};
 use serde::{Deserialize, Serialize};
 
-pub const KIND: FaultKind = FaultKind::Delay;
+use super::{Fault, FaultDef, Param};
+use crate::spec::{RuleSpec, SpecError};
+
+pub static DEF: FaultDef = FaultDef {
+    name: "delay",
+    command: "delay",
+    about: "Make the port slow: deliver its packets later, in order, by the kernel",
+    long_about: "Make the port slow: deliver its packets later, in order, by the kernel\n\n\
+        Every matched packet arrives --ms (± --jitter) later in each direction it is \
+        delayed, so a round trip through both grows by twice that; a flow's packets \
+        stay in order unless --reorder. The way to make a timeout test deterministic \
+        without touching the server. Needs the kernel's sch_fq and sch_netem modules; \
+        at most 60 s in all (mean plus the largest jitter).",
+    examples: "Examples:\n  \
+        faultbpf delay --port 5432 --ms 300                  Postgres answers 0.6 s later\n  \
+        faultbpf delay --dport 8080 --ms 50 --jitter 20ms    50 ± 20 ms on requests only\n  \
+        faultbpf delay --port 6379 --ms 100 --pct 10         one packet in ten is late",
+    verb: "delayed",
+    kind: FaultKind::Delay,
+    xdp: false,
+    xdp_refusal: "cannot hold packets: delay needs tc's skb timestamps and fq",
+    udp: true,
+    params: &[
+        Param {
+            field: "delay_ms",
+            unit: "milliseconds, 0 to 60000, fractions allowed",
+        },
+        Param {
+            field: "jitter",
+            unit: "a duration, e.g. 20ms",
+        },
+        Param {
+            field: "dist",
+            unit: "uniform (default) or normal",
+        },
+        Param {
+            field: "reorder",
+            unit: "true or false",
+        },
+    ],
+    mix_action: Some("delay"),
+    build: |spec| Ok(Fault::Delay(params(spec)?)),
+};
+
+/// `delay_ms`, `jitter`, `dist`, `reorder` from a spec, checked.
+pub fn params(spec: &RuleSpec) -> Result<DelayParams, SpecError> {
+    let v = spec
+        .delay_ms
+        .ok_or_else(|| SpecError::new("delay_ms", "a delay needs `delay_ms` (--ms), e.g. 300"))?;
+    let mean = ms(v).map_err(|e| SpecError::new("delay_ms", e))?;
+    let jitter = match &spec.jitter {
+        Some(j) => {
+            crate::spec::parse_bounded(j, MAX_DELAY).map_err(|e| SpecError::new("jitter", e))?
+        }
+        None => Duration::ZERO,
+    };
+    DelayParams::new(mean, jitter, spec.dist.unwrap_or_default(), spec.reorder)
+        .map_err(|e| SpecError::new("delay_ms", e))
+}
+
+/// The first delay field a spec gives, if any.
+pub fn fields_given(spec: &RuleSpec) -> Option<&'static str> {
+    [
+        ("delay_ms", spec.delay_ms.is_some()),
+        ("jitter", spec.jitter.is_some()),
+        ("dist", spec.dist.is_some()),
+        ("reorder", spec.reorder),
+    ]
+    .into_iter()
+    .find_map(|(f, given)| given.then_some(f))
+}
 
 /// Longest delay accepted: fq's horizon grows with it, and a packet held
 /// longer than this is a blackhole, not a delay.
@@ -57,33 +127,54 @@ pub struct DelayParams {
 }
 
 impl DelayParams {
-    /// Checks the bounds; `what` names the flag in errors.
+    /// Checks the bounds: the longest delay a packet can get (`max`) is
+    /// at most `MAX_DELAY`.
     pub fn new(
         mean: Duration,
         jitter: Duration,
         dist: Dist,
         reorder: bool,
     ) -> Result<Self, String> {
-        if mean + jitter > MAX_DELAY {
-            return Err(format!(
-                "{} ms ± {} ms is too long (at most {} s in all)",
-                mean.as_secs_f64() * 1e3,
-                jitter.as_secs_f64() * 1e3,
-                MAX_DELAY.as_secs()
-            ));
-        }
-        Ok(Self {
+        let d = Self {
             mean,
             jitter,
             dist,
             reorder,
-        })
+        };
+        match d.checked_max() {
+            Some(max) if max <= MAX_DELAY => Ok(d),
+            _ => Err(format!(
+                "{} ms ± {} ms{} is too long (at most {} s in all{})",
+                mean.as_secs_f64() * 1e3,
+                jitter.as_secs_f64() * 1e3,
+                if dist == Dist::Normal { " normal" } else { "" },
+                MAX_DELAY.as_secs(),
+                if dist == Dist::Normal {
+                    ", counting 3 standard deviations of jitter"
+                } else {
+                    ""
+                }
+            )),
+        }
     }
 
     /// The longest delay a packet can get, for sizing fq.
     pub fn max(&self) -> Duration {
+        self.checked_max().unwrap_or(Duration::MAX)
+    }
+
+    fn checked_max(&self) -> Option<Duration> {
         let spread = if self.dist == Dist::Normal { 3 } else { 1 };
-        self.mean + self.jitter * spread
+        self.mean.checked_add(self.jitter.checked_mul(spread)?)
+    }
+
+    /// Writes these parameters into a spec's delay fields.
+    pub fn write_params(&self, spec: &mut RuleSpec) {
+        spec.delay_ms = Some(self.mean.as_secs_f64() * 1e3);
+        spec.jitter =
+            (!self.jitter.is_zero()).then(|| humantime::format_duration(self.jitter).to_string());
+        spec.dist = (self.dist != Dist::Uniform).then_some(self.dist);
+        spec.reorder = self.reorder;
     }
 
     /// `300ms ± 50ms normal`
@@ -102,10 +193,20 @@ impl DelayParams {
     }
 }
 
-/// `--ms 0.5` as a duration.
+/// `--ms 0.5` as a duration: 0 to `MAX_DELAY`.
 pub fn ms(v: f64) -> Result<Duration, String> {
-    if v.is_nan() || v < 0.0 || !v.is_finite() {
-        return Err(format!("`{v}` ms is not a delay (expected 0 or more)"));
+    let max_ms = MAX_DELAY.as_secs_f64() * 1e3;
+    if !(0.0..=max_ms).contains(&v) {
+        // 1e300 as written, not as 301 digits.
+        let v = if v.abs() >= 1e9 {
+            format!("{v:e}")
+        } else {
+            format!("{v}")
+        };
+        return Err(format!(
+            "`{v}` ms is not a delay (expected 0 to {max_ms}, i.e. at most {} s)",
+            MAX_DELAY.as_secs()
+        ));
     }
     Ok(Duration::from_secs_f64(v / 1e3))
 }
@@ -133,7 +234,13 @@ mod tests {
             )
             .is_err()
         );
-        assert!(ms(-1.0).is_err() && ms(f64::NAN).is_err());
+        assert!(ms(-1.0).is_err() && ms(f64::NAN).is_err() && ms(1e300).is_err());
+        // A normal jitter reaches 3 standard deviations: 30 s ± 11 s normal
+        // can exceed the maximum, uniform 30 s ± 11 s cannot.
+        let (mean, jitter) = (Duration::from_secs(30), Duration::from_secs(11));
+        assert!(DelayParams::new(mean, jitter, Dist::Normal, false).is_err());
+        assert!(DelayParams::new(mean, jitter, Dist::Uniform, false).is_ok());
+        assert!(DelayParams::new(mean, Duration::MAX, Dist::Normal, false).is_err());
         assert_eq!(ms(0.5).unwrap(), Duration::from_micros(500));
     }
 }

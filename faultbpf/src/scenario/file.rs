@@ -45,7 +45,7 @@ use toml::Spanned;
 use crate::{
     rules::{Direction, Per, Proto, Rule},
     span::key_span,
-    spec::{FaultName, PortSpec, RuleSpec, parse_duration},
+    spec::{MAX_LASTS, Policy, PortSpec, RuleSpec, parse_bounded, parse_duration},
 };
 
 /// The longest a scenario may run: every time in a file must end by then.
@@ -95,7 +95,8 @@ struct RawStep {
     at: Option<Spanned<String>>,
     #[serde(rename = "for")]
     lasts: Option<Spanned<String>>,
-    fault: FaultName,
+    #[serde(deserialize_with = "crate::spec::known_fault")]
+    fault: String,
     #[serde(default)]
     port: Vec<PortSpec>,
     #[serde(default)]
@@ -127,7 +128,7 @@ impl RawStep {
     fn spec(&self, lasts: Duration) -> RuleSpec {
         RuleSpec {
             name: self.name.clone(),
-            fault: self.fault,
+            fault: self.fault.clone(),
             port: self.port.clone(),
             dport: self.dport.clone(),
             sport: self.sport.clone(),
@@ -232,15 +233,7 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
     };
     // A time from the start of the run: zero allowed.
     let offset = |s: &Spanned<String>, what: &str| {
-        humantime::parse_duration(s.get_ref().trim()).map_err(|e| {
-            at(
-                s.span(),
-                format!(
-                    "{what}: `{}` is not a duration ({e}); examples: 0s, 30s, 1m30s",
-                    s.get_ref()
-                ),
-            )
-        })
+        parse_bounded(s.get_ref(), MAX_LASTS).map_err(|e| at(s.span(), format!("{what}: {e}")))
     };
     let bounded = |d: Duration, span: Range<usize>, what: &str| {
         if d > MAX_LENGTH {
@@ -521,7 +514,7 @@ fn checked_rule(
     label: &str,
     at: &impl Fn(Range<usize>, String) -> ScenarioError,
 ) -> Result<Rule, ScenarioError> {
-    spec.to_rule(0, None).map_err(|e| {
+    spec.validate(0, &Policy::default()).map_err(|e| {
         let span = key_span(text, table.clone(), e.field).unwrap_or(table);
         at(span, format!("{label}: {e}"))
     })

@@ -17,8 +17,7 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Context;
-use faultbpf_common::{MAX_SLOTS, RuleCounters};
-use serde::Deserialize;
+use faultbpf_common::RuleCounters;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::Instant,
@@ -30,13 +29,14 @@ use super::{
     random::fresh_seed,
     report::{Outcome, ScenarioReport, Status, StepReport},
 };
-use crate::{AttachMode, Injector, Rule, client::Client, error::chain, iface, target::Target};
-
-/// Standalone lease, as in the foreground mode: a frozen run heals the
-/// host after this.
-const LEASE: Duration = Duration::from_secs(3);
-/// Heartbeat period.
-const TICK: Duration = Duration::from_secs(1);
+use crate::{
+    AttachMode, Hooks,
+    client::Client,
+    error::chain,
+    iface,
+    session::{Handle, Placement, TICK},
+    target::Target,
+};
 /// A daemon rule lasts this much longer than its activity, so its counters
 /// can still be read at the end; we delete it ourselves then.
 const DAEMON_MARGIN: Duration = Duration::from_secs(5);
@@ -101,8 +101,8 @@ async fn execute(
     let mut sigint = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
 
-    let mut backend = match &scenario.target {
-        None if client.is_up() => Backend::Daemon { client },
+    let mut placement = match &scenario.target {
+        None if client.is_up() => Placement::daemon(client.clone()),
         target => {
             let named = target
                 .as_ref()
@@ -118,13 +118,7 @@ async fn execute(
             } else {
                 named
             };
-            let mut inj = Injector::attach(&ifaces, AttachMode::Auto)?;
-            inj.renew_lease(LEASE)?;
-            Backend::Local {
-                inj: Box::new(inj),
-                free: Vec::new(),
-                next: 0,
-            }
+            Placement::here(&ifaces, Hooks::tc(AttachMode::Auto))?
         }
     };
     let netns = scenario.target.as_ref().and_then(|t| t.netns.clone());
@@ -141,7 +135,10 @@ async fn execute(
             None => String::new(),
         },
         secs(plan.length),
-        backend.where_text(netns.as_deref()),
+        match &netns {
+            Some(n) => format!("{} in netns {n}", placement.where_text()),
+            None => placement.where_text(),
+        },
     );
 
     let mut reports: Vec<StepReport> = plan.activities.iter().map(StepReport::planned).collect();
@@ -176,16 +173,21 @@ async fn execute(
                         eprintln!("{} skip  {}: {why}", stamp(elapsed()), a.label);
                         continue;
                     }
-                    match backend.start(a) {
+                    match start(&mut placement, a) {
                         Ok(h) => {
                             r.started_seconds = Some(elapsed());
                             r.status = Status::CutShort;
-                            r.rule_id = h.daemon_id();
+                            let daemon = matches!(placement, Placement::Daemon(_));
+                            r.rule_id = daemon.then_some(h.id());
                             eprintln!(
                                 "{} start {}: {}, for {}",
                                 stamp(elapsed()),
                                 a.label,
-                                h.description(a),
+                                if daemon {
+                                    format!("rule {} {}", h.id(), h.description)
+                                } else {
+                                    h.description.clone()
+                                },
                                 secs(a.end - a.start)
                             );
                             active.push((i, h));
@@ -198,7 +200,7 @@ async fn execute(
                     }
                 } else if let Some(pos) = active.iter().position(|(j, _)| *j == i) {
                     let (_, h) = active.remove(pos);
-                    let (c, err) = backend.stop(h);
+                    let (c, err) = placement.stop(h);
                     r.ended_seconds = Some(elapsed());
                     r.status = Status::Done;
                     finish(r, c, err);
@@ -208,7 +210,7 @@ async fn execute(
             _ = sigint.recv() => break (Outcome::Interrupted, Some(INTERRUPTED_INT.to_string())),
             _ = sigterm.recv() => break (Outcome::Interrupted, Some(INTERRUPTED_TERM.to_string())),
             _ = tick.tick() => {
-                if let Err(e) = backend.heartbeat() {
+                if let Err(e) = placement.heartbeat() {
                     break (Outcome::Aborted, Some(e));
                 }
             }
@@ -227,7 +229,7 @@ async fn execute(
         );
     }
     for (i, h) in active.drain(..) {
-        let (c, err) = backend.stop(h);
+        let (c, err) = placement.stop(h);
         let r = &mut reports[i];
         r.ended_seconds = Some(elapsed());
         finish(r, c, err);
@@ -238,9 +240,9 @@ async fn execute(
             counts(&plan.activities[i], r)
         );
     }
-    let (via, interfaces) = (backend.via(), backend.interfaces());
+    let (via, interfaces) = (placement.via(), placement.interfaces());
     // Detach before the report is printed: the report says it is over.
-    drop(backend);
+    drop(placement);
     Ok(ScenarioReport {
         scenario: scenario.name.clone(),
         file: file.display().to_string(),
@@ -279,194 +281,16 @@ fn counts(a: &Activity, r: &StepReport) -> String {
     s
 }
 
-/// A fault in force.
-enum Handle {
-    /// In-process: the rule as inserted (its id is its counter slot).
-    Local(Rule),
-    /// A daemon rule.
-    Daemon { id: u32, description: String },
-}
-
-impl Handle {
-    fn daemon_id(&self) -> Option<u32> {
-        match self {
-            Self::Local(_) => None,
-            Self::Daemon { id, .. } => Some(*id),
-        }
+/// Puts `a` in force; in a daemon it carries the step's label as its name
+/// and lasts `DAEMON_MARGIN` longer, so its counters can still be read at
+/// its end (we delete it ourselves then).
+fn start(placement: &mut Placement, a: &Activity) -> Result<Handle, String> {
+    let mut spec = a.spec.clone();
+    let mut lasts = a.end - a.start;
+    if let Placement::Daemon(_) = placement {
+        spec.name = Some(a.label.chars().take(64).collect());
+        lasts += DAEMON_MARGIN;
     }
-
-    fn description(&self, a: &Activity) -> String {
-        match self {
-            Self::Local(_) => a.rule.describe(),
-            Self::Daemon { id, description } => format!("rule {id} {description}"),
-        }
-    }
-}
-
-enum Backend<'a> {
-    Local {
-        inj: Box<Injector>,
-        /// Counter slots given back by finished activities.
-        free: Vec<u32>,
-        /// The next never-used slot.
-        next: u32,
-    },
-    Daemon {
-        client: &'a Client,
-    },
-}
-
-#[derive(Deserialize)]
-struct Added {
-    id: u32,
-    description: String,
-}
-
-#[derive(Deserialize)]
-struct Stats {
-    rules: Vec<StatsRule>,
-}
-
-#[derive(Deserialize)]
-struct StatsRule {
-    id: u32,
-    matched_packets: u64,
-    matched_bytes: u64,
-    acted_packets: u64,
-    acted_bytes: u64,
-}
-
-impl Backend<'_> {
-    fn via(&self) -> String {
-        match self {
-            Self::Local { inj, .. } => inj.mode().name().into(),
-            Self::Daemon { .. } => "daemon".into(),
-        }
-    }
-
-    fn interfaces(&self) -> Vec<String> {
-        match self {
-            Self::Local { inj, .. } => inj.interfaces().to_vec(),
-            Self::Daemon { .. } => Vec::new(),
-        }
-    }
-
-    fn where_text(&self, netns: Option<&str>) -> String {
-        match self {
-            Self::Local { inj, .. } => format!(
-                "{} on {}{}",
-                inj.mode().name(),
-                inj.interfaces().join(", "),
-                netns.map(|n| format!(" in netns {n}")).unwrap_or_default()
-            ),
-            Self::Daemon { client } => format!("the daemon at {}", client.path().display()),
-        }
-    }
-
-    /// Puts `a` in force.
-    fn start(&mut self, a: &Activity) -> Result<Handle, String> {
-        match self {
-            Self::Local { inj, free, next } => {
-                let slot = match free.pop() {
-                    Some(s) => s,
-                    None if *next < MAX_SLOTS => {
-                        *next += 1;
-                        *next - 1
-                    }
-                    None => return Err(format!("all {MAX_SLOTS} counter slots are in use")),
-                };
-                let mut rule = a.rule.clone();
-                rule.id = slot;
-                rule.lasts = Some(a.end - a.start);
-                rule.seed = fresh_seed() as u32;
-                if let Err(e) = inj.insert(&rule) {
-                    let _ = inj.remove(&rule);
-                    free.push(slot);
-                    return Err(chain(&e));
-                }
-                Ok(Handle::Local(rule))
-            }
-            Self::Daemon { client } => {
-                let mut spec = a.spec.clone();
-                spec.name = Some(a.label.chars().take(64).collect());
-                spec.owner_pid = Some(std::process::id());
-                spec.lasts =
-                    Some(humantime::format_duration(a.end - a.start + DAEMON_MARGIN).to_string());
-                let body = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
-                let added: Added = client
-                    .call("POST", "/v1/rules", Some(&body))
-                    .map_err(|e| chain(&e))?;
-                Ok(Handle::Daemon {
-                    id: added.id,
-                    description: added.description,
-                })
-            }
-        }
-    }
-
-    /// Lifts a fault; returns its counters (if they could be read) and
-    /// what went wrong (if anything did).
-    fn stop(&mut self, h: Handle) -> (Option<RuleCounters>, Option<String>) {
-        match (self, h) {
-            (Self::Local { inj, free, .. }, Handle::Local(rule)) => {
-                // Counters first: a reused slot is zeroed on insert.
-                let c = inj.counters(rule.id);
-                let removed = inj.remove(&rule);
-                free.push(rule.id);
-                let err = match (&c, removed) {
-                    (Err(e), _) => Some(format!("could not read counters: {}", chain(e))),
-                    (_, Err(e)) => Some(format!("could not remove the rule: {}", chain(&e))),
-                    _ => None,
-                };
-                (c.ok(), err)
-            }
-            (Self::Daemon { client }, Handle::Daemon { id, .. }) => {
-                let c = client
-                    .call::<Stats>("GET", "/v1/stats", None)
-                    .map_err(|e| chain(&e))
-                    .and_then(|s| {
-                        s.rules
-                            .into_iter()
-                            .find(|r| r.id == id)
-                            .ok_or_else(|| format!("the daemon no longer has rule {id}"))
-                    })
-                    .map(|r| RuleCounters {
-                        matched_packets: r.matched_packets,
-                        matched_bytes: r.matched_bytes,
-                        acted_packets: r.acted_packets,
-                        acted_bytes: r.acted_bytes,
-                        ..Default::default()
-                    });
-                let deleted = client.request("DELETE", &format!("/v1/rules/{id}"), None);
-                let err = match (&c, deleted) {
-                    (Err(e), _) => Some(e.clone()),
-                    (_, Err(e)) => Some(format!("could not delete rule {id}: {}", chain(&e))),
-                    (_, Ok((status, _))) if !(200..300).contains(&status) && status != 404 => {
-                        Some(format!("deleting rule {id}: the daemon said {status}"))
-                    }
-                    _ => None,
-                };
-                (c.ok(), err)
-            }
-            (_, _) => (
-                None,
-                Some("internal error: handle of another backend".into()),
-            ),
-        }
-    }
-
-    /// The lease heartbeat (in-process); an error ends the run.
-    fn heartbeat(&mut self) -> Result<(), String> {
-        match self {
-            Self::Local { inj, .. } => {
-                if let Some(gone) = inj.vanished_interface() {
-                    return Err(format!(
-                        "interface `{gone}` vanished; every fault is lifted on the others too"
-                    ));
-                }
-                inj.renew_lease(LEASE).map_err(|e| chain(&e))
-            }
-            Self::Daemon { .. } => Ok(()),
-        }
-    }
+    spec.lasts = Some(humantime::format_duration(lasts).to_string());
+    placement.start(&spec, true).map_err(|e| chain(&e))
 }

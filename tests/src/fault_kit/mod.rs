@@ -2,9 +2,6 @@
 //! (reset, hang, corrupt, mark, chaos) and of the rule options they share
 //! (`--peer`, `--per flow`, port ranges, concurrent invocations).
 //!
-//! - [`Fault`]: runs any `faultbpf SUBCOMMAND ..` (always `--standalone`,
-//!   so a daemon on the developer's machine is never used) and returns the
-//!   same [`crate::Exit`] as [`crate::Faultbpf`].
 //! - [`Star`]: a server namespace with two client namespaces on two veth
 //!   pairs, for `--peer`.
 //! - [`EchoServer`] and socket helpers (timed connect, TOS/traffic class
@@ -12,12 +9,10 @@
 //! - Kernel-side views: checksum-error counters (`nstat`), transmit
 //!   checksum offload (`ethtool`), nftables counters.
 
-mod fault;
 mod kernel;
 mod sockets;
 mod star;
 
-pub use fault::Fault;
 pub use kernel::{CsumErrors, nft, nft_counter_packets, nstat, tx_checksum_off};
 pub use sockets::{
     EchoServer, connect_timed, exchange, recv_with_tos, set_recv_tos, set_tos, udp_connect,

@@ -1,7 +1,7 @@
-//! A small blocking HTTP/1.1 client for the daemon's Unix socket, for the
-//! CLI (`faultbpf rules`, `rm`, `stats`, and fault commands when a daemon
-//! runs). One request per connection, `Connection: close`; the daemon's
-//! problem bodies come back as `ClientError::Api` with status and detail.
+//! The typed client of the daemon's API (`add`, `remove`, `list`, `stats`,
+//! ...), over a small blocking HTTP/1.1 exchange on its Unix socket: one
+//! request per connection, `Connection: close`. The daemon's problem
+//! bodies come back as `ClientError::Api` with status and detail.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -11,6 +11,9 @@ use std::{
 };
 
 use serde::de::DeserializeOwned;
+
+use super::{Health, Removed, RuleInfo, RuleList, RuleStats};
+use crate::spec::RuleSpec;
 
 /// Where the CLI looks for a daemon unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/faultbpf.sock";
@@ -32,6 +35,19 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// What is on the other end of the socket path.
+#[derive(Debug)]
+pub enum Probe {
+    /// A daemon accepts connections.
+    Up,
+    /// Nothing listens there (no file, or a stale socket).
+    Absent,
+    /// A socket is there but refuses this user (EACCES/EPERM): the caller
+    /// must say so rather than carry on without the daemon.
+    Refused(std::io::Error),
+}
+
+#[derive(Debug, Clone)]
 pub struct Client {
     path: PathBuf,
 }
@@ -47,7 +63,61 @@ impl Client {
 
     /// True when a daemon accepts connections on the socket.
     pub fn is_up(&self) -> bool {
-        UnixStream::connect(&self.path).is_ok()
+        matches!(self.probe(), Probe::Up)
+    }
+
+    /// Whether a daemon listens, nothing does, or it refuses us.
+    pub fn probe(&self) -> Probe {
+        match UnixStream::connect(&self.path) {
+            Ok(_) => Probe::Up,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied) => Probe::Refused(e),
+            Err(_) => Probe::Absent,
+        }
+    }
+
+    /// `POST /v1/rules`: adds a rule.
+    pub fn add(&self, spec: &RuleSpec) -> Result<RuleInfo, ClientError> {
+        let body = serde_json::to_value(spec).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call("POST", "/v1/rules", Some(&body))
+    }
+
+    /// `GET /v1/rules/{id}`.
+    pub fn get(&self, id: u32) -> Result<RuleInfo, ClientError> {
+        self.call("GET", &format!("/v1/rules/{id}"), None)
+    }
+
+    /// `DELETE /v1/rules/{id}`: removes a rule, answers what it was.
+    pub fn remove(&self, id: u32) -> Result<RuleInfo, ClientError> {
+        self.call("DELETE", &format!("/v1/rules/{id}"), None)
+    }
+
+    /// `DELETE /v1/rules`: removes every rule.
+    pub fn remove_all(&self) -> Result<Removed, ClientError> {
+        self.call("DELETE", "/v1/rules", None)
+    }
+
+    /// `GET /v1/rules`.
+    pub fn list(&self) -> Result<Vec<RuleInfo>, ClientError> {
+        Ok(self
+            .call::<RuleList<RuleInfo>>("GET", "/v1/rules", None)?
+            .rules)
+    }
+
+    /// `GET /v1/stats`: every rule's counters.
+    pub fn stats(&self) -> Result<Vec<RuleStats>, ClientError> {
+        Ok(self
+            .call::<RuleList<RuleStats>>("GET", "/v1/stats", None)?
+            .rules)
+    }
+
+    /// One rule's counters; `None` when the daemon no longer has it.
+    pub fn stats_of(&self, id: u32) -> Result<Option<RuleStats>, ClientError> {
+        Ok(self.stats()?.into_iter().find(|s| s.id == id))
+    }
+
+    /// `GET /healthz`.
+    pub fn health(&self) -> Result<Health, ClientError> {
+        self.call("GET", "/healthz", None)
     }
 
     /// Sends one request; decodes a 2xx JSON body into `T`.
