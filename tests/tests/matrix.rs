@@ -33,8 +33,8 @@ use std::{
 };
 
 use faultbpf_tests::{
-    Netns, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
-    fault_kit::{EchoServer, Fault, connect_timed, exchange},
+    Launch, Netns, SERVER_IF, SERVER_V4, SERVER_V6, Topology,
+    fault_kit::{EchoServer, connect_timed, exchange},
 };
 
 /// The faulted port, and one no rule touches (bridge bystander's control).
@@ -138,7 +138,10 @@ fn run_matrix(path: &Path) {
                 direction,
             ];
             args.extend_from_slice(extra);
-            let mut fb = Fault::start(path.server, fault, &args);
+            let mut fb = Launch::new(path.server, [fault])
+                .args(&args)
+                .standalone()
+                .start();
             let want = expected(fault, direction, path.loopback);
             for ip in path.targets {
                 cases += 1;
