@@ -4,6 +4,7 @@
 mod cli;
 mod fault;
 mod manage;
+mod manual;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,8 @@ fn main() -> ExitCode {
         Command::Rm { ids, all, json } => manage::rm(&client, &ids, all, json),
         Command::Stats { watch, json } => manage::stats(&client, watch, json),
         Command::Check { file } => check(&file),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Manpages { dir } => manual::manpages(&dir),
         Command::Reap(args) => {
             faultbpf::reaper::run(&args.filters, &args.clsact, &args.xdp);
             Ok(())

@@ -37,7 +37,7 @@ pub fn run(no_vm: bool) -> Result<()> {
              `cargo fmt --all --check`, `cargo clippy`, `cargo test`)"
         );
     }
-    setup::run()?;
+    setup::run(setup::Scope::Test)?;
     let bin = build::build_faultbpf()?;
 
     for (name, args) in STEPS {
