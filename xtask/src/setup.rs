@@ -98,9 +98,11 @@ const TEST_PACKAGES: &[&str] = &[
     "libcap-ng-dev",
     "libseccomp-dev",
     "pkg-config",
-    // The package test (tests/tests/dist_deb.rs) installs the .deb into a
-    // clean Debian 12 root it makes with debootstrap.
+    // The package tests: dist_deb.rs installs the .deb into a clean Debian
+    // 12 root it makes with debootstrap; dist_image.rs reads the OCI image
+    // through skopeo's oci-archive and docker-archive transports.
     "debootstrap",
+    "skopeo",
 ];
 
 /// The Debian packages a scope needs.
