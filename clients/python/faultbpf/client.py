@@ -91,9 +91,9 @@ def refused_message(path, error):
         )
     else:
         fix = (
-            "the socket is root-only; start the daemon with `--socket-group faultbpf` "
-            "(the .deb's faultbpf.service does) and add yourself to group faultbpf "
-            "(`sudo usermod -aG faultbpf %s`), or run as root" % user
+            "the socket is root-only (the daemon's default); give it to group faultbpf "
+            "(the .deb's faultbpf.service does: `systemctl start faultbpf`) and add "
+            "yourself to group faultbpf (`sudo usermod -aG faultbpf %s`), or run as root" % user
         )
     return "the daemon's socket %s (mode %s, group %s) refuses user %s: %s: %s" % (
         path,
