@@ -126,6 +126,26 @@ pub enum Command {
         file: PathBuf,
     },
 
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell
+    #[command(after_help = "Examples:\n  \
+        faultbpf completions bash > /etc/bash_completion.d/faultbpf\n  \
+        faultbpf completions zsh > \"${fpath[1]}/_faultbpf\"\n  \
+        faultbpf completions fish > ~/.config/fish/completions/faultbpf.fish")]
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+
+    /// Write man pages for faultbpf and each subcommand into a directory
+    ///
+    /// One page per command, named like `faultbpf-blackhole.1`; the packages
+    /// install them under /usr/share/man/man1.
+    #[command(after_help = "Example:\n  faultbpf manpages /tmp/man && man -l /tmp/man/faultbpf.1")]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+
     /// Internal: removes netlink filters if the faultbpf that started it dies.
     #[command(name = "__reap", hide = true)]
     Reap(ReapArgs),
@@ -669,6 +689,21 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_manpages_parse() {
+        assert!(matches!(
+            parse(&["completions", "bash"]).unwrap().command,
+            Command::Completions {
+                shell: clap_complete::Shell::Bash
+            }
+        ));
+        assert!(parse(&["completions", "tcsh"]).is_err());
+        assert!(matches!(
+            parse(&["manpages", "/tmp/m"]).unwrap().command,
+            Command::Manpages { dir } if dir == std::path::Path::new("/tmp/m")
+        ));
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn mtu(name: &str) -> Option<u32> {
     let sock = Socket::new().ok()?;
     let mut req = ifreq(name).ok()?;
     // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu.
-    if unsafe { libc::ioctl(sock.0, libc::SIOCGIFMTU, &mut req) } < 0 {
+    if unsafe { libc::ioctl(sock.0, libc::SIOCGIFMTU as libc::Ioctl, &mut req) } < 0 {
         return None;
     }
     // SAFETY: the kernel filled the mtu member of the union.
@@ -97,7 +97,7 @@ impl Socket {
     fn flags(&self, name: &str) -> io::Result<u32> {
         let mut req = ifreq(name)?;
         // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags.
-        if unsafe { libc::ioctl(self.0, libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        if unsafe { libc::ioctl(self.0, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) } < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: the kernel filled the flags member of the union.

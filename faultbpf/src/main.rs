@@ -4,6 +4,7 @@
 mod cli;
 mod fault;
 mod manage;
+mod manual;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,8 @@ fn main() -> ExitCode {
         Command::Rm { ids, all, json } => manage::rm(&client, &ids, all, json),
         Command::Stats { watch, json } => manage::stats(&client, watch, json),
         Command::Check { file } => check(&file),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Manpages { dir } => manual::manpages(&dir),
         Command::Reap(_) => {
             faultbpf::reaper::run();
             Ok(())

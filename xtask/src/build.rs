@@ -10,7 +10,7 @@ use crate::{cmd, setup};
 
 /// `cargo xtask build`.
 pub fn run() -> Result<()> {
-    setup::run()?;
+    setup::run(setup::Scope::Build)?;
     let bin = build_faultbpf()?;
     eprintln!("build: {}", bin.display());
     Ok(())

@@ -68,7 +68,7 @@ pub fn run() -> Result<()> {
              loads BPF programs"
         );
     }
-    crate::setup::run()?;
+    crate::setup::run(crate::setup::Scope::Build)?;
     let bin = build::build_faultbpf()?;
     ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;

@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod dist;
 mod pytools;
 mod setup;
 mod test;
@@ -25,11 +26,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install the toolchain and tools (Debian packages, bpf-linker)
+    /// Install what building faultbpf needs (Debian packages, bpf-linker)
     ///
-    /// Idempotent: on a machine where it already ran it only checks, in well
-    /// under a second. Installing needs root (apt-get).
-    Setup,
+    /// Only the build toolchain and the demo's tools by default; `--dist`
+    /// adds what `dist` needs, `--test` everything the tests and the bench
+    /// need (servers, QEMU and its kernel, virtiofsd, ...). `build` and
+    /// `demo` set up the build toolchain, `test`, `vm` and `bench`
+    /// everything. Idempotent: on a machine where it already ran it only
+    /// checks, in well under a second. Installing needs root (apt-get).
+    Setup {
+        /// Also install what `cargo xtask dist` needs (musl, cargo-deb)
+        #[arg(long)]
+        dist: bool,
+        /// Also install what the tests and the bench need (implies --dist)
+        #[arg(long)]
+        test: bool,
+    },
     /// Set up, then build target/debug/faultbpf with its eBPF object
     Build,
     /// Set up, build, then format check, clippy, unit and e2e tests (root)
@@ -59,6 +71,14 @@ enum Task {
         #[arg(last = true, value_name = "CMD", required_unless_present = "e2e")]
         command: Vec<String>,
     },
+    /// Build the .deb, the portable static tarball and the OCI image into target/dist/
+    ///
+    /// One static (musl) release build feeds all three: the .deb (made by
+    /// cargo-deb: binary, systemd unit, example config, man pages,
+    /// completions, the `faultbpf` group), `faultbpf-VERSION-x86_64-linux.tar.gz`
+    /// and `faultbpf-oci-VERSION.tar` (load with `docker load` or `podman
+    /// load`; nothing is pulled).
+    Dist,
     /// Set up, build, then show a blackhole between two throwaway namespaces (root)
     ///
     /// Requests from a client namespace to a web server namespace succeed,
@@ -86,7 +106,14 @@ enum Task {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
-        Task::Setup => setup::run(),
+        Task::Setup { dist, test } => setup::run(if test {
+            setup::Scope::Test
+        } else if dist {
+            setup::Scope::Dist
+        } else {
+            setup::Scope::Build
+        }),
+        Task::Dist => dist::run(),
         Task::Build => build::run(),
         Task::Test { no_vm } => test::run(no_vm),
         Task::Demo => demo::run(),
@@ -125,7 +152,21 @@ mod tests {
     #[test]
     fn parses_each_task() {
         let task = |args: &[&str]| Cli::try_parse_from([&["xtask"], args].concat()).map(|c| c.task);
-        assert!(matches!(task(&["setup"]), Ok(Task::Setup)));
+        assert!(matches!(
+            task(&["setup"]),
+            Ok(Task::Setup {
+                dist: false,
+                test: false
+            })
+        ));
+        assert!(matches!(
+            task(&["setup", "--test"]),
+            Ok(Task::Setup {
+                dist: false,
+                test: true
+            })
+        ));
+        assert!(matches!(task(&["dist"]), Ok(Task::Dist)));
         assert!(matches!(task(&["build"]), Ok(Task::Build)));
         assert!(matches!(task(&["test"]), Ok(Task::Test { no_vm: false })));
         assert!(matches!(

@@ -20,32 +20,59 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{self, command};
 
-/// Debian packages faultbpf needs; only the missing ones are installed.
-const APT_PACKAGES: &[&str] = &[
+/// What a setup prepares the machine for; each scope includes the ones
+/// before it, so `demo` and `build` never wait for the test suite's servers,
+/// QEMU and kernel (about 480 MB and 4 minutes on a fresh machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Build faultbpf and run the demo: `setup`, `build`, `demo`.
+    Build,
+    /// Also make the packages: `setup --dist`, `dist`.
+    Dist,
+    /// Also run every test and the bench: `setup --test`, `test`, `vm`, `bench`.
+    Test,
+}
+
+/// Debian packages for building faultbpf and running the demo.
+const BUILD_PACKAGES: &[&str] = &[
     // Debian's rustc 1.96 (LLVM 22) with the library source: aya-build builds
     // the eBPF crate with `rustup run /usr cargo -Z build-std=core`, and the
     // same package brings the libLLVM that bpf-linker links against.
     "rustc-web",
     "cargo-web",
     "rust-web-src",
-    // What the e2e tests and the demo drive: namespaces, veth, tc (iproute2),
+    // What the demo drives: namespaces and veth (iproute2), a web server
+    // (python3) and a client (curl), and `modprobe` to load veth,
+    // sch_ingress, ... where they are modules.
+    "iproute2",
+    "python3",
+    "curl",
+    "kmod",
+];
+
+/// Debian packages `cargo xtask dist` needs on top of [`BUILD_PACKAGES`].
+const DIST_PACKAGES: &[&str] = &[
+    // The portable binary is static against musl (see xtask/src/dist.rs):
+    // musl's libc.a, crt files and the musl-gcc wrapper, and LLVM's
+    // libunwind.a, the unwinder Rust's std links on musl targets.
+    "musl-tools",
+    "libunwind-14-dev",
+];
+
+/// Debian packages only the tests and the bench need.
+const TEST_PACKAGES: &[&str] = &[
     // NIC offloads (ethtool), a second packet filter to compare with
     // (nftables), packet capture and generation (netsniff-ng).
-    "iproute2",
     "ethtool",
     "nftables",
     "netsniff-ng",
-    // Servers and clients that carry the test and demo traffic.
-    "python3",
+    // Servers and clients that carry the test traffic.
     "socat",
-    "curl",
     "iperf3",
     // `cargo xtask bench`: program sizes (bpftool) and the font its PNG
     // plot's text is drawn with.
     "bpftool",
     "fonts-dejavu-core",
-    // `modprobe`, to load veth/sch_ingress/... where they are modules.
-    "kmod",
     // Real dependencies the e2e tests fault (started by the tests inside
     // their own namespaces, never as system services: see
     // `install_without_services`), and the clients that talk to them.
@@ -71,7 +98,28 @@ const APT_PACKAGES: &[&str] = &[
     "libcap-ng-dev",
     "libseccomp-dev",
     "pkg-config",
+    // The package tests: dist_deb.rs installs the .deb into a clean Debian
+    // 12 root it makes with debootstrap; dist_image.rs reads the OCI image
+    // through skopeo's oci-archive and docker-archive transports.
+    "debootstrap",
+    "skopeo",
 ];
+
+/// The Debian packages a scope needs.
+fn apt_packages(scope: Scope) -> Vec<&'static str> {
+    let mut all = BUILD_PACKAGES.to_vec();
+    if scope >= Scope::Dist {
+        all.extend_from_slice(DIST_PACKAGES);
+    }
+    if scope >= Scope::Test {
+        all.extend_from_slice(TEST_PACKAGES);
+    }
+    all
+}
+
+/// cargo-deb, which turns the release binary and its files into the .deb
+/// (`cargo xtask dist`); pinned so every machine builds the same package.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// The bpf-linker release that matches aya 0.14 and LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -86,16 +134,24 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 /// The toolchain aya-build runs (`rustup run /usr ...`): Debian's, under /usr.
 const DEBIAN_TOOLCHAIN: &str = "/usr";
 
-/// `cargo xtask setup`.
-pub fn run() -> Result<()> {
+/// `cargo xtask setup` for `scope` (see [`Scope`]).
+pub fn run(scope: Scope) -> Result<()> {
     let started = Instant::now();
-    let apt = timed(ensure_apt_packages).context("installing Debian packages")?;
-    let linker = timed(ensure_bpf_linker).context("installing bpf-linker")?;
-    let virtiofsd = timed(ensure_virtiofsd).context("installing virtiofsd")?;
-    let toolchain = timed(verify_debian_toolchain).context("checking Debian's toolchain")?;
+    let mut done = vec![
+        timed(|| ensure_apt_packages(scope)).context("installing Debian packages")?,
+        timed(ensure_bpf_linker).context("installing bpf-linker")?,
+    ];
+    if scope >= Scope::Dist {
+        done.push(timed(ensure_cargo_deb).context("installing cargo-deb")?);
+    }
+    if scope >= Scope::Test {
+        done.push(timed(ensure_virtiofsd).context("installing virtiofsd")?);
+    }
+    done.push(timed(verify_debian_toolchain).context("checking Debian's toolchain")?);
     eprintln!(
-        "setup: done in {:.2}s: {apt}; {linker}; {virtiofsd}; {toolchain}",
-        started.elapsed().as_secs_f64()
+        "setup ({scope:?}): done in {:.2}s: {}",
+        started.elapsed().as_secs_f64(),
+        done.join("; ")
     );
     Ok(())
 }
@@ -110,14 +166,15 @@ fn timed(step: impl FnOnce() -> Result<String>) -> Result<String> {
     ))
 }
 
-/// Installs whatever of [`APT_PACKAGES`] is missing; `apt-get update` only runs
-/// when something is, so a set-up machine never touches the network.
-fn ensure_apt_packages() -> Result<String> {
-    let missing = missing_packages()?;
+/// Installs whatever of the scope's packages is missing; `apt-get update`
+/// only runs when something is, so a set-up machine never touches the network.
+fn ensure_apt_packages(scope: Scope) -> Result<String> {
+    let wanted = apt_packages(scope);
+    let missing = missing_packages(&wanted)?;
     if missing.is_empty() {
         return Ok(format!(
             "apt: all {} packages already installed",
-            APT_PACKAGES.len()
+            wanted.len()
         ));
     }
     let list = missing.join(" ");
@@ -134,7 +191,7 @@ fn ensure_apt_packages() -> Result<String> {
     };
     cmd::run(&mut apt_get(&["update"]))?;
     install_without_services(|| cmd::run(apt_get(&["install", "-y"]).args(&missing)))?;
-    let still = missing_packages()?;
+    let still = missing_packages(&wanted)?;
     if !still.is_empty() {
         bail!(
             "apt-get install succeeded but these are still not installed: {}",
@@ -166,21 +223,21 @@ fn install_without_services(install: impl FnOnce() -> Result<()>) -> Result<()> 
     r
 }
 
-/// The packages of [`APT_PACKAGES`] that dpkg does not report as installed.
-fn missing_packages() -> Result<Vec<&'static str>> {
+/// The packages of `wanted` that dpkg does not report as installed.
+fn missing_packages(wanted: &[&'static str]) -> Result<Vec<&'static str>> {
     // One dpkg-query for all: it prints a line per known package and exits 1
     // when some are unknown to dpkg, which just means "missing" here.
     let mut query = command("dpkg-query");
     query
         .args(["-W", "-f=${Package}\\t${Status}\\n"])
-        .args(APT_PACKAGES);
+        .args(wanted);
     let line = cmd::describe(&query);
     let output = query
         .output()
         .with_context(|| format!("could not start `{line}`: this needs Debian (dpkg)"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let installed = installed_packages(&stdout);
-    Ok(APT_PACKAGES
+    Ok(wanted
         .iter()
         .copied()
         .filter(|package| !installed.contains(package))
@@ -272,6 +329,38 @@ fn ensure_virtiofsd() -> Result<String> {
         None => bail!(
             "`cargo install virtiofsd` succeeded but `virtiofsd --version` does not run; \
              is {} on PATH?",
+            cmd::cargo_bin_dir()?.display()
+        ),
+    }
+}
+
+/// Installs cargo-deb [`CARGO_DEB_VERSION`] unless that version is there.
+fn ensure_cargo_deb() -> Result<String> {
+    let version = || {
+        let out = cmd::stdout_of(command("cargo-deb").arg("--version")).ok()?;
+        out.split_whitespace().last().map(str::to_owned)
+    };
+    match version() {
+        Some(v) if v == CARGO_DEB_VERSION => return Ok(format!("cargo-deb {v} already installed")),
+        Some(v) => {
+            eprintln!("setup: cargo-deb {v} found, dist needs {CARGO_DEB_VERSION}: replacing")
+        }
+        None => eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION} (a minute or two)"),
+    }
+    // Outside the workspace, so its .cargo/config.toml does not apply.
+    cmd::run(command("cargo").current_dir(std::env::temp_dir()).args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+        "--force",
+    ]))?;
+    match version() {
+        Some(v) if v == CARGO_DEB_VERSION => Ok(format!("cargo-deb {v} installed")),
+        other => bail!(
+            "`cargo install cargo-deb --version {CARGO_DEB_VERSION}` succeeded but \
+             `cargo-deb --version` says {other:?}; is {} first on PATH?",
             cmd::cargo_bin_dir()?.display()
         ),
     }

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in the order that fails fastest
-//! on the cheapest mistake: format, lints, unit tests, then the privileged
+//! on the cheapest mistake: format, lints, unit tests, the packages
+//! (`cargo xtask dist`, which the dist_* tests install), then the privileged
 //! end-to-end tests against the freshly built binary, first on this
 //! machine's kernel, then (unless `--no-vm`) on Debian's 6.1 LTS kernel in a
 //! VM. Stops at the first failing step; the children's output streams
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, cmd, pytools, setup, vm};
+use crate::{build, cmd, dist, pytools, setup, vm};
 
 /// The unprivileged steps: name, then cargo's arguments.
 const STEPS: [(&str, &str); 4] = [
@@ -37,12 +38,21 @@ pub fn run(no_vm: bool) -> Result<()> {
              `cargo fmt --all --check`, `cargo clippy`, `cargo test`)"
         );
     }
-    setup::run()?;
+    setup::run(setup::Scope::Test)?;
     let bin = build::build_faultbpf()?;
 
     for (name, args) in STEPS {
         step(name, build::cargo().args(args.split_whitespace()))?;
     }
+    // The packages the dist_* e2e tests install and run (target/dist/).
+    eprintln!("xtask test: packages (cargo xtask dist)");
+    let started = Instant::now();
+    dist::build().with_context(|| {
+        format!(
+            "test step `packages` failed after {:.1}s",
+            started.elapsed().as_secs_f64()
+        )
+    })?;
     let qdiscs = kernel_has_delay_qdiscs()?;
     let (skip, env) = qdisc_lane(qdiscs);
     eprintln!(

@@ -13,9 +13,11 @@ the daemon's RFC 9457 problem bodies turned into :class:`FaultbpfError`.
 
 import contextlib
 import datetime
+import grp
 import http.client
 import json
 import os
+import pwd
 import socket
 
 #: Where the daemon listens unless told otherwise (``faultbpf daemon --socket``).
@@ -69,6 +71,45 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 def default_socket():
     """``$FAULTBPF_SOCKET``, else ``/run/faultbpf.sock``."""
     return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def refused_message(path, error):
+    """What to say when the socket exists but the kernel refuses this user
+    (EACCES: no write permission on the socket, or no search permission on
+    a directory above it), naming the group that would let them in."""
+    try:
+        st = os.stat(path)
+        group = grp.getgrgid(st.st_gid).gr_name
+        mode = "%04o" % (st.st_mode & 0o7777)
+    except (OSError, KeyError):
+        group, mode = None, "?"
+    user = _user_name()
+    if group and group != "root":
+        fix = (
+            "add yourself to group %s (`sudo usermod -aG %s %s`, then log in again "
+            "or run `newgrp %s`)" % (group, group, user, group)
+        )
+    else:
+        fix = (
+            "the socket is root-only (the daemon's default); give it to group faultbpf "
+            "(the .deb's faultbpf.service does: `systemctl start faultbpf`) and add "
+            "yourself to group faultbpf (`sudo usermod -aG faultbpf %s`), or run as root" % user
+        )
+    return "the daemon's socket %s (mode %s, group %s) refuses user %s: %s: %s" % (
+        path,
+        mode,
+        group or "?",
+        user,
+        error.strerror or error,
+        fix,
+    )
+
+
+def _user_name():
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return "uid %d" % os.geteuid()
 
 
 def duration(value):
@@ -172,6 +213,8 @@ class Client:
             resp = conn.getresponse()
             raw = resp.read()
             status = resp.status
+        except PermissionError as e:
+            raise FaultbpfError(None, refused_message(self.socket_path, e)) from e
         except (OSError, http.client.HTTPException) as e:
             raise FaultbpfError(
                 None,

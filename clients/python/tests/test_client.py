@@ -7,6 +7,7 @@ Standard library only: ``python3 -m unittest discover clients/python/tests``.
 The pytest fixture test runs only where pytest is installed.
 """
 
+import grp
 import http.server
 import json
 import os
@@ -25,6 +26,22 @@ sys.path.insert(0, PACKAGE_ROOT)
 
 import faultbpf  # noqa: E402
 from faultbpf.client import duration, rule_spec  # noqa: E402
+
+CLIENT_DIR = PACKAGE_ROOT
+
+#: An interpreter another user can run (a pyenv one under /root is not).
+PROBE_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+#: Run as another user: prints the error the client raises for the socket.
+REFUSED_PROBE = """
+import sys, faultbpf
+try:
+    faultbpf.Client(sys.argv[1], timeout=5).rules()
+except faultbpf.FaultbpfError as e:
+    print(e)
+else:
+    sys.exit("the daemon answered a user it should have refused")
+"""
 
 
 class FakeDaemon:
@@ -232,6 +249,42 @@ class ClientTest(unittest.TestCase):
         self.assertIsNone(cm.exception.status)
         self.assertIn("nothing.sock", str(cm.exception))
         self.assertIn("faultbpf daemon", str(cm.exception))
+
+    def test_a_socket_that_refuses_the_user_says_which_group_to_join(self):
+        # Issue 13: the socket exists but the kernel refuses the caller
+        # (EACCES). Root passes any permission check, so as root the client
+        # runs in a child as nobody; the socket is root's with mode 0600, as
+        # the daemon's default, or group-owned with 0660 as the .deb's unit.
+        os.chmod(self.dir.name, 0o755)
+        cases = [(0, 0o600, "root-only"), (65534, 0o660, "add yourself to group %s")]
+        for gid, mode, expected in cases:
+            os.chown(self.socket, -1, gid)
+            os.chmod(self.socket, mode)
+            group = grp.getgrgid(gid).gr_name
+            if os.geteuid() == 0:
+                out = subprocess.run(
+                    [PROBE_PYTHON, "-c", REFUSED_PROBE, self.socket],
+                    env=dict(os.environ, PYTHONPATH=CLIENT_DIR),
+                    user=65534,
+                    group=65533 if gid == 65534 else 65534,
+                    extra_groups=[],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                self.assertEqual(out.returncode, 0, out.stderr)
+                message = out.stdout
+            else:
+                os.chmod(self.socket, 0)
+                with self.assertRaises(faultbpf.FaultbpfError) as cm:
+                    self.client.rules()
+                message = str(cm.exception)
+            self.assertIn("refuses user", message)
+            self.assertIn(self.socket, message)
+            self.assertIn("Permission denied", message)
+            if os.geteuid() == 0:
+                self.assertIn(expected.replace("%s", group), message)
+            self.assertNotIn("is `faultbpf daemon` running", message)
 
     def test_rules_stats_counters_and_remove_all(self):
         self.assertTrue(self.client.is_up())

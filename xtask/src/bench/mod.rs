@@ -172,7 +172,7 @@ pub fn run(opts: &Options) -> Result<()> {
         );
     }
     let started = Instant::now();
-    setup::run()?;
+    setup::run(setup::Scope::Test)?;
     let built = match env::var_os("FAULTBPF_BIN").filter(|v| !v.is_empty()) {
         Some(bin) => {
             let bin = PathBuf::from(bin);

@@ -48,7 +48,7 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(300);
 /// `cargo xtask vm`: `--e2e`, or one command, in the guest.
 pub fn run(e2e: bool, timeout: Option<u64>, command: &[String]) -> Result<()> {
     require_root()?;
-    setup::run()?;
+    setup::run(setup::Scope::Test)?;
     let limit = timeout.map(Duration::from_secs);
     if e2e {
         let bin = build::build_faultbpf()?;
