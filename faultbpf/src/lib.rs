@@ -11,6 +11,7 @@ pub mod delaydev;
 pub mod error;
 pub mod faults;
 pub mod guard;
+pub mod http;
 pub mod iface;
 mod load;
 pub mod loader;

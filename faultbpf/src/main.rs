@@ -3,6 +3,7 @@
 
 mod cli;
 mod fault;
+mod http_cmd;
 mod manage;
 
 use std::process::ExitCode;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Command::Rm { ids, all, json } => manage::rm(&client, &ids, all, json),
         Command::Stats { watch, json } => manage::stats(&client, watch, json),
         Command::Check { file } => check(&file),
+        Command::Http(args) => http_cmd::run(args),
         Command::Reap(args) => {
             faultbpf::reaper::run(&args.filters, &args.clsact, &args.xdp);
             Ok(())
