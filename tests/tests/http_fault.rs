@@ -590,3 +590,67 @@ s.serve_forever()
     );
     thread::sleep(Duration::from_millis(10));
 }
+
+/// `examples/http_retry_budget.py` (the Wikimedia rules): a 429 is never
+/// retried, so faultbpf sees exactly one request per client request; a
+/// 503 is retried at most twice, and faultbpf saw every attempt.
+#[test]
+fn the_retry_budget_example_never_retries_429_and_bounds_503() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/http_retry_budget.py"
+    );
+    let script = std::fs::read_to_string(example).unwrap();
+    let topo = Topology::new("h16-budget");
+    let _server = Server::start(&topo);
+    for (status, requests) in [("429", 100u64), ("503", 40)] {
+        let fault = http_fault(&topo, &["--status", status, "--pct", "50"]);
+        let mut p = python(
+            &topo.client,
+            &script,
+            &[
+                &format!("{URL}/budget"),
+                "--requests",
+                &requests.to_string(),
+            ],
+            None,
+        );
+        let v = p.next_json(Duration::from_secs(120));
+        let exit = p.wait(Duration::from_secs(10));
+        let c = lift(fault);
+        assert!(exit.status.success(), "budget broken under {status}: {v}");
+        assert_eq!(v["requests"], requests, "{v}");
+        // Every attempt the client made reached faultbpf, and no more.
+        assert_eq!(c["requests_seen"], v["attempts"], "{status}: {c} vs {v}");
+        let faulted = c["requests_faulted"].as_u64().unwrap();
+        if status == "429" {
+            assert_eq!(v["attempts"], requests, "a 429 was retried: {v}");
+            assert!(faulted > 0, "{c}");
+        } else {
+            // Some 503s were retried, none more than twice.
+            let attempts = v["attempts"].as_u64().unwrap();
+            assert!(attempts > requests && attempts <= 3 * requests, "{v}");
+        }
+    }
+}
+
+#[test]
+fn bad_values_are_refused_before_anything_is_attached() {
+    let topo = Topology::new("h16-usage");
+    for (args, named) in [
+        (&["--status", "200"][..], "`200`"),
+        (&["--status", "503", "--pct", "0"], "--pct 0"),
+        (&["--status", "503", "--path", "api"], "`api`"),
+        (
+            &["--status", "abort", "--retry-after", "1s"],
+            "--retry-after",
+        ),
+    ] {
+        let exit = Launch::new(&topo.server, ["http", "--port", &PORT.to_string()])
+            .args(args)
+            .standalone()
+            .run_within(Duration::from_secs(20));
+        assert_eq!(exit.status.code(), Some(2), "{args:?}: {exit:?}");
+        assert!(exit.stderr.contains(named), "{args:?}: {}", exit.stderr);
+    }
+}
