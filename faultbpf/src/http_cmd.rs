@@ -1,6 +1,7 @@
 //! `faultbpf http`: flags to a validated fault, start it (probe, responder,
 //! steering), print the `active:` line, hold until a signal or `--for`,
-//! then print the counters (text on stderr, or `--json` on stdout).
+//! then print the counters on stdout (text, or `--json`), as
+//! docs/cli-contract.md says.
 
 use anyhow::Context;
 use faultbpf::http;
@@ -53,9 +54,8 @@ pub fn run(args: HttpArgs) -> Result<(), Failure> {
             });
             println!("{v}");
         } else {
-            eprintln!(
-                "faultbpf: lifted: http on port {port}: steered {} connection(s), saw {} \
-                 request(s), faulted {}",
+            println!(
+                "http port {port}: steered {} connection(s), saw {} request(s), faulted {}",
                 c.connections_steered, c.requests_seen, c.requests_faulted
             );
         }

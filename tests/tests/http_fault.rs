@@ -23,16 +23,18 @@ use serde_json::Value;
 const PORT: u16 = 8080;
 const URL: &str = "http://10.200.0.2:8080";
 
-/// HTTP/1.1 with keep-alive; answers every method with a body naming it.
+/// HTTP/1.1 with keep-alive on `[::]` (IPv4 too); answers every method
+/// with a body naming it.
 const SERVER: &str = r#"
-import http.server, sys
+import http.server, socket, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def answer(self):
         n = int(self.headers.get("Content-Length") or 0)
         if n:
             self.rfile.read(n)
-        print("REQ %s %s %s" % (self.command, self.path, self.client_address[0]), flush=True)
+        ip = self.client_address[0].removeprefix("::ffff:")
+        print("REQ %s %s %s" % (self.command, self.path, ip), flush=True)
         body = ("real answer to %s %s\n" % (self.command, self.path)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -43,8 +45,13 @@ class H(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = answer
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer.daemon_threads = True
-http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+S(("::", int(sys.argv[1])), H).serve_forever()
 "#;
 
 /// The test's real server, in the server namespace.
@@ -172,6 +179,24 @@ fn curl_gets_503_with_retry_after_and_the_server_never_sees_it() {
     assert_eq!(c["connections_steered"], 1, "{c}");
     assert_eq!(c["requests_seen"], 1, "{c}");
     assert_eq!(c["requests_faulted"], 1, "{c}");
+}
+
+#[test]
+fn ipv6_connections_are_steered_too() {
+    let topo = Topology::new("h16-v6");
+    let server = Server::start(&topo);
+    let fault = http_fault(&topo, &["--status", "503", "--path", "/v6"]);
+    let hit = curl(&topo, &["-g", &format!("http://[fd00:200::2]:{PORT}/v6")]);
+    let pass = curl(
+        &topo,
+        &["-g", &format!("http://[fd00:200::2]:{PORT}/other")],
+    );
+    let c = lift(fault);
+    assert_eq!(status_of(&hit), 503, "{hit}");
+    assert_eq!(status_of(&pass), 200, "{pass}");
+    assert!(pass.ends_with("real answer to GET /other\n"), "{pass}");
+    assert!(!server.saw("GET", "/v6") && server.saw("GET", "/other"));
+    assert_eq!(c["connections_steered"], 2, "{c}");
 }
 
 #[test]
