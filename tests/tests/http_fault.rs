@@ -679,3 +679,18 @@ fn bad_values_are_refused_before_anything_is_attached() {
         assert!(exit.stderr.contains(named), "{args:?}: {}", exit.stderr);
     }
 }
+
+#[test]
+fn after_for_elapses_new_connections_reach_the_server() {
+    let topo = Topology::new("h16-for");
+    let server = Server::start(&topo);
+    let mut fault = http_fault(&topo, &["--status", "503", "--for", "1s"]);
+    let during = curl(&topo, &[&format!("{URL}/during")]);
+    let exit = fault.wait(Duration::from_secs(15));
+    assert!(exit.status.success(), "{exit:?}");
+    let after = curl(&topo, &[&format!("{URL}/after")]);
+    assert_eq!(status_of(&during), 503, "{during}");
+    assert_eq!(status_of(&after), 200, "{after}");
+    assert!(server.saw("GET", "/after") && !server.saw("GET", "/during"));
+    assert_eq!(exit.json()["requests_faulted"], 1, "{exit:?}");
+}

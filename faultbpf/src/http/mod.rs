@@ -259,7 +259,7 @@ pub enum StartError {
 /// detaches the program: new connections go straight to the server again.
 pub struct Running {
     counters: Arc<Counters>,
-    _steer: Arc<steer::Steering>,
+    steer: Arc<steer::Steering>,
     server: tokio::task::JoinHandle<()>,
     /// What the responder forwards to, for the `active:` line.
     pub server_addr: std::net::SocketAddr,
@@ -273,6 +273,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.steer.detach();
         self.server.abort();
     }
 }
@@ -293,7 +294,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     ));
     Ok(Running {
         counters,
-        _steer: steer,
+        steer,
         server,
         server_addr,
     })

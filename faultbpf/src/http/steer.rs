@@ -23,8 +23,9 @@ use super::{Options, Per, StartError, responder::Listeners};
 
 /// The attached program and the maps user space keeps writing.
 pub struct Steering {
-    // Holds the program and its link: dropping it detaches.
-    _ebpf: Ebpf,
+    // Holds the program and its link: taking it out (`detach`) or dropping
+    // it detaches, whoever else still holds the `Steering`.
+    ebpf: Mutex<Option<Ebpf>>,
     exempt: Mutex<HashMap<MapData, u16, u8>>,
     port: u16,
 }
@@ -110,10 +111,17 @@ impl Steering {
             )
         })?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf: Mutex::new(Some(ebpf)),
             exempt: Mutex::new(exempt),
             port,
         })
+    }
+
+    /// Detaches the program now: new connections go to the server. The
+    /// responder's connections still open may keep this struct alive.
+    pub fn detach(&self) {
+        let mut e = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        drop(e.take());
     }
 
     /// Marks a connection from local `src_port` as the responder's own:
