@@ -32,8 +32,14 @@ pub static RESPONDER: SockMap = SockMap::with_max_entries(2, 0);
 
 /// Source ports (host order) of the responder's own connections to the
 /// real server: never steered, or a forwarded request would come back.
+/// Not preallocated: every faultbpf start creates the object's maps, and
+/// only `faultbpf http` fills this one.
 #[map]
-pub static STEER_EXEMPT: HashMap<u16, u8> = HashMap::with_max_entries(MAX_STEER_EXEMPT, 0);
+pub static STEER_EXEMPT: HashMap<u16, u8> =
+    HashMap::with_max_entries(MAX_STEER_EXEMPT, BPF_F_NO_PREALLOC);
+
+/// `BPF_F_NO_PREALLOC` from the kernel's uapi (`include/uapi/linux/bpf.h`).
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Steers the connection when it is selected; otherwise, or on any error,
 /// leaves the kernel's own lookup alone (`SK_PASS` with no socket chosen).
