@@ -421,6 +421,8 @@ mod pod {
     unsafe impl aya::Pod for super::Lease {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MixEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SteerConf {}
 }
 
 #[cfg(test)]
@@ -525,3 +527,35 @@ mod tests {
         assert_eq!(k.port(), 5672);
     }
 }
+
+/// Name of the `sk_lookup` program of `faultbpf http`: gives selected new
+/// connections to one port to the HTTP responder's listening socket.
+pub const STEER_PROGRAM: &str = "faultbpf_steer";
+/// Name of the one-entry array holding the `SteerConf` of `faultbpf http`.
+pub const STEER_MAP: &str = "STEER";
+/// Name of the sockmap of the responder's listening sockets:
+/// `RESPONDER_V4` and `RESPONDER_V6`.
+pub const RESPONDER_MAP: &str = "RESPONDER";
+/// `RESPONDER` index of the IPv4 listening socket.
+pub const RESPONDER_V4: u32 = 0;
+/// `RESPONDER` index of the IPv6 listening socket.
+pub const RESPONDER_V6: u32 = 1;
+/// Name of the hash of local ports (host order) whose connections are never
+/// steered: the responder's own connections to the real server, which
+/// arrive at the same port and would otherwise come back to it.
+pub const STEER_EXEMPT_MAP: &str = "STEER_EXEMPT";
+/// Most connections from the responder to the real server at once.
+pub const MAX_STEER_EXEMPT: u32 = 16_384;
+
+/// What the `sk_lookup` program steers: TCP connections to `port`, each
+/// with the chance `threshold` (see `threshold_from_pct`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerConf {
+    /// Local port, host order; 0 steers nothing.
+    pub port: u16,
+    pub _pad: [u8; 2],
+    /// Chance a new connection is steered.
+    pub threshold: u32,
+}
+const _: () = assert!(core::mem::size_of::<SteerConf>() == 8);

@@ -8,7 +8,8 @@
 //! Module layering, no circles: `hdr`, `hook`, `packet`, `flow`, `maps`,
 //! `csum` depend on nothing of ours; `parse`, `matcher`, `counters`, `draw`,
 //! `answer` on those; `fault/*` on all of them; `actions` and `xdp` on
-//! `fault`; `main` on everything.
+//! `fault`; `steer` (the `sk_lookup` program of `faultbpf http`) on the
+//! common types only; `main` on everything.
 #![no_std]
 #![no_main]
 
@@ -25,11 +26,12 @@ mod maps;
 mod matcher;
 mod packet;
 mod parse;
+mod steer;
 mod xdp;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, sk_lookup, xdp},
+    programs::{SkLookupContext, TcContext, XdpContext},
 };
 
 use crate::{actions::NO_VERDICT, fault::delay, hook::Hook};
@@ -57,6 +59,12 @@ pub fn faultbpf_ret(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn faultbpf_xdp(ctx: XdpContext) -> u32 {
     xdp::run(&ctx)
+}
+
+/// `faultbpf http`: gives selected new connections to the responder.
+#[sk_lookup]
+pub fn faultbpf_steer(ctx: SkLookupContext) -> u32 {
+    steer::run(&ctx)
 }
 
 #[inline(always)]

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use faultbpf::{
     AttachMode, Direction, Fault, Hooks, Proto, XdpMode,
     faults::{self, Dist},
+    http,
     rules::{Peer, Per, PortRange, Side},
     spec::{PortSpec, RuleSpec, parse_duration},
 };
@@ -145,6 +146,23 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+
+    /// Answer selected HTTP requests to a port with 503, 429, 504 or a closed connection
+    ///
+    /// On the server's host: an sk_lookup program gives the selected new connections to the
+    /// port to an HTTP/1.1 responder inside faultbpf, which answers the fault (a problem+json
+    /// body, Retry-After when asked) and forwards every request it does not fault to the
+    /// real server; all other connections go straight to the server and pay nothing. Runs in
+    /// this process (in the server's network namespace) until Ctrl-C or --for; killing it
+    /// sends new connections straight to the server again. Plain HTTP only: a TLS server
+    /// on the port is refused.
+    #[command(after_help = "Examples:\n  \
+        faultbpf http --port 8080 --status 503 --retry-after 2s     every request gets 503\n  \
+        faultbpf http --port 8080 --status 429 --pct 30             30 % of requests\n  \
+        faultbpf http --port 8080 --status 503 --pct 10 --per connection   whole connections\n  \
+        faultbpf http --port 8080 --status 504 --delay-first-byte 3s --path /api\n  \
+        faultbpf http --port 8080 --status 500 --method POST --when after   error after the side effect")]
+    Http(HttpArgs),
 
     /// Internal: removes netlink filters if the faultbpf that started it dies.
     #[command(name = "__reap", hide = true)]
@@ -414,6 +432,80 @@ pub struct FaultArgs {
     /// The command `faultbpf run` runs (after `--`)
     #[arg(last = true, value_name = "CMD", hide = true)]
     pub command: Vec<String>,
+}
+
+/// `faultbpf http`'s flags; validated by `faultbpf::http::Options::validate`.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// The real server's TCP port (it must listen in this network namespace)
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
+
+    /// What a faulted request gets: a status code 400-599, or `abort` (closed unanswered)
+    #[arg(long, value_name = "CODE|abort", value_parser = http::Status::parse)]
+    pub status: http::Status,
+
+    /// Add `Retry-After: SECONDS` to the fault (rounded up to whole seconds), e.g. 2s
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_after: Option<Duration>,
+
+    /// Percentage of requests (or connections, with --per connection) to fault
+    #[arg(long, value_name = "PCT", default_value_t = 100.0)]
+    pub pct: f64,
+
+    /// Draw --pct per request (every connection passes through faultbpf) or per connection
+    ///
+    /// per connection: the kernel draws once per new connection; unselected connections
+    /// never reach faultbpf.
+    #[arg(long, value_name = "UNIT", value_enum, default_value_t = http::Per::Request)]
+    pub per: http::Per,
+
+    /// Fault only this method; repeatable (default: every method)
+    #[arg(long = "method", value_name = "METHOD")]
+    pub methods: Vec<String>,
+
+    /// Fault only paths starting with this prefix; repeatable (default: every path)
+    #[arg(long = "path", value_name = "PREFIX")]
+    pub paths: Vec<String>,
+
+    /// before: the server never sees a faulted request; after: it acts, then its answer is replaced
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = http::When::Before)]
+    pub when: http::When,
+
+    /// Wait this long before the faulted answer's first byte (e.g. 504 after 3s)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub delay_first_byte: Option<Duration>,
+
+    /// Lift the fault after this long (default: until Ctrl-C)
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub lasts: Option<Duration>,
+
+    /// Print the final counters as one line of JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+
+    /// Accepted for symmetry with the packet faults: `http` always runs in this process
+    #[arg(long)]
+    pub standalone: bool,
+}
+
+impl HttpArgs {
+    /// The fault these flags ask for, validated.
+    pub fn options(self) -> Result<http::Options, String> {
+        let mut o = http::Options {
+            port: self.port,
+            status: self.status,
+            retry_after: self.retry_after,
+            pct: self.pct,
+            per: self.per,
+            methods: self.methods,
+            paths: self.paths,
+            when: self.when,
+            delay_first_byte: self.delay_first_byte.unwrap_or_default(),
+        };
+        o.validate()?;
+        Ok(o)
+    }
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod delaydev;
 pub mod error;
 pub mod faults;
 pub mod guard;
+pub mod http;
 pub mod iface;
 mod load;
 pub mod loader;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod fault;
+mod http_cmd;
 mod manage;
 mod manual;
 
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Check { file } => check(&file),
         Command::Completions { shell } => manual::completions(shell),
         Command::Manpages { dir } => manual::manpages(&dir),
+        Command::Http(args) => http_cmd::run(args),
         Command::Reap(_) => {
             faultbpf::reaper::run();
             Ok(())

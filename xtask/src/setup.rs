@@ -80,6 +80,10 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-pika",
     "postgresql",
     "python3-psycopg2",
+    // `faultbpf http`'s tests: a real retrying client (requests + urllib3's
+    // Retry) and a TLS server's certificate (openssl).
+    "python3-requests",
+    "openssl",
     // The Python client's pytest fixture, a real Prometheus text parser and
     // the OpenAPI checker the daemon tests use (through /usr/bin/python3).
     "python3-pytest",

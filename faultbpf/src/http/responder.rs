@@ -1,0 +1,293 @@
+//! The responder: an HTTP/1.1 server (hyper) on the sockets the kernel
+//! steers selected connections to. It answers each request it selects
+//! with the fault and forwards every other one to the real server, on one
+//! upstream connection per client connection, so keep-alive clients get
+//! the real answers between faulted ones.
+//!
+//! The upstream connection's source port is registered with the steering
+//! program before it connects (`Steering::exempt`): it arrives at the same
+//! port and would otherwise be steered back here.
+
+use std::{
+    collections::hash_map::RandomState,
+    convert::Infallible,
+    hash::{BuildHasher, Hasher},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Request, Response, StatusCode,
+    body::Incoming,
+    client::conn::http1::SendRequest,
+    header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER},
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::Mutex,
+};
+
+use super::{Counters, Options, Per, StartError, Status, When, retry_after_secs, steer::Steering};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The responder's listening sockets: loopback addresses, as the kernel
+/// hands them connections whatever their destination address.
+pub struct Listeners {
+    v4: TcpListener,
+    v6: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Opens both; IPv6 only where this namespace has it.
+    pub fn open() -> Result<Self, StartError> {
+        let v4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let v6 = listen(SocketAddr::from((Ipv6Addr::LOCALHOST, 0))).ok();
+        Ok(Self { v4, v6 })
+    }
+
+    pub fn v4(&self) -> &TcpListener {
+        &self.v4
+    }
+
+    pub fn v6(&self) -> Option<&TcpListener> {
+        self.v6.as_ref()
+    }
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let bind = || {
+        let s = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        s.bind(addr)?;
+        s.listen(1_024)
+    };
+    bind().map_err(|source| StartError::Listen { addr, source })
+}
+
+/// What every connection's tasks share.
+struct Shared {
+    opts: Arc<Options>,
+    counters: Arc<Counters>,
+    steer: Arc<Steering>,
+    /// `--per request` draws: a counter run through splitmix64.
+    draws: AtomicU64,
+}
+
+impl Shared {
+    /// One draw at `--pct`.
+    fn draw(&self) -> bool {
+        let mut z = self
+            .draws
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // 53 random bits as a fraction of 1, against the percentage.
+        ((z >> 11) as f64 / (1u64 << 53) as f64) * 100.0 < self.opts.pct
+    }
+}
+
+/// Accepts steered connections until the task is aborted.
+pub async fn serve(
+    opts: Arc<Options>,
+    listeners: Listeners,
+    counters: Arc<Counters>,
+    steer: Arc<Steering>,
+) {
+    let seed = RandomState::new().build_hasher().finish();
+    let shared = Arc::new(Shared {
+        opts,
+        counters,
+        steer,
+        draws: AtomicU64::new(seed),
+    });
+    let Listeners { v4, v6 } = listeners;
+    loop {
+        let accepted = match &v6 {
+            Some(v6) => tokio::select! {
+                a = v4.accept() => a,
+                a = v6.accept() => a,
+            },
+            None => v4.accept().await,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                shared
+                    .counters
+                    .connections_steered
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(connection(stream, shared.clone()));
+            }
+            // EMFILE and friends: back off a little rather than spin.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// The responder's connection to the real server for one client connection.
+struct Upstream {
+    send: SendRequest<Incoming>,
+    _port: ExemptPort,
+}
+
+/// A source port the steering program lets through, until dropped.
+struct ExemptPort {
+    port: u16,
+    steer: Arc<Steering>,
+}
+
+impl Drop for ExemptPort {
+    fn drop(&mut self) {
+        self.steer.unexempt(self.port);
+    }
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    // Steered by sk_lookup, the socket keeps the address the client dialled:
+    // the real server's.
+    let Ok(server) = stream.local_addr() else {
+        return;
+    };
+    let upstream: Arc<Mutex<Option<Upstream>>> = Arc::new(Mutex::new(None));
+    let svc = service_fn(move |req| handle(req, shared.clone(), upstream.clone(), server));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    sh: Arc<Shared>,
+    upstream: Arc<Mutex<Option<Upstream>>>,
+    server: SocketAddr,
+) -> Result<Response<Body>, BoxError> {
+    let opts = &sh.opts;
+    sh.counters.requests_seen.fetch_add(1, Ordering::Relaxed);
+    let selected = opts.selects(req.method().as_str(), req.uri().path())
+        && (opts.per == Per::Connection || sh.draw());
+    if !selected {
+        let resp = forward(req, &sh, &upstream, server).await?;
+        return Ok(resp.map(BodyExt::boxed));
+    }
+    sh.counters.requests_faulted.fetch_add(1, Ordering::Relaxed);
+    match opts.when {
+        // Read the whole request, so the connection stays usable after
+        // the answer.
+        When::Before => {
+            let _ = req.into_body().collect().await;
+        }
+        // The server acts on the request and answers in full; the client
+        // gets the fault instead.
+        When::After => {
+            let resp = forward(req, &sh, &upstream, server).await?;
+            let _ = resp.into_body().collect().await;
+        }
+    }
+    if !opts.delay_first_byte.is_zero() {
+        tokio::time::sleep(opts.delay_first_byte).await;
+    }
+    match opts.status {
+        Status::Abort => Err("--status abort: closing the connection unanswered".into()),
+        Status::Code(code) => Ok(fault_response(opts, code)),
+    }
+}
+
+/// The fault's answer: the status, a problem+json body (RFC 9457) and
+/// `Retry-After` when asked.
+fn fault_response(opts: &Options, code: u16) -> Response<Body> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let title = status.canonical_reason().unwrap_or("Injected fault");
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": code,
+        "detail": format!("injected by faultbpf http on port {}", opts.port),
+    })
+    .to_string();
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(r) = opts.retry_after {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(r)));
+    }
+    resp
+}
+
+/// Sends `req` to the real server on this client connection's upstream
+/// connection, opening (or reopening, after the server closed it) one.
+async fn forward(
+    req: Request<Incoming>,
+    sh: &Shared,
+    upstream: &Mutex<Option<Upstream>>,
+    server: SocketAddr,
+) -> Result<Response<Incoming>, BoxError> {
+    let mut up = upstream.lock().await;
+    let usable = match up.as_mut() {
+        Some(u) => u.send.ready().await.is_ok(),
+        None => false,
+    };
+    if !usable {
+        *up = None;
+        *up = Some(connect(sh, server).await?);
+    }
+    let u = up.as_mut().expect("set above");
+    Ok(u.send.send_request(req).await?)
+}
+
+/// A new connection to the real server, exempt from steering.
+async fn connect(sh: &Shared, server: SocketAddr) -> Result<Upstream, BoxError> {
+    let sock = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let any: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    sock.bind(any)?;
+    let port = sock.local_addr()?.port();
+    sh.steer.exempt(port)?;
+    // Released on any early return below, or with the `Upstream`.
+    let exempt = ExemptPort {
+        port,
+        steer: sh.steer.clone(),
+    };
+    let stream = sock.connect(server).await?;
+    let _ = stream.set_nodelay(true);
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Upstream {
+        send,
+        _port: exempt,
+    })
+}

@@ -1,0 +1,696 @@
+//! `faultbpf http` (issue 16), server-side placement: faultbpf runs in the
+//! server's namespace, an `sk_lookup` program steers selected connections
+//! to its HTTP responder, everything else reaches the real server directly.
+//!
+//! The real server is Python's `http.server` (HTTP/1.1, keep-alive) that
+//! prints one `REQ METHOD PATH CLIENT_IP` line per request it handled, so a
+//! test can tell which requests it saw and from which address; clients are
+//! curl, `http.client` and requests + urllib3's `Retry`, in the client
+//! namespace.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use faultbpf_tests::{
+    Launch, Proc, Topology,
+    deps::{NsProcesses, python, wait_tcp},
+    temp::TempDir,
+};
+use serde_json::Value;
+
+const PORT: u16 = 8080;
+const URL: &str = "http://10.200.0.2:8080";
+
+/// HTTP/1.1 with keep-alive on `[::]` (IPv4 too); answers every method
+/// with a body naming it.
+const SERVER: &str = r#"
+import http.server, socket, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        ip = self.client_address[0].removeprefix("::ffff:")
+        print("REQ %s %s %s" % (self.command, self.path, ip), flush=True)
+        body = ("real answer to %s %s\n" % (self.command, self.path)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("X-Real", "yes")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = do_PUT = do_DELETE = answer
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    daemon_threads = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+S(("::", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// The test's real server, in the server namespace.
+struct Server {
+    proc: Proc,
+    _guard: NsProcesses,
+}
+
+impl Server {
+    fn start(topo: &Topology) -> Self {
+        let mut s = Server {
+            _guard: NsProcesses(topo.server.name().to_string()),
+            proc: python(&topo.server, SERVER, &[&PORT.to_string()], None),
+        };
+        let addr = format!("10.200.0.2:{PORT}").parse().unwrap();
+        wait_tcp(&topo.client, addr, Duration::from_secs(10), || {
+            match s.proc.try_wait() {
+                Ok(None) => Ok(()),
+                other => Err(format!("server exited: {other:?}: {}", s.proc.stderr())),
+            }
+        });
+        s
+    }
+
+    /// The requests it handled: (method, path, client address).
+    fn requests(&self) -> Vec<(String, String, String)> {
+        self.proc
+            .stdout()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.strip_prefix("REQ ")?.split(' ');
+                Some((
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    fn saw(&self, method: &str, path: &str) -> bool {
+        self.requests()
+            .iter()
+            .any(|(m, p, _)| m == method && p == path)
+    }
+}
+
+/// `faultbpf http --port 8080 ARGS.. --json` in the server namespace,
+/// waited on until it is in force.
+fn http_fault(topo: &Topology, args: &[&str]) -> Proc {
+    Launch::new(
+        &topo.server,
+        ["http", "--port", &PORT.to_string(), "--json"],
+    )
+    .args(args)
+    .standalone()
+    .start()
+}
+
+/// Lifts it; its counters.
+fn lift(mut fault: Proc) -> Value {
+    let exit = fault.finish();
+    exit.json()
+}
+
+/// `curl -sS -i` from the client namespace: status line, headers, body.
+fn curl(topo: &Topology, args: &[&str]) -> String {
+    let out = topo
+        .client
+        .command("curl")
+        .args(["-sS", "-i", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn run_python(topo: &Topology, script: &str, args: &[&str]) -> Value {
+    let mut p = python(&topo.client, script, args, None);
+    let v = p.next_json(Duration::from_secs(120));
+    assert!(
+        p.wait(Duration::from_secs(10)).status.success(),
+        "client failed: {}",
+        p.stderr()
+    );
+    v
+}
+
+#[test]
+fn curl_gets_503_with_retry_after_and_the_server_never_sees_it() {
+    let topo = Topology::new("h16-503");
+    let server = Server::start(&topo);
+    let fault = http_fault(&topo, &["--status", "503", "--retry-after", "1s"]);
+    let r = curl(&topo, &[&format!("{URL}/orders")]);
+    assert_eq!(status_of(&r), 503, "{r}");
+    assert_eq!(header(&r, "retry-after"), Some("1"), "{r}");
+    assert_eq!(
+        header(&r, "content-type"),
+        Some("application/problem+json"),
+        "{r}"
+    );
+    let body: Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["status"], 503, "{r}");
+    let c = lift(fault);
+    assert!(
+        !server.saw("GET", "/orders"),
+        "--when before: the server must never see the request: {:?}",
+        server.requests()
+    );
+    assert_eq!(c["connections_steered"], 1, "{c}");
+    assert_eq!(c["requests_seen"], 1, "{c}");
+    assert_eq!(c["requests_faulted"], 1, "{c}");
+}
+
+#[test]
+fn ipv6_connections_are_steered_too() {
+    let topo = Topology::new("h16-v6");
+    let server = Server::start(&topo);
+    let fault = http_fault(&topo, &["--status", "503", "--path", "/v6"]);
+    let hit = curl(&topo, &["-g", &format!("http://[fd00:200::2]:{PORT}/v6")]);
+    let pass = curl(
+        &topo,
+        &["-g", &format!("http://[fd00:200::2]:{PORT}/other")],
+    );
+    let c = lift(fault);
+    assert_eq!(status_of(&hit), 503, "{hit}");
+    assert_eq!(status_of(&pass), 200, "{pass}");
+    assert!(pass.ends_with("real answer to GET /other\n"), "{pass}");
+    assert!(!server.saw("GET", "/v6") && server.saw("GET", "/other"));
+    assert_eq!(c["connections_steered"], 2, "{c}");
+}
+
+#[test]
+fn when_after_the_server_acts_and_the_client_still_gets_the_fault() {
+    let topo = Topology::new("h16-after");
+    let server = Server::start(&topo);
+    let fault = http_fault(&topo, &["--status", "500", "--when", "after"]);
+    let r = curl(
+        &topo,
+        &["-X", "POST", "-d", "x=1", &format!("{URL}/orders")],
+    );
+    assert_eq!(status_of(&r), 500, "{r}");
+    lift(fault);
+    assert!(
+        server.saw("POST", "/orders"),
+        "--when after: the server must have acted on the request: {:?}",
+        server.requests()
+    );
+}
+
+/// One session, `Retry(total=1, status_forcelist=[503],
+/// respect_retry_after_header=True)`, no backoff: one GET, timed.
+const RETRY_CLIENT: &str = r#"
+import json, time, requests
+from urllib3.util.retry import Retry
+from requests.adapters import HTTPAdapter
+s = requests.Session()
+s.mount("http://", HTTPAdapter(max_retries=Retry(total=1, status_forcelist=[503],
+    respect_retry_after_header=True, backoff_factor=0, raise_on_status=False)))
+t = time.monotonic()
+r = s.get("http://10.200.0.2:8080/slowly", timeout=10)
+print(json.dumps({"status": r.status_code, "elapsed": time.monotonic() - t}), flush=True)
+"#;
+
+#[test]
+fn urllib3_retry_waits_for_retry_after_and_not_without_it() {
+    let topo = Topology::new("h16-retry");
+    let _server = Server::start(&topo);
+    let timed = |args: &[&str]| {
+        let fault = http_fault(&topo, args);
+        let v = run_python(&topo, RETRY_CLIENT, &[]);
+        let c = lift(fault);
+        assert_eq!(v["status"], 503, "{v}");
+        // The first attempt and its one retry.
+        assert_eq!(c["requests_faulted"], 2, "{c}");
+        v["elapsed"].as_f64().unwrap()
+    };
+    let control = timed(&["--status", "503"]);
+    let with = timed(&["--status", "503", "--retry-after", "1s"]);
+    eprintln!("retry took {with:.3} s with Retry-After: 1, {control:.3} s without");
+    assert!(
+        with >= 1.0,
+        "the client retried after {with:.3} s, before Retry-After"
+    );
+    assert!(
+        with - control >= 0.9,
+        "Retry-After added {:.3} s to the control's {control:.3} s; expected about 1 s",
+        with - control
+    );
+}
+
+/// 1,000 GETs on one keep-alive `http.client` connection; for each, the
+/// status, and for 200s whether status line, headers (but `Date`) and body
+/// are the real server's.
+const KEEPALIVE_CLIENT: &str = r#"
+import http.client, json, sys
+n = int(sys.argv[1])
+c = http.client.HTTPConnection("10.200.0.2", 8080, timeout=10)
+statuses, mismatches = [], []
+for i in range(n):
+    path = "/item/%d" % i
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    statuses.append(r.status)
+    if r.status == 200:
+        want = ("real answer to GET %s\n" % path).encode()
+        hdrs = dict(r.getheaders())
+        same = (body == want and r.version == 11 and r.reason == "OK"
+                and sorted(hdrs) == ["Content-Length", "Content-Type", "Date", "Server", "X-Real"]
+                and hdrs["Content-Type"] == "text/plain" and hdrs["X-Real"] == "yes"
+                and hdrs["Content-Length"] == str(len(want)) and hdrs["Server"].startswith("BaseHTTP/"))
+        if not same:
+            mismatches.append([path, body.decode(errors="replace"), sorted(hdrs.items())])
+print(json.dumps({"statuses": statuses, "mismatches": mismatches[:5], "n_mismatch": len(mismatches)}), flush=True)
+"#;
+
+#[test]
+fn pct_30_per_request_on_one_keepalive_connection_mixes_faults_and_real_answers() {
+    const N: usize = 1_000;
+    let topo = Topology::new("h16-pct");
+    let server = Server::start(&topo);
+    let fault = http_fault(&topo, &["--status", "503", "--pct", "30"]);
+    let v = run_python(&topo, KEEPALIVE_CLIENT, &[&N.to_string()]);
+    let c = lift(fault);
+    let statuses: Vec<u64> = v["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), N);
+    let faulted = statuses.iter().filter(|&&s| s == 503).count();
+    let real = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(faulted + real, N, "only 200 and 503 expected: {v}");
+    let sd = (N as f64 * 0.3 * 0.7).sqrt();
+    assert!(
+        (faulted as f64 - 0.3 * N as f64).abs() <= 4.0 * sd,
+        "{faulted} of {N} got 503; expected 300 ± {:.0}",
+        4.0 * sd
+    );
+    assert_eq!(v["n_mismatch"], 0, "real answers changed on the way: {v}");
+    // One client connection, steered once; every request seen.
+    assert_eq!(c["connections_steered"], 1, "{c}");
+    assert_eq!(c["requests_seen"], N as u64, "{c}");
+    assert_eq!(c["requests_faulted"], faulted as u64, "{c}");
+    // The server answered exactly the unfaulted ones.
+    assert_eq!(server.requests().len(), real);
+}
+
+/// `n` connections, two GETs each; the statuses per connection and the
+/// local port of each.
+const CONNECTIONS_CLIENT: &str = r#"
+import http.client, json, sys
+n = int(sys.argv[1])
+out = []
+for i in range(n):
+    c = http.client.HTTPConnection("10.200.0.2", 8080, timeout=10)
+    pair = []
+    for j in range(2):
+        c.request("GET", "/c/%d/%d" % (i, j))
+        r = c.getresponse()
+        r.read()
+        pair.append(r.status)
+    c.close()
+    out.append(pair)
+print(json.dumps({"connections": out}), flush=True)
+"#;
+
+#[test]
+fn per_connection_faults_whole_connections_and_the_rest_go_direct() {
+    const N: usize = 1_000;
+    let topo = Topology::new("h16-conn");
+    let server = Server::start(&topo);
+    let fault = http_fault(
+        &topo,
+        &["--status", "503", "--pct", "30", "--per", "connection"],
+    );
+    let v = run_python(&topo, CONNECTIONS_CLIENT, &[&N.to_string()]);
+    let c = lift(fault);
+    let conns = v["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), N);
+    let mut faulted = 0;
+    for pair in conns {
+        let pair: Vec<u64> = pair
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect();
+        assert!(
+            pair == [503, 503] || pair == [200, 200],
+            "a connection is faulted whole or not at all: {pair:?}"
+        );
+        faulted += usize::from(pair[0] == 503);
+    }
+    let sd = (N as f64 * 0.3 * 0.7).sqrt();
+    assert!(
+        (faulted as f64 - 0.3 * N as f64).abs() <= 4.0 * sd,
+        "{faulted} of {N} connections faulted; expected 300 ± {:.0}",
+        4.0 * sd
+    );
+    // Only the faulted connections reached the responder.
+    assert_eq!(c["connections_steered"], faulted as u64, "{c}");
+    assert_eq!(c["requests_faulted"], 2 * faulted as u64, "{c}");
+    // The others went straight to the server, from the client's address.
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2 * (N - faulted));
+    assert!(
+        reqs.iter().all(|(_, _, ip)| ip == "10.200.0.1"),
+        "the server must see the client's own address: {:?}",
+        reqs.iter().find(|(_, _, ip)| ip != "10.200.0.1")
+    );
+}
+
+#[test]
+fn unselected_connections_never_reach_the_responder() {
+    let topo = Topology::new("h16-unsel");
+    let server = Server::start(&topo);
+    // One connection in a million is steered: none of these 50.
+    let fault = http_fault(
+        &topo,
+        &["--status", "503", "--pct", "0.0001", "--per", "connection"],
+    );
+    let v = run_python(&topo, CONNECTIONS_CLIENT, &["50"]);
+    let c = lift(fault);
+    assert!(
+        v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p == &serde_json::json!([200, 200])),
+        "{v}"
+    );
+    assert_eq!(c["connections_steered"], 0, "{c}");
+    assert_eq!(c["requests_seen"], 0, "{c}");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 100);
+    assert!(reqs.iter().all(|(_, _, ip)| ip == "10.200.0.1"), "{reqs:?}");
+}
+
+#[test]
+fn path_and_method_select_only_those_requests() {
+    let topo = Topology::new("h16-sel");
+    let server = Server::start(&topo);
+    let fault = http_fault(
+        &topo,
+        &["--status", "503", "--path", "/api", "--method", "post"],
+    );
+    let hit = curl(&topo, &["-X", "POST", "-d", "a", &format!("{URL}/api/x")]);
+    let get = curl(&topo, &[&format!("{URL}/api/x")]);
+    let other = curl(&topo, &["-X", "POST", "-d", "a", &format!("{URL}/other")]);
+    let c = lift(fault);
+    assert_eq!(status_of(&hit), 503, "{hit}");
+    assert_eq!(status_of(&get), 200, "{get}");
+    assert!(get.ends_with("real answer to GET /api/x\n"), "{get}");
+    assert_eq!(status_of(&other), 200, "{other}");
+    assert!(other.ends_with("real answer to POST /other\n"), "{other}");
+    assert!(!server.saw("POST", "/api/x"));
+    assert!(server.saw("GET", "/api/x") && server.saw("POST", "/other"));
+    assert_eq!(c["requests_seen"], 3, "{c}");
+    assert_eq!(c["requests_faulted"], 1, "{c}");
+}
+
+#[test]
+fn status_504_arrives_after_the_first_byte_delay() {
+    let topo = Topology::new("h16-504");
+    let _server = Server::start(&topo);
+    let fault = http_fault(
+        &topo,
+        &[
+            "--status",
+            "504",
+            "--path",
+            "/slow",
+            "--delay-first-byte",
+            "500ms",
+        ],
+    );
+    // Time to first byte of an unfaulted request through the responder
+    // (the control), then of a faulted one, alternately.
+    let ttfb = |path: &str| {
+        let out = topo
+            .client
+            .command("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{time_starttransfer}",
+            ])
+            .arg(format!("{URL}{path}"))
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (code, t) = s.split_once(' ').unwrap();
+        (code.to_string(), t.parse::<f64>().unwrap())
+    };
+    let mut extra = Vec::new();
+    for _ in 0..3 {
+        let (c0, control) = ttfb("/fast");
+        let (c1, slow) = ttfb("/slow");
+        assert_eq!((c0.as_str(), c1.as_str()), ("200", "504"));
+        extra.push(slow - control);
+    }
+    lift(fault);
+    extra.sort_by(f64::total_cmp);
+    let median = extra[1];
+    assert!(
+        (median - 0.5).abs() <= 0.05,
+        "504 came {median:.3} s after the control; expected 0.5 s ± 50 ms ({extra:?})"
+    );
+}
+
+#[test]
+fn status_abort_closes_the_connection_unanswered() {
+    let topo = Topology::new("h16-abort");
+    let _server = Server::start(&topo);
+    let fault = http_fault(&topo, &["--status", "abort"]);
+    let out = topo
+        .client
+        .command("curl")
+        .args(["-sS", "--max-time", "5", &format!("{URL}/x")])
+        .output()
+        .unwrap();
+    lift(fault);
+    // curl's 52: "Empty reply from server".
+    assert_eq!(out.status.code(), Some(52), "{out:?}");
+}
+
+/// Opens one keep-alive connection (its first request answered), then
+/// waits for a line on stdin, then: the same connection's next request's
+/// outcome, and how long new connections took to get a 200.
+const KILL_CLIENT: &str = r#"
+import http.client, json, sys, time
+old = http.client.HTTPConnection("10.200.0.2", 8080, timeout=3)
+old.request("GET", "/before")
+r = old.getresponse(); r.read()
+print(json.dumps({"first": r.status}), flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+try:
+    old.request("GET", "/after")
+    r = old.getresponse(); r.read()
+    old_outcome = "status %d" % r.status
+except Exception as e:
+    old_outcome = type(e).__name__
+old_took = time.monotonic() - t
+t = time.monotonic()
+statuses = []
+while time.monotonic() - t < 5:
+    c = http.client.HTTPConnection("10.200.0.2", 8080, timeout=1)
+    try:
+        c.request("GET", "/new"); r = c.getresponse(); r.read()
+        statuses.append(r.status)
+        if r.status == 200:
+            break
+    except Exception as e:
+        statuses.append(type(e).__name__)
+    finally:
+        c.close()
+print(json.dumps({"old": old_outcome, "old_took": old_took, "statuses": statuses,
+                  "healed_after": time.monotonic() - t}), flush=True)
+"#;
+
+#[test]
+fn kill_9_sends_new_connections_straight_to_the_server() {
+    let topo = Topology::new("h16-kill");
+    let server = Server::start(&topo);
+    let mut fault = http_fault(&topo, &["--status", "503"]);
+    let mut client = python(&topo.client, KILL_CLIENT, &[], None);
+    let first = client.next_json(Duration::from_secs(20));
+    assert_eq!(first["first"], 503, "{first}");
+    fault.kill();
+    let killed = Instant::now();
+    client.send("go");
+    let v = client.next_json(Duration::from_secs(30));
+    eprintln!("after kill -9 ({:?} ago): {v}", killed.elapsed());
+    assert_eq!(
+        v["statuses"].as_array().unwrap().last().unwrap(),
+        200,
+        "new connections must reach the server: {v}"
+    );
+    assert!(
+        v["healed_after"].as_f64().unwrap() < 1.0,
+        "new connections reached the server only after {} s",
+        v["healed_after"]
+    );
+    // The steered connection died with faultbpf: closed, not hung until
+    // the client's 3 s timeout.
+    assert_ne!(v["old"], "TimeoutError", "{v}");
+    assert_ne!(v["old"], "status 503", "{v}");
+    assert!(v["old_took"].as_f64().unwrap() < 2.0, "{v}");
+    assert!(server.saw("GET", "/new"));
+    let _ = client.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn a_tls_server_on_the_port_is_refused_at_start() {
+    let topo = Topology::new("h16-tls");
+    let dir = TempDir::new("h16-tls");
+    let key = dir.path().join("key.pem");
+    let cert = dir.path().join("cert.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=faultbpf-test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "openssl: {ok:?}");
+    let script = format!(
+        r#"
+import http.server, ssl
+s = http.server.HTTPServer(("0.0.0.0", {PORT}), http.server.SimpleHTTPRequestHandler)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain({cert:?}, {key:?})
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#,
+        cert = cert.display().to_string(),
+        key = key.display().to_string()
+    );
+    let _guard = NsProcesses(topo.server.name().to_string());
+    let mut tls = python(&topo.server, &script, &[], None);
+    let addr = format!("10.200.0.2:{PORT}").parse().unwrap();
+    wait_tcp(&topo.client, addr, Duration::from_secs(10), || {
+        match tls.try_wait() {
+            Ok(None) => Ok(()),
+            other => Err(format!("TLS server exited: {other:?}: {}", tls.stderr())),
+        }
+    });
+    let exit = Launch::new(&topo.server, ["http", "--port", &PORT.to_string()])
+        .args(["--status", "503"])
+        .standalone()
+        .run_within(Duration::from_secs(20));
+    assert!(!exit.status.success(), "{exit:?}");
+    assert!(
+        exit.stderr.contains("speaks TLS") && !exit.stderr.contains("active:"),
+        "{}",
+        exit.stderr
+    );
+    thread::sleep(Duration::from_millis(10));
+}
+
+/// `examples/http_retry_budget.py` (the Wikimedia rules): a 429 is never
+/// retried, so faultbpf sees exactly one request per client request; a
+/// 503 is retried at most twice, and faultbpf saw every attempt.
+#[test]
+fn the_retry_budget_example_never_retries_429_and_bounds_503() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/http_retry_budget.py"
+    );
+    let script = std::fs::read_to_string(example).unwrap();
+    let topo = Topology::new("h16-budget");
+    let _server = Server::start(&topo);
+    for (status, requests) in [("429", 100u64), ("503", 40)] {
+        let fault = http_fault(&topo, &["--status", status, "--pct", "50"]);
+        let mut p = python(
+            &topo.client,
+            &script,
+            &[
+                &format!("{URL}/budget"),
+                "--requests",
+                &requests.to_string(),
+            ],
+            None,
+        );
+        let v = p.next_json(Duration::from_secs(120));
+        let exit = p.wait(Duration::from_secs(10));
+        let c = lift(fault);
+        assert!(exit.status.success(), "budget broken under {status}: {v}");
+        assert_eq!(v["requests"], requests, "{v}");
+        // Every attempt the client made reached faultbpf, and no more.
+        assert_eq!(c["requests_seen"], v["attempts"], "{status}: {c} vs {v}");
+        let faulted = c["requests_faulted"].as_u64().unwrap();
+        if status == "429" {
+            assert_eq!(v["attempts"], requests, "a 429 was retried: {v}");
+            assert!(faulted > 0, "{c}");
+        } else {
+            // Some 503s were retried, none more than twice.
+            let attempts = v["attempts"].as_u64().unwrap();
+            assert!(attempts > requests && attempts <= 3 * requests, "{v}");
+        }
+    }
+}
+
+#[test]
+fn bad_values_are_refused_before_anything_is_attached() {
+    let topo = Topology::new("h16-usage");
+    for (args, named) in [
+        (&["--status", "200"][..], "`200`"),
+        (&["--status", "503", "--pct", "0"], "--pct 0"),
+        (&["--status", "503", "--path", "api"], "`api`"),
+        (
+            &["--status", "abort", "--retry-after", "1s"],
+            "--retry-after",
+        ),
+    ] {
+        let exit = Launch::new(&topo.server, ["http", "--port", &PORT.to_string()])
+            .args(args)
+            .standalone()
+            .run_within(Duration::from_secs(20));
+        assert_eq!(exit.status.code(), Some(2), "{args:?}: {exit:?}");
+        assert!(exit.stderr.contains(named), "{args:?}: {}", exit.stderr);
+    }
+}
+
+#[test]
+fn after_for_elapses_new_connections_reach_the_server() {
+    let topo = Topology::new("h16-for");
+    let server = Server::start(&topo);
+    let mut fault = http_fault(&topo, &["--status", "503", "--for", "1s"]);
+    let during = curl(&topo, &[&format!("{URL}/during")]);
+    let exit = fault.wait(Duration::from_secs(15));
+    assert!(exit.status.success(), "{exit:?}");
+    let after = curl(&topo, &[&format!("{URL}/after")]);
+    assert_eq!(status_of(&during), 503, "{during}");
+    assert_eq!(status_of(&after), 200, "{after}");
+    assert!(server.saw("GET", "/after") && !server.saw("GET", "/during"));
+    assert_eq!(exit.json()["requests_faulted"], 1, "{exit:?}");
+}
