@@ -73,6 +73,9 @@ pub enum FaultKind {
     /// Hold the packet for `RuleValue::delay_us` (± `jitter_us`) on the
     /// delay device, then send it on (tc only).
     Delay = 8,
+    /// Send the packet on and a clone of it beside it (tc only); the clone
+    /// carries `DUPLICATE_MARK` so it is never cloned again.
+    Duplicate = 9,
 }
 
 impl FaultKind {
@@ -92,6 +95,7 @@ impl FaultKind {
             6 => Some(Self::Ecn),
             7 => Some(Self::Mix),
             8 => Some(Self::Delay),
+            9 => Some(Self::Duplicate),
             _ => None,
         }
     }
@@ -263,6 +267,12 @@ pub const DELAY_MARK_MAGIC: u32 = 0xfb00_0000;
 pub const DELAY_MARK_MASK: u32 = 0xff00_0000;
 pub const DELAY_MARK_INGRESS: u32 = 0x0080_0000;
 pub const DELAY_MARK_IFINDEX: u32 = 0x007f_ffff;
+
+/// `skb->mark` of a `Duplicate` clone while it crosses our hook again
+/// (the clone is sent back into the hook it was taken at): the hook lets it
+/// pass, with its mark cleared, so a duplicate is never duplicated again.
+/// Its top byte differs from `DELAY_MARK_MAGIC`'s.
+pub const DUPLICATE_MARK: u32 = 0xfc00_0d0b;
 
 /// `RuleValue::flags`: decide once per flow (5-tuple hash) instead of per
 /// packet.

@@ -8,7 +8,7 @@ use faultbpf_common::{FaultKind, RuleValue};
 
 use crate::{
     draw,
-    fault::{corrupt, delay, drop, ecn, hang, mark, reset},
+    fault::{corrupt, delay, drop, duplicate, ecn, hang, mark, reset},
     flow::Flow,
     hook::Hook,
 };
@@ -77,6 +77,7 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
             Some(verdict) => Acted::Yes(verdict),
             None => Acted::Untouched,
         },
+        FaultKind::Duplicate => done(duplicate::clone(ctx, hook)),
         FaultKind::Mix => Acted::Untouched,
     }
 }

@@ -32,7 +32,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::{actions::NO_VERDICT, fault::delay, hook::Hook};
+use crate::{
+    actions::NO_VERDICT,
+    fault::{delay, duplicate},
+    hook::Hook,
+};
 
 /// Ingress hook: packets arriving on the interface.
 #[classifier]
@@ -63,6 +67,10 @@ pub fn faultbpf_xdp(ctx: XdpContext) -> u32 {
 fn run(ctx: &TcContext, hook: Hook) -> i32 {
     // Back from the delay device: already faulted once, pass it on.
     if delay::returning(ctx) {
+        return NO_VERDICT;
+    }
+    // A `duplicate` clone: pass it, never clone it again.
+    if duplicate::is_clone(ctx) {
         return NO_VERDICT;
     }
     // A packet we cannot parse is never ours: pass it untouched.

@@ -181,6 +181,13 @@ pub enum FaultCommand {
         after_help = faults::delay::DEF.examples
     )]
     Delay(DelayArgs),
+
+    #[command(
+        about = faults::duplicate::DEF.about,
+        long_about = faults::duplicate::DEF.long_about,
+        after_help = faults::duplicate::DEF.examples
+    )]
+    Duplicate(FaultArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +218,7 @@ impl FaultCommand {
             Self::Reset(a) => (a.spec("reset"), a),
             Self::Hang(a) => (a.spec("hang"), a),
             Self::Corrupt(a) => (a.spec("corrupt"), a),
+            Self::Duplicate(a) => (a.spec("duplicate"), a),
             Self::Mark(m) => {
                 let mut spec = m.common.spec(if m.ecn { "ecn" } else { "mark" });
                 spec.mark = m.value;
@@ -577,7 +585,7 @@ fn parse_ms(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
-    /// The mix: ACTION:PCT,... with actions drop, reset, hang, corrupt (sum <= 100)
+    /// The mix: ACTION:PCT,... with actions drop, reset, hang, corrupt, delay, duplicate (sum <= 100)
     ///
     /// Example: --mix drop:20,reset:10,corrupt:5 (65 % of packets pass untouched)
     #[arg(long, value_name = "MIX", value_parser = parse_mix)]

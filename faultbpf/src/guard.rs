@@ -96,6 +96,11 @@ impl FaultBuilder {
         Self::new("corrupt")
     }
 
+    /// Packets arrive twice (see `faults/duplicate.rs`).
+    pub fn duplicate() -> Self {
+        Self::new("duplicate")
+    }
+
     /// Sets `skb->mark` (see `faults/mark.rs`).
     pub fn mark(value: u32) -> Self {
         let mut b = Self::new("mark");
@@ -324,6 +329,7 @@ mod tests {
                 "ecn" => FaultBuilder::ecn(),
                 "chaos" => FaultBuilder::chaos("drop:5"),
                 "delay" => FaultBuilder::delay(5.0),
+                "duplicate" => FaultBuilder::duplicate(),
                 other => panic!("no guard constructor for `{other}`: add one to FaultBuilder"),
             };
             let r = b.port(5).rule().unwrap();

@@ -7,6 +7,7 @@
 pub mod corrupt;
 pub mod delay;
 pub mod drop;
+pub mod duplicate;
 pub mod ecn;
 pub mod hang;
 pub mod mark;

@@ -19,6 +19,7 @@ pub mod blackhole;
 pub mod chaos;
 pub mod corrupt;
 pub mod delay;
+pub mod duplicate;
 pub mod hang;
 pub mod mark;
 pub mod reset;
@@ -80,6 +81,7 @@ pub static REGISTRY: &[&FaultDef] = &[
     &mark::ECN_DEF,
     &chaos::DEF,
     &delay::DEF,
+    &duplicate::DEF,
 ];
 
 /// The fault named `name` on the wire.
@@ -123,6 +125,8 @@ pub enum Fault {
     Chaos(Mix),
     /// See `delay.rs`.
     Delay(DelayParams),
+    /// See `duplicate.rs`.
+    Duplicate,
 }
 
 impl Fault {
@@ -137,6 +141,7 @@ impl Fault {
             Self::Ecn => &mark::ECN_DEF,
             Self::Chaos(_) => &chaos::DEF,
             Self::Delay(_) => &delay::DEF,
+            Self::Duplicate => &duplicate::DEF,
         }
     }
 
