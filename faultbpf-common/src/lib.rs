@@ -76,6 +76,9 @@ pub enum FaultKind {
     /// Send the packet on and a clone of it beside it (tc only); the clone
     /// carries `DUPLICATE_MARK` so it is never cloned again.
     Duplicate = 9,
+    /// Police the rule's traffic to `RuleValue::rate_bytes` per second
+    /// with a token bucket of `burst_ns` (tc only): over the rate, drop.
+    Throttle = 10,
 }
 
 impl FaultKind {
@@ -96,6 +99,7 @@ impl FaultKind {
             7 => Some(Self::Mix),
             8 => Some(Self::Delay),
             9 => Some(Self::Duplicate),
+            10 => Some(Self::Throttle),
             _ => None,
         }
     }
@@ -238,8 +242,13 @@ pub struct RuleValue {
     /// `Delay`: the mean delay and the jitter around it, in microseconds.
     pub delay_us: u32,
     pub jitter_us: u32,
+    /// `Throttle`: the rate in bytes per second (never 0 for a throttle
+    /// rule), and the burst as the time the rate takes to send it, in ns
+    /// (the bucket's depth).
+    pub rate_bytes: u64,
+    pub burst_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<RuleValue>() == 72);
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 88);
 
 /// `RuleValue::dist`: jitter uniform in [-jitter, +jitter].
 pub const DIST_UNIFORM: u8 = 0;

@@ -8,7 +8,7 @@ use faultbpf_common::{FaultKind, RuleValue};
 
 use crate::{
     draw,
-    fault::{corrupt, delay, drop, duplicate, ecn, hang, mark, reset},
+    fault::{corrupt, delay, drop, duplicate, ecn, hang, mark, reset, throttle},
     flow::Flow,
     hook::Hook,
 };
@@ -78,6 +78,13 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
             None => Acted::Untouched,
         },
         FaultKind::Duplicate => done(duplicate::clone(ctx, hook)),
+        FaultKind::Throttle => {
+            if throttle::over_rate(ctx, rule, hook) {
+                Acted::Yes(drop::tc_verdict(hook))
+            } else {
+                Acted::Untouched
+            }
+        }
         FaultKind::Mix => Acted::Untouched,
     }
 }

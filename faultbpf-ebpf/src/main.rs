@@ -11,6 +11,9 @@
 //! `fault`; `main` on everything.
 #![no_std]
 #![no_main]
+// `asm!` for the throttle's compare-and-exchange (`fault/throttle.rs`);
+// the crate is built with RUSTC_BOOTSTRAP=1 already (`faultbpf/build.rs`).
+#![feature(asm_experimental_arch)]
 
 mod actions;
 mod answer;

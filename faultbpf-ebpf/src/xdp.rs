@@ -74,6 +74,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         | FaultKind::Ecn
         | FaultKind::Delay
         | FaultKind::Duplicate
+        | FaultKind::Throttle
         | FaultKind::Mix => {
             return XDP_PASS;
         }

@@ -188,6 +188,13 @@ pub enum FaultCommand {
         after_help = faults::duplicate::DEF.examples
     )]
     Duplicate(FaultArgs),
+
+    #[command(
+        about = faults::throttle::DEF.about,
+        long_about = faults::throttle::DEF.long_about,
+        after_help = faults::throttle::DEF.examples
+    )]
+    Throttle(ThrottleArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +226,12 @@ impl FaultCommand {
             Self::Hang(a) => (a.spec("hang"), a),
             Self::Corrupt(a) => (a.spec("corrupt"), a),
             Self::Duplicate(a) => (a.spec("duplicate"), a),
+            Self::Throttle(t) => {
+                let mut spec = t.common.spec("throttle");
+                spec.rate = Some(t.rate);
+                spec.burst = t.burst;
+                (spec, t.common)
+            }
             Self::Mark(m) => {
                 let mut spec = m.common.spec(if m.ecn { "ecn" } else { "mark" });
                 spec.mark = m.value;
@@ -581,6 +594,35 @@ fn parse_ms(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a number of milliseconds, e.g. 300 or 0.5"))?;
     faultbpf::faults::delay::ms(v)
+}
+
+#[derive(Debug, Args)]
+pub struct ThrottleArgs {
+    /// The rate, as tc writes it: 10mbit, 512kbit, 1gbit (or 100kbps, bytes)
+    ///
+    /// Traffic over it is dropped (policing), so TCP slows to about the rate.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate: String,
+
+    /// The token bucket's depth, as tc writes it: 64kb, 1mb (default: 200 ms at the rate, at least 64kb)
+    ///
+    /// The most that passes at once after a quiet spell; below the largest packet
+    /// (64 KiB for GSO on veth) nothing passes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub burst: Option<String>,
+
+    #[command(flatten)]
+    pub common: FaultArgs,
+}
+
+fn parse_rate(s: &str) -> Result<String, String> {
+    faults::throttle::parse_rate(s)?;
+    Ok(s.to_string())
+}
+
+fn parse_size(s: &str) -> Result<String, String> {
+    faults::throttle::parse_size(s)?;
+    Ok(s.to_string())
 }
 
 #[derive(Debug, Args)]

@@ -101,6 +101,14 @@ impl FaultBuilder {
         Self::new("duplicate")
     }
 
+    /// Traffic limited to `rate`, as tc writes it: `"10mbit"` (see
+    /// `faults/throttle.rs`).
+    pub fn throttle(rate: &str) -> Self {
+        let mut b = Self::new("throttle");
+        b.spec.rate = Some(rate.to_string());
+        b
+    }
+
     /// Sets `skb->mark` (see `faults/mark.rs`).
     pub fn mark(value: u32) -> Self {
         let mut b = Self::new("mark");
@@ -330,6 +338,7 @@ mod tests {
                 "chaos" => FaultBuilder::chaos("drop:5"),
                 "delay" => FaultBuilder::delay(5.0),
                 "duplicate" => FaultBuilder::duplicate(),
+                "throttle" => FaultBuilder::throttle("10mbit"),
                 other => panic!("no guard constructor for `{other}`: add one to FaultBuilder"),
             };
             let r = b.port(5).rule().unwrap();

@@ -288,6 +288,8 @@ impl Rule {
             mix: self.fault.mix(),
             delay_us: self.fault.delay().map_or(0, |d| micros(d.mean)),
             jitter_us: self.fault.delay().map_or(0, |d| micros(d.jitter)),
+            rate_bytes: self.fault.throttle().map_or(0, |t| t.rate_bytes),
+            burst_ns: self.fault.throttle().map_or(0, |t| t.burst_ns()),
         }
     }
 
@@ -318,6 +320,9 @@ impl Rule {
         }
         if let Fault::Mark { value } = &self.fault {
             s += &format!(" {value:#x}");
+        }
+        if let Some(t) = self.fault.throttle() {
+            s += &format!(" {}", t.describe());
         }
         s += &format!(" {} {}", self.proto.label(), self.ports_text().join(", "));
         if !self.peers.is_empty() {

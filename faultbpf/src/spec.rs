@@ -107,6 +107,12 @@ pub struct RuleSpec {
     /// `delay`: let jitter reorder a flow's packets.
     #[serde(default, skip_serializing_if = "is_false")]
     pub reorder: bool,
+    /// `throttle`: the rate, as tc writes it (`10mbit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// `throttle`: the token bucket's depth, as tc writes it (`64kb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<String>,
     /// How long the rule lasts: `30s`, `10m` (the config calls it `ttl`).
     #[serde(
         default,
@@ -240,6 +246,8 @@ impl RuleSpec {
             jitter: None,
             dist: None,
             reorder: false,
+            rate: None,
+            burst: None,
             lasts: None,
             force: false,
             owner_pid: None,

@@ -12,3 +12,4 @@ pub mod ecn;
 pub mod hang;
 pub mod mark;
 pub mod reset;
+pub mod throttle;

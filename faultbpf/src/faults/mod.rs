@@ -23,11 +23,13 @@ pub mod duplicate;
 pub mod hang;
 pub mod mark;
 pub mod reset;
+pub mod throttle;
 
 use faultbpf_common::{FaultKind, MIX_LEN, MixEntry, threshold_from_pct};
 
 pub use chaos::Mix;
 pub use delay::{DelayParams, Dist};
+pub use throttle::ThrottleParams;
 
 use crate::spec::{RuleSpec, SpecError};
 
@@ -82,6 +84,7 @@ pub static REGISTRY: &[&FaultDef] = &[
     &chaos::DEF,
     &delay::DEF,
     &duplicate::DEF,
+    &throttle::DEF,
 ];
 
 /// The fault named `name` on the wire.
@@ -127,6 +130,8 @@ pub enum Fault {
     Delay(DelayParams),
     /// See `duplicate.rs`.
     Duplicate,
+    /// See `throttle.rs`.
+    Throttle(ThrottleParams),
 }
 
 impl Fault {
@@ -142,6 +147,7 @@ impl Fault {
             Self::Chaos(_) => &chaos::DEF,
             Self::Delay(_) => &delay::DEF,
             Self::Duplicate => &duplicate::DEF,
+            Self::Throttle(_) => &throttle::DEF,
         }
     }
 
@@ -185,6 +191,14 @@ impl Fault {
         }
     }
 
+    /// The rate limit this fault applies, if any.
+    pub fn throttle(&self) -> Option<ThrottleParams> {
+        match self {
+            Self::Throttle(t) => Some(*t),
+            _ => None,
+        }
+    }
+
     /// Writes the fault's own fields into `spec` (the inverse of its
     /// `FaultDef::build`).
     pub fn write_params(&self, spec: &mut RuleSpec) {
@@ -196,6 +210,9 @@ impl Fault {
         }
         if let Some(d) = self.delay() {
             d.write_params(spec);
+        }
+        if let Some(t) = self.throttle() {
+            t.write_params(spec);
         }
     }
 
@@ -233,6 +250,7 @@ mod tests {
             spec.mark = (def.name == "mark").then_some(1);
             spec.mix = (def.name == "chaos").then(|| "drop:5".to_string());
             spec.delay_ms = (def.name == "delay").then_some(5.0);
+            spec.rate = (def.name == "throttle").then(|| "1mbit".to_string());
             let f = (def.build)(&spec).unwrap_or_else(|e| panic!("{}: {e}", def.name));
             assert!(
                 std::ptr::eq(f.def(), *def),
@@ -295,6 +313,8 @@ mod tests {
         spec.jitter = Some("1ms".into());
         spec.dist = Some(Dist::Normal);
         spec.reorder = true;
+        spec.rate = Some("1mbit".into());
+        spec.burst = Some("64kb".into());
         let v = serde_json::to_value(&spec).unwrap();
         let mut fields: Vec<&str> = v
             .as_object()

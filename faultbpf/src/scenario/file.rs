@@ -118,6 +118,8 @@ struct RawStep {
     dist: Option<crate::faults::Dist>,
     #[serde(default)]
     reorder: bool,
+    rate: Option<String>,
+    burst: Option<String>,
     #[serde(default)]
     force: bool,
 }
@@ -144,6 +146,8 @@ impl RawStep {
             jitter: self.jitter.clone(),
             dist: self.dist,
             reorder: self.reorder,
+            rate: self.rate.clone(),
+            burst: self.burst.clone(),
             lasts: Some(humantime::format_duration(lasts).to_string()),
             force: self.force,
             owner_pid: None,
