@@ -79,6 +79,9 @@ pub enum FaultKind {
     /// Police the rule's traffic to `RuleValue::rate_bytes` per second
     /// with a token bucket of `burst_ns` (tc only): over the rate, drop.
     Throttle = 10,
+    /// Answer a matched DNS query from the kernel with
+    /// `RuleValue::dns_rcode`, or drop it when that is 0 (tc only).
+    Dns = 11,
 }
 
 impl FaultKind {
@@ -100,6 +103,7 @@ impl FaultKind {
             8 => Some(Self::Delay),
             9 => Some(Self::Duplicate),
             10 => Some(Self::Throttle),
+            11 => Some(Self::Dns),
             _ => None,
         }
     }
@@ -247,8 +251,50 @@ pub struct RuleValue {
     /// (the bucket's depth).
     pub rate_bytes: u64,
     pub burst_ns: u64,
+    /// `Dns`: the response code answered (`DNS_RCODE_*`); 0: the query
+    /// vanishes.
+    pub dns_rcode: u8,
+    /// `Dns`: 1 when the rule has `--domain` suffixes (in `DNS_SUFFIXES`),
+    /// 0 when every query name matches.
+    pub dns_domains: u8,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<RuleValue>() == 88);
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 96);
+
+/// DNS response codes a `Dns` rule answers with.
+pub const DNS_RCODE_SERVFAIL: u8 = 2;
+pub const DNS_RCODE_NXDOMAIN: u8 = 3;
+pub const DNS_RCODE_REFUSED: u8 = 5;
+
+/// Name of the hash map of `DnsKey` -> 1: a `Dns` rule's `--domain`
+/// suffixes, each as the hash [`dns_hash_step`] gives its wire form.
+pub const DNS_SUFFIXES_MAP: &str = "DNS_SUFFIXES";
+/// Most `--domain` suffixes over all rules.
+pub const MAX_DNS_SUFFIXES: u32 = 4_096;
+/// Longest query name the kernel reads (wire form, RFC 1035's limit).
+pub const DNS_MAX_NAME: usize = 255;
+
+/// A `DNS_SUFFIXES` key: a rule's slot and a suffix's hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsKey {
+    pub hash: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DnsKey>() == 16);
+
+/// One step of the suffix hash, read from the name's end to its start:
+/// `h(c + rest) = lower(c) + 1 + P * h(rest)` over the wire form (length
+/// bytes included, the final 0 too), so the hash of every suffix that
+/// starts at a label falls out of one backward pass. ASCII letters are
+/// folded to lower case (DNS names compare case-insensitively).
+#[inline(always)]
+pub fn dns_hash_step(h: u64, c: u8) -> u64 {
+    let c = if c.is_ascii_uppercase() { c + 32 } else { c };
+    h.wrapping_mul(0x100_0000_01b3)
+        .wrapping_add(u64::from(c) + 1)
+}
 
 /// `RuleValue::dist`: jitter uniform in [-jitter, +jitter].
 pub const DIST_UNIFORM: u8 = 0;
@@ -440,6 +486,8 @@ mod pod {
     unsafe impl aya::Pod for super::Lease {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MixEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsKey {}
 }
 
 #[cfg(test)]

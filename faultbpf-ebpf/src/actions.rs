@@ -8,7 +8,7 @@ use faultbpf_common::{FaultKind, RuleValue};
 
 use crate::{
     draw,
-    fault::{corrupt, delay, drop, duplicate, ecn, hang, mark, reset, throttle},
+    fault::{corrupt, delay, dns, drop, duplicate, ecn, hang, mark, reset, throttle},
     flow::Flow,
     hook::Hook,
 };
@@ -85,6 +85,11 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
                 Acted::Untouched
             }
         }
+        FaultKind::Dns => match dns::act(ctx, flow, rule) {
+            dns::Outcome::Answered => Acted::Yes(reset::send_back(ctx, hook)),
+            dns::Outcome::Drop => Acted::Yes(drop::tc_verdict(hook)),
+            dns::Outcome::Pass => Acted::Untouched,
+        },
         FaultKind::Mix => Acted::Untouched,
     }
 }

@@ -75,6 +75,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         | FaultKind::Delay
         | FaultKind::Duplicate
         | FaultKind::Throttle
+        | FaultKind::Dns
         | FaultKind::Mix => {
             return XDP_PASS;
         }

@@ -195,6 +195,14 @@ pub enum FaultCommand {
         after_help = faults::throttle::DEF.examples
     )]
     Throttle(ThrottleArgs),
+
+    #[command(
+        about = faults::dns::DEF.about,
+        long_about = faults::dns::DEF.long_about,
+        after_help = faults::dns::DEF.examples,
+        mut_group("port_flags", |g| g.required(false))
+    )]
+    Dns(DnsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +234,12 @@ impl FaultCommand {
             Self::Hang(a) => (a.spec("hang"), a),
             Self::Corrupt(a) => (a.spec("corrupt"), a),
             Self::Duplicate(a) => (a.spec("duplicate"), a),
+            Self::Dns(d) => {
+                let mut spec = d.common.spec("dns");
+                spec.rcode = d.rcode;
+                spec.domain = d.domains;
+                (spec, d.common)
+            }
             Self::Throttle(t) => {
                 let mut spec = t.common.spec("throttle");
                 spec.rate = Some(t.rate);
@@ -597,6 +611,29 @@ fn parse_ms(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Answer with this response code; without it, matched queries vanish
+    ///
+    /// nxdomain: the name does not exist; servfail: the resolver failed (clients
+    /// retry); refused: the resolver will not answer.
+    #[arg(long, value_name = "RCODE")]
+    pub rcode: Option<faults::Rcode>,
+
+    /// Only this name and names under it (case-insensitive); repeatable
+    ///
+    /// Example: --domain db.internal takes db.internal and a.db.internal.
+    #[arg(long = "domain", value_name = "SUFFIX", value_parser = parse_domain)]
+    pub domains: Vec<String>,
+
+    #[command(flatten)]
+    pub common: FaultArgs,
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    faults::dns::domain(s)
+}
+
+#[derive(Debug, Args)]
 pub struct ThrottleArgs {
     /// The rate, as tc writes it: 10mbit, 512kbit, 1gbit (or 100kbps, bytes)
     ///
@@ -898,6 +935,16 @@ mod tests {
                     "mark", "--dport", "80-81", "--ecn", "--name", "x", "--force",
                 ][..],
                 r#"{"name":"x","fault":"ecn","dport":["80-81"],"proto":"all","pct":100.0,"per":"packet","direction":"both","force":true}"#,
+            ),
+            (
+                &["dns", "--rcode", "nxdomain", "--domain", "Db.Internal."][..],
+                r#"{"fault":"dns","proto":"all","pct":100.0,"per":"packet","direction":"both","rcode":"nxdomain","domain":["db.internal"]}"#,
+            ),
+            (
+                &[
+                    "throttle", "--port", "5432", "--rate", "10mbit", "--burst", "64kb",
+                ][..],
+                r#"{"fault":"throttle","port":[5432],"proto":"all","pct":100.0,"per":"packet","direction":"both","rate":"10mbit","burst":"64kb"}"#,
             ),
             (
                 &[

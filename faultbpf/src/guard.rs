@@ -109,6 +109,20 @@ impl FaultBuilder {
         b
     }
 
+    /// DNS queries answered with `rcode` from the kernel, or dropped with
+    /// `None` (see `faults/dns.rs`); narrow it with [`FaultBuilder::domain`].
+    pub fn dns(rcode: Option<crate::faults::Rcode>) -> Self {
+        let mut b = Self::new("dns");
+        b.spec.rcode = rcode;
+        b
+    }
+
+    /// `dns`: only this name and the names under it; repeatable.
+    pub fn domain(mut self, name: &str) -> Self {
+        self.spec.domain.push(name.to_string());
+        self
+    }
+
     /// Sets `skb->mark` (see `faults/mark.rs`).
     pub fn mark(value: u32) -> Self {
         let mut b = Self::new("mark");
@@ -339,6 +353,7 @@ mod tests {
                 "delay" => FaultBuilder::delay(5.0),
                 "duplicate" => FaultBuilder::duplicate(),
                 "throttle" => FaultBuilder::throttle("10mbit"),
+                "dns" => FaultBuilder::dns(None).domain("example.com"),
                 other => panic!("no guard constructor for `{other}`: add one to FaultBuilder"),
             };
             let r = b.port(5).rule().unwrap();

@@ -113,6 +113,13 @@ pub struct RuleSpec {
     /// `throttle`: the token bucket's depth, as tc writes it (`64kb`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<String>,
+    /// `dns`: the response code answered; none: queries vanish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<faults::Rcode>,
+    /// `dns`: names whose queries (and those of names under them) the rule
+    /// takes; none: every query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain: Vec<String>,
     /// How long the rule lasts: `30s`, `10m` (the config calls it `ttl`).
     #[serde(
         default,
@@ -248,6 +255,8 @@ impl RuleSpec {
             reorder: false,
             rate: None,
             burst: None,
+            rcode: None,
+            domain: Vec::new(),
             lasts: None,
             force: false,
             owner_pid: None,
@@ -304,7 +313,20 @@ impl RuleSpec {
         })?;
         self.check_params(def)?;
         let fault = (def.build)(self)?;
-        let ports = self.port_ranges()?;
+        let ports = if def.kind == faultbpf_common::FaultKind::Dns
+            && self.port.is_empty()
+            && self.dport.is_empty()
+            && self.sport.is_empty()
+        {
+            // DNS queries go to port 53 unless the rule says otherwise.
+            vec![PortRange {
+                side: Side::Dst,
+                first: faults::dns::DEFAULT_PORT,
+                last: faults::dns::DEFAULT_PORT,
+            }]
+        } else {
+            self.port_ranges()?
+        };
         let pct = self.pct.unwrap_or(100.0);
         if !(0.0..=100.0).contains(&pct) {
             return Err(bad(

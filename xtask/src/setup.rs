@@ -40,6 +40,9 @@ const APT_PACKAGES: &[&str] = &[
     "socat",
     "curl",
     "iperf3",
+    // The `dns` fault's tests: a real resolver and `dig`.
+    "dnsmasq-base",
+    "bind9-dnsutils",
     // `cargo xtask bench`: program sizes (bpftool) and the font its PNG
     // plot's text is drawn with.
     "bpftool",

@@ -6,6 +6,7 @@
 
 pub mod corrupt;
 pub mod delay;
+pub mod dns;
 pub mod drop;
 pub mod duplicate;
 pub mod ecn;

@@ -19,6 +19,7 @@ pub mod blackhole;
 pub mod chaos;
 pub mod corrupt;
 pub mod delay;
+pub mod dns;
 pub mod duplicate;
 pub mod hang;
 pub mod mark;
@@ -29,6 +30,7 @@ use faultbpf_common::{FaultKind, MIX_LEN, MixEntry, threshold_from_pct};
 
 pub use chaos::Mix;
 pub use delay::{DelayParams, Dist};
+pub use dns::{DnsParams, Rcode};
 pub use throttle::ThrottleParams;
 
 use crate::spec::{RuleSpec, SpecError};
@@ -85,6 +87,7 @@ pub static REGISTRY: &[&FaultDef] = &[
     &delay::DEF,
     &duplicate::DEF,
     &throttle::DEF,
+    &dns::DEF,
 ];
 
 /// The fault named `name` on the wire.
@@ -132,6 +135,8 @@ pub enum Fault {
     Duplicate,
     /// See `throttle.rs`.
     Throttle(ThrottleParams),
+    /// See `dns.rs`.
+    Dns(DnsParams),
 }
 
 impl Fault {
@@ -148,6 +153,7 @@ impl Fault {
             Self::Delay(_) => &delay::DEF,
             Self::Duplicate => &duplicate::DEF,
             Self::Throttle(_) => &throttle::DEF,
+            Self::Dns(_) => &dns::DEF,
         }
     }
 
@@ -199,6 +205,14 @@ impl Fault {
         }
     }
 
+    /// The DNS answer this fault gives, if it is `dns`.
+    pub fn dns(&self) -> Option<&DnsParams> {
+        match self {
+            Self::Dns(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// Writes the fault's own fields into `spec` (the inverse of its
     /// `FaultDef::build`).
     pub fn write_params(&self, spec: &mut RuleSpec) {
@@ -213,6 +227,9 @@ impl Fault {
         }
         if let Some(t) = self.throttle() {
             t.write_params(spec);
+        }
+        if let Some(d) = self.dns() {
+            d.write_params(spec);
         }
     }
 
@@ -315,6 +332,8 @@ mod tests {
         spec.reorder = true;
         spec.rate = Some("1mbit".into());
         spec.burst = Some("64kb".into());
+        spec.rcode = Some(Rcode::Refused);
+        spec.domain = vec!["example.com".into()];
         let v = serde_json::to_value(&spec).unwrap();
         let mut fields: Vec<&str> = v
             .as_object()

@@ -120,6 +120,9 @@ struct RawStep {
     reorder: bool,
     rate: Option<String>,
     burst: Option<String>,
+    rcode: Option<crate::faults::Rcode>,
+    #[serde(default)]
+    domain: Vec<String>,
     #[serde(default)]
     force: bool,
 }
@@ -148,6 +151,8 @@ impl RawStep {
             reorder: self.reorder,
             rate: self.rate.clone(),
             burst: self.burst.clone(),
+            rcode: self.rcode,
+            domain: self.domain.clone(),
             lasts: Some(humantime::format_duration(lasts).to_string()),
             force: self.force,
             owner_pid: None,
