@@ -261,6 +261,10 @@ pub struct RuleValue {
 }
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 96);
 
+/// Name of the array of `Throttle` buckets: entry `2 * slot` (ingress) and
+/// `2 * slot + 1` (egress), each a `u64` theoretical arrival time.
+pub const THROTTLE_MAP: &str = "THROTTLE";
+
 /// DNS response codes a `Dns` rule answers with.
 pub const DNS_RCODE_SERVFAIL: u8 = 2;
 pub const DNS_RCODE_NXDOMAIN: u8 = 3;

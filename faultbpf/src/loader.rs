@@ -33,7 +33,7 @@ use aya::{
 use faultbpf_common::{
     COUNTERS_MAP, DELAY_DEV_MAP, DNS_SUFFIXES_MAP, DnsKey, EGRESS_PROGRAM, INGRESS_PROGRAM,
     LEASE_MAP, Lease, PEERS_MAP, PORTS_MAP, RETURN_PROGRAM, RULE_INDEX_MAP, RULES_MAP,
-    RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
+    RuleCounters, RuleKey, RuleValue, THROTTLE_MAP, XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -401,6 +401,15 @@ impl Injector {
         }
         // Zero the rule's counters first so a reused slot starts clean.
         self.reset_counters(rule.id)?;
+        if rule.fault.throttle().is_some() {
+            // A full bucket in each direction, whatever the slot held.
+            let mut buckets = self.array::<u64>(THROTTLE_MAP)?;
+            for i in [2 * rule.id, 2 * rule.id + 1] {
+                buckets
+                    .set(i, 0, 0)
+                    .map_err(|e| map_err(THROTTLE_MAP, "could not reset a bucket", e))?;
+            }
+        }
         {
             let mut peers = self.peers_map()?;
             for (len, data) in rule.peer_entries() {

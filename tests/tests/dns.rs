@@ -379,3 +379,27 @@ fn dns_at_the_client_egress_fails_getaddrinfo() {
         assert!(rule.acted_packets >= 1, "{rule:?}");
     }
 }
+
+#[test]
+fn dns_sigkill_heals_within_a_second() {
+    let topo = Topology::new("dns-kill");
+    let _resolver = dnsmasq(&topo.server);
+    let mut fb = dns_fault(&topo.server, &["--rcode", "nxdomain"]);
+    assert_eq!(dig(&topo, SERVER_V4, "x.good.test", &[]).0, "NXDOMAIN");
+    let exit = fb.stop(libc::SIGKILL);
+    assert!(!exit.status.success(), "{exit:?}");
+    let killed = std::time::Instant::now();
+    loop {
+        let (status, addr) = dig(&topo, SERVER_V4, "x.good.test", &["+time=1"]);
+        if status == "NOERROR" {
+            assert_eq!(addr.as_deref(), Some(GOOD_ADDR));
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still {status} {:?} after kill -9",
+            killed.elapsed()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -17,9 +17,8 @@
 //! rate takes to send it. The update is a compare-and-exchange, so CPUs
 //! racing on one rule never let more through than the rate; a packet that
 //! loses [`TRIES`] races in a row is dropped (the rate is held over
-//! fairness). A slot's `tat` left by an earlier rule lies at most that
-//! rule's burst in the future, so a new rule may start with a smaller
-//! burst for that long.
+//! fairness). User space zeroes a slot's buckets before it puts a
+//! throttle rule there, so each rule starts with a full bucket.
 
 use core::arch::asm;
 
@@ -28,7 +27,7 @@ use faultbpf_common::{MAX_SLOTS, RuleValue};
 
 use crate::hook::Hook;
 
-/// (slot, hook) -> `tat`, in `bpf_ktime_get_ns()` nanoseconds: entry
+/// `THROTTLE_MAP`: (slot, hook) -> `tat`, in `bpf_ktime_get_ns()` nanoseconds: entry
 /// `2 * slot` for ingress, `2 * slot + 1` for egress.
 #[map]
 pub static THROTTLE: Array<u64> = Array::with_max_entries(2 * MAX_SLOTS, 0);
