@@ -4,12 +4,17 @@
 //! 8.5-10.5 Mbit/s; the control, measured in the same test, is tc's own
 //! `tbf rate 10mbit` on the same veth pair, and the two are compared as a
 //! ratio. Without a bucket per direction (the data used it up and the
-//! ACKs were dropped) this measured 1.1 Mbit/s; with a 100 ms default burst
-//! TCP idled in retransmission timeouts at 6 Mbit/s.
+//! ACKs were dropped) this measured 1.1 Mbit/s; with a 100 ms default
+//! burst TCP idled in retransmission timeouts at 6 Mbit/s.
+//! UDP through a small bucket: what arrived plus what the rule dropped is
+//! what was sent.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use faultbpf_tests::{CLIENT_IF, Exit, Launch, Proc, SERVER_IF, SERVER_V4, Topology, run_bounded};
+use faultbpf_tests::{
+    CLIENT_IF, CLIENT_V4, Exit, Launch, Proc, SERVER_IF, SERVER_V4, Topology, count_datagrams,
+    run_bounded, udp_bind,
+};
 
 const P: u16 = 5201;
 /// Seconds iperf3 measures a limited link, after `OMIT` seconds of slow
@@ -137,4 +142,45 @@ fn throttle_tcp_measures_the_rate_like_tbf() {
         policed / tbf
     );
     assert!(rule.acted_packets > 0, "policing dropped packets: {rule:?}");
+}
+
+#[test]
+fn throttle_udp_counters_add_up_to_what_was_sent() {
+    const N: usize = 200;
+    let topo = Topology::new("thr-udp");
+    let rx = udp_bind(&topo.server, SocketAddr::new(SERVER_V4, P));
+    let tx = udp_bind(&topo.client, SocketAddr::new(CLIENT_V4, 0));
+    tx.connect(SocketAddr::new(SERVER_V4, P)).unwrap();
+    let mut fb = Launch::new(&topo.server, ["throttle"])
+        .args([
+            "--port",
+            &P.to_string(),
+            "--proto",
+            "udp",
+            "--rate",
+            "1mbit",
+            "--burst",
+            "16kb",
+            "--iface",
+            SERVER_IF,
+            "--json",
+        ])
+        .standalone()
+        .start();
+    // 200 KB at once through a 16 KB bucket filling at 125 KB/s.
+    for i in 0..N {
+        tx.send(&[i as u8; 1000]).unwrap();
+    }
+    let got = count_datagrams(&rx, N, Duration::from_millis(500)).len();
+    let rule = fb.finish().rule(0);
+    assert_eq!(rule.matched_packets, N as u64, "{rule:?}");
+    assert_eq!(
+        got as u64 + rule.acted_packets,
+        N as u64,
+        "received {got}, {rule:?}"
+    );
+    assert!(
+        (10..N / 2).contains(&got),
+        "about the bucket's 16 datagrams get through a burst, got {got}"
+    );
 }
