@@ -73,6 +73,15 @@ pub enum FaultKind {
     /// Hold the packet for `RuleValue::delay_us` (± `jitter_us`) on the
     /// delay device, then send it on (tc only).
     Delay = 8,
+    /// Send the packet on and a clone of it beside it (tc only); the clone
+    /// carries `DUPLICATE_MARK` so it is never cloned again.
+    Duplicate = 9,
+    /// Police the rule's traffic to `RuleValue::rate_bytes` per second
+    /// with a token bucket of `burst_ns` (tc only): over the rate, drop.
+    Throttle = 10,
+    /// Answer a matched DNS query from the kernel with
+    /// `RuleValue::dns_rcode`, or drop it when that is 0 (tc only).
+    Dns = 11,
 }
 
 impl FaultKind {
@@ -92,6 +101,9 @@ impl FaultKind {
             6 => Some(Self::Ecn),
             7 => Some(Self::Mix),
             8 => Some(Self::Delay),
+            9 => Some(Self::Duplicate),
+            10 => Some(Self::Throttle),
+            11 => Some(Self::Dns),
             _ => None,
         }
     }
@@ -234,8 +246,59 @@ pub struct RuleValue {
     /// `Delay`: the mean delay and the jitter around it, in microseconds.
     pub delay_us: u32,
     pub jitter_us: u32,
+    /// `Throttle`: the rate in bytes per second (never 0 for a throttle
+    /// rule), and the burst as the time the rate takes to send it, in ns
+    /// (the bucket's depth).
+    pub rate_bytes: u64,
+    pub burst_ns: u64,
+    /// `Dns`: the response code answered (`DNS_RCODE_*`); 0: the query
+    /// vanishes.
+    pub dns_rcode: u8,
+    /// `Dns`: 1 when the rule has `--domain` suffixes (in `DNS_SUFFIXES`),
+    /// 0 when every query name matches.
+    pub dns_domains: u8,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<RuleValue>() == 72);
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 96);
+
+/// Name of the array of `Throttle` buckets: entry `2 * slot` (ingress) and
+/// `2 * slot + 1` (egress), each a `u64` theoretical arrival time.
+pub const THROTTLE_MAP: &str = "THROTTLE";
+
+/// DNS response codes a `Dns` rule answers with.
+pub const DNS_RCODE_SERVFAIL: u8 = 2;
+pub const DNS_RCODE_NXDOMAIN: u8 = 3;
+pub const DNS_RCODE_REFUSED: u8 = 5;
+
+/// Name of the hash map of `DnsKey` -> 1: a `Dns` rule's `--domain`
+/// suffixes, each as the hash [`dns_hash_step`] gives its wire form.
+pub const DNS_SUFFIXES_MAP: &str = "DNS_SUFFIXES";
+/// Most `--domain` suffixes over all rules.
+pub const MAX_DNS_SUFFIXES: u32 = 4_096;
+/// Longest query name the kernel reads (wire form, RFC 1035's limit).
+pub const DNS_MAX_NAME: usize = 255;
+
+/// A `DNS_SUFFIXES` key: a rule's slot and a suffix's hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsKey {
+    pub hash: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DnsKey>() == 16);
+
+/// One step of the suffix hash, read from the name's end to its start:
+/// `h(c + rest) = lower(c) + 1 + P * h(rest)` over the wire form (length
+/// bytes included, the final 0 too), so the hash of every suffix that
+/// starts at a label falls out of one backward pass. ASCII letters are
+/// folded to lower case (DNS names compare case-insensitively).
+#[inline(always)]
+pub fn dns_hash_step(h: u64, c: u8) -> u64 {
+    let c = if c.is_ascii_uppercase() { c + 32 } else { c };
+    h.wrapping_mul(0x100_0000_01b3)
+        .wrapping_add(u64::from(c) + 1)
+}
 
 /// `RuleValue::dist`: jitter uniform in [-jitter, +jitter].
 pub const DIST_UNIFORM: u8 = 0;
@@ -263,6 +326,12 @@ pub const DELAY_MARK_MAGIC: u32 = 0xfb00_0000;
 pub const DELAY_MARK_MASK: u32 = 0xff00_0000;
 pub const DELAY_MARK_INGRESS: u32 = 0x0080_0000;
 pub const DELAY_MARK_IFINDEX: u32 = 0x007f_ffff;
+
+/// `skb->mark` of a `Duplicate` clone while it crosses our hook again
+/// (the clone is sent back into the hook it was taken at): the hook lets it
+/// pass, with its mark cleared, so a duplicate is never duplicated again.
+/// Its top byte differs from `DELAY_MARK_MAGIC`'s.
+pub const DUPLICATE_MARK: u32 = 0xfc00_0d0b;
 
 /// `RuleValue::flags`: decide once per flow (5-tuple hash) instead of per
 /// packet.
@@ -423,6 +492,7 @@ mod pod {
     unsafe impl aya::Pod for super::MixEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SteerConf {}
+    unsafe impl aya::Pod for super::DnsKey {}
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use faultbpf_common::{FaultKind, RuleValue};
 
 use crate::{
     draw,
-    fault::{corrupt, delay, drop, ecn, hang, mark, reset},
+    fault::{corrupt, delay, dns, drop, duplicate, ecn, hang, mark, reset, throttle},
     flow::Flow,
     hook::Hook,
 };
@@ -76,6 +76,19 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
         FaultKind::Delay => match delay::hold(ctx, flow, rule, hook) {
             Some(verdict) => Acted::Yes(verdict),
             None => Acted::Untouched,
+        },
+        FaultKind::Duplicate => done(duplicate::clone(ctx, hook)),
+        FaultKind::Throttle => {
+            if throttle::over_rate(ctx, rule, hook) {
+                Acted::Yes(drop::tc_verdict(hook))
+            } else {
+                Acted::Untouched
+            }
+        }
+        FaultKind::Dns => match dns::act(ctx, flow, rule) {
+            dns::Outcome::Answered => Acted::Yes(reset::send_back(ctx, hook)),
+            dns::Outcome::Drop => Acted::Yes(drop::tc_verdict(hook)),
+            dns::Outcome::Pass => Acted::Untouched,
         },
         FaultKind::Mix => Acted::Untouched,
     }

@@ -12,6 +12,9 @@
 //! common types only; `main` on everything.
 #![no_std]
 #![no_main]
+// `asm!` for the throttle's compare-and-exchange (`fault/throttle.rs`);
+// the crate is built with RUSTC_BOOTSTRAP=1 already (`faultbpf/build.rs`).
+#![feature(asm_experimental_arch)]
 
 mod actions;
 mod answer;
@@ -34,7 +37,11 @@ use aya_ebpf::{
     programs::{SkLookupContext, TcContext, XdpContext},
 };
 
-use crate::{actions::NO_VERDICT, fault::delay, hook::Hook};
+use crate::{
+    actions::NO_VERDICT,
+    fault::{delay, duplicate},
+    hook::Hook,
+};
 
 /// Ingress hook: packets arriving on the interface.
 #[classifier]
@@ -71,6 +78,10 @@ pub fn faultbpf_steer(ctx: SkLookupContext) -> u32 {
 fn run(ctx: &TcContext, hook: Hook) -> i32 {
     // Back from the delay device: already faulted once, pass it on.
     if delay::returning(ctx) {
+        return NO_VERDICT;
+    }
+    // A `duplicate` clone: pass it, never clone it again.
+    if duplicate::is_clone(ctx) {
         return NO_VERDICT;
     }
     // A packet we cannot parse is never ours: pass it untouched.

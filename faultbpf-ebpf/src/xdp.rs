@@ -8,7 +8,7 @@
 //! - `drop`, and `hang` on TCP segments with payload: `XDP_DROP`;
 //! - `reset`: the answer is built in place and sent back out of the
 //!   interface with `XDP_TX` (`fault/reset/xdp.rs`);
-//! - `corrupt`, `mark` and `ecn` are not done here and pass untouched:
+//! - `corrupt`, `mark`, `ecn`, `delay` and `duplicate` are not done here and pass untouched:
 //!   XDP has no skb to mark, and a payload or ECN rewrite would have to
 //!   fix checksums that, on veth, may still be partial (offloaded). The
 //!   CLI refuses `--xdp` with those faults (`FaultKind::on_xdp`).
@@ -73,6 +73,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
         | FaultKind::Mark
         | FaultKind::Ecn
         | FaultKind::Delay
+        | FaultKind::Duplicate
+        | FaultKind::Throttle
+        | FaultKind::Dns
         | FaultKind::Mix => {
             return XDP_PASS;
         }

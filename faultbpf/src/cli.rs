@@ -222,6 +222,28 @@ pub enum FaultCommand {
         after_help = faults::delay::DEF.examples
     )]
     Delay(DelayArgs),
+
+    #[command(
+        about = faults::duplicate::DEF.about,
+        long_about = faults::duplicate::DEF.long_about,
+        after_help = faults::duplicate::DEF.examples
+    )]
+    Duplicate(FaultArgs),
+
+    #[command(
+        about = faults::throttle::DEF.about,
+        long_about = faults::throttle::DEF.long_about,
+        after_help = faults::throttle::DEF.examples
+    )]
+    Throttle(ThrottleArgs),
+
+    #[command(
+        about = faults::dns::DEF.about,
+        long_about = faults::dns::DEF.long_about,
+        after_help = faults::dns::DEF.examples,
+        mut_group("port_flags", |g| g.required(false))
+    )]
+    Dns(DnsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +274,19 @@ impl FaultCommand {
             Self::Reset(a) => (a.spec("reset"), a),
             Self::Hang(a) => (a.spec("hang"), a),
             Self::Corrupt(a) => (a.spec("corrupt"), a),
+            Self::Duplicate(a) => (a.spec("duplicate"), a),
+            Self::Dns(d) => {
+                let mut spec = d.common.spec("dns");
+                spec.rcode = d.rcode;
+                spec.domain = d.domains;
+                (spec, d.common)
+            }
+            Self::Throttle(t) => {
+                let mut spec = t.common.spec("throttle");
+                spec.rate = Some(t.rate);
+                spec.burst = t.burst;
+                (spec, t.common)
+            }
             Self::Mark(m) => {
                 let mut spec = m.common.spec(if m.ecn { "ecn" } else { "mark" });
                 spec.mark = m.value;
@@ -700,8 +735,60 @@ fn parse_ms(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Answer with this response code; without it, matched queries vanish
+    ///
+    /// nxdomain: the name does not exist; servfail: the resolver failed (clients
+    /// retry); refused: the resolver will not answer.
+    #[arg(long, value_name = "RCODE")]
+    pub rcode: Option<faults::Rcode>,
+
+    /// Only this name and names under it (case-insensitive); repeatable
+    ///
+    /// Example: --domain db.internal takes db.internal and a.db.internal.
+    #[arg(long = "domain", value_name = "SUFFIX", value_parser = parse_domain)]
+    pub domains: Vec<String>,
+
+    #[command(flatten)]
+    pub common: FaultArgs,
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    faults::dns::domain(s)
+}
+
+#[derive(Debug, Args)]
+pub struct ThrottleArgs {
+    /// The rate, as tc writes it: 10mbit, 512kbit, 1gbit (or 100kbps, bytes)
+    ///
+    /// Traffic over it is dropped (policing), so TCP slows to about the rate.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate: String,
+
+    /// The token bucket's depth, as tc writes it: 64kb, 1mb (default: 200 ms at the rate, at least 64kb)
+    ///
+    /// The most that passes at once after a quiet spell; below the largest packet
+    /// (64 KiB for GSO on veth) nothing passes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub burst: Option<String>,
+
+    #[command(flatten)]
+    pub common: FaultArgs,
+}
+
+fn parse_rate(s: &str) -> Result<String, String> {
+    faults::throttle::parse_rate(s)?;
+    Ok(s.to_string())
+}
+
+fn parse_size(s: &str) -> Result<String, String> {
+    faults::throttle::parse_size(s)?;
+    Ok(s.to_string())
+}
+
+#[derive(Debug, Args)]
 pub struct ChaosArgs {
-    /// The mix: ACTION:PCT,... with actions drop, reset, hang, corrupt (sum <= 100)
+    /// The mix: ACTION:PCT,... with actions drop, reset, hang, corrupt, delay, duplicate (sum <= 100)
     ///
     /// Example: --mix drop:20,reset:10,corrupt:5 (65 % of packets pass untouched)
     #[arg(long, value_name = "MIX", value_parser = parse_mix)]
@@ -982,6 +1069,16 @@ mod tests {
                     "mark", "--dport", "80-81", "--ecn", "--name", "x", "--force",
                 ][..],
                 r#"{"name":"x","fault":"ecn","dport":["80-81"],"proto":"all","pct":100.0,"per":"packet","direction":"both","force":true}"#,
+            ),
+            (
+                &["dns", "--rcode", "nxdomain", "--domain", "Db.Internal."][..],
+                r#"{"fault":"dns","proto":"all","pct":100.0,"per":"packet","direction":"both","rcode":"nxdomain","domain":["db.internal"]}"#,
+            ),
+            (
+                &[
+                    "throttle", "--port", "5432", "--rate", "10mbit", "--burst", "64kb",
+                ][..],
+                r#"{"fault":"throttle","port":[5432],"proto":"all","pct":100.0,"per":"packet","direction":"both","rate":"10mbit","burst":"64kb"}"#,
             ),
             (
                 &[

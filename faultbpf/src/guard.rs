@@ -97,6 +97,33 @@ impl FaultBuilder {
         Self::new("corrupt")
     }
 
+    /// Packets arrive twice (see `faults/duplicate.rs`).
+    pub fn duplicate() -> Self {
+        Self::new("duplicate")
+    }
+
+    /// Traffic limited to `rate`, as tc writes it: `"10mbit"` (see
+    /// `faults/throttle.rs`).
+    pub fn throttle(rate: &str) -> Self {
+        let mut b = Self::new("throttle");
+        b.spec.rate = Some(rate.to_string());
+        b
+    }
+
+    /// DNS queries answered with `rcode` from the kernel, or dropped with
+    /// `None` (see `faults/dns.rs`); narrow it with [`FaultBuilder::domain`].
+    pub fn dns(rcode: Option<crate::faults::Rcode>) -> Self {
+        let mut b = Self::new("dns");
+        b.spec.rcode = rcode;
+        b
+    }
+
+    /// `dns`: only this name and the names under it; repeatable.
+    pub fn domain(mut self, name: &str) -> Self {
+        self.spec.domain.push(name.to_string());
+        self
+    }
+
     /// Sets `skb->mark` (see `faults/mark.rs`).
     pub fn mark(value: u32) -> Self {
         let mut b = Self::new("mark");
@@ -325,6 +352,9 @@ mod tests {
                 "ecn" => FaultBuilder::ecn(),
                 "chaos" => FaultBuilder::chaos("drop:5"),
                 "delay" => FaultBuilder::delay(5.0),
+                "duplicate" => FaultBuilder::duplicate(),
+                "throttle" => FaultBuilder::throttle("10mbit"),
+                "dns" => FaultBuilder::dns(None).domain("example.com"),
                 other => panic!("no guard constructor for `{other}`: add one to FaultBuilder"),
             };
             let r = b.port(5).rule().unwrap();

@@ -37,9 +37,9 @@ use aya::{
     util::KernelVersion,
 };
 use faultbpf_common::{
-    COUNTERS_MAP, DELAY_DEV_MAP, EGRESS_PROGRAM, INGRESS_PROGRAM, LEASE_MAP, Lease, PEERS_MAP,
-    PORT_WORDS, PORTS_MAP, RETURN_PROGRAM, RULE_INDEX_MAP, RULE_INDEX_WORDS, RULES_MAP,
-    RuleCounters, RuleKey, RuleValue, XDP_PROGRAM,
+    COUNTERS_MAP, DELAY_DEV_MAP, DNS_SUFFIXES_MAP, DnsKey, EGRESS_PROGRAM, INGRESS_PROGRAM,
+    LEASE_MAP, Lease, PEERS_MAP, PORT_WORDS, PORTS_MAP, RETURN_PROGRAM, RULE_INDEX_MAP,
+    RULE_INDEX_WORDS, RULES_MAP, RuleCounters, RuleKey, RuleValue, THROTTLE_MAP, XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -460,12 +460,27 @@ impl Injector {
         }
         // Zero the rule's counters first so a reused slot starts clean.
         self.reset_counters(rule.id)?;
+        if rule.fault.throttle().is_some() {
+            // A full bucket in each direction, whatever the slot held.
+            let mut buckets = self.array::<u64>(THROTTLE_MAP)?;
+            for i in [2 * rule.id, 2 * rule.id + 1] {
+                buckets
+                    .set(i, 0, 0)
+                    .map_err(|e| map_err(THROTTLE_MAP, "could not reset a bucket", e))?;
+            }
+        }
         {
             let mut peers = self.peers_map()?;
             for (len, data) in rule.peer_entries() {
                 peers
                     .insert(&Key::new(len, data), 1, 0)
                     .map_err(|e| map_err(PEERS_MAP, "could not insert a peer prefix", e))?;
+            }
+            let mut suffixes = self.dns_map()?;
+            for key in rule.dns_keys() {
+                suffixes.insert(key, 1, 0).map_err(|e| {
+                    map_err(DNS_SUFFIXES_MAP, "could not insert a --domain suffix", e)
+                })?;
             }
         }
         // The rule, then its index entries, then the port filter: a packet
@@ -621,6 +636,10 @@ impl Injector {
         for (len, data) in rule.peer_entries() {
             let _ = peers.remove(&Key::new(len, data));
         }
+        let mut suffixes = self.dns_map()?;
+        for key in rule.dns_keys() {
+            let _ = suffixes.remove(&key);
+        }
         Ok(())
     }
 
@@ -636,6 +655,15 @@ impl Injector {
             .map_mut(PEERS_MAP)
             .ok_or_else(|| missing(PEERS_MAP))?;
         LpmTrie::try_from(map).map_err(|e| map_err(PEERS_MAP, "unexpected map type", e))
+    }
+
+    fn dns_map(&mut self) -> Result<aya::maps::HashMap<&mut MapData, DnsKey, u8>, Error> {
+        let map = self
+            .ebpf
+            .map_mut(DNS_SUFFIXES_MAP)
+            .ok_or_else(|| missing(DNS_SUFFIXES_MAP))?;
+        aya::maps::HashMap::try_from(map)
+            .map_err(|e| map_err(DNS_SUFFIXES_MAP, "unexpected map type", e))
     }
 
     /// The rule's counters summed over CPUs.

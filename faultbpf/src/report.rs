@@ -29,6 +29,15 @@ pub struct RuleReport {
     /// "reset": 10}; absent for other faults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actions: Option<BTreeMap<&'static str, u64>>,
+    /// `throttle`: how the rate is held, `policing` (over the rate is
+    /// dropped; shaping would need sch_fq), and the rate and burst as tc
+    /// writes them; absent for other faults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<String>,
 }
 
 /// A chaos rule's acted packets per mix action, in the mix's order (an
@@ -59,6 +68,10 @@ pub fn action_map(rule: &Rule, c: &RuleCounters) -> Option<BTreeMap<&'static str
 
 impl RuleReport {
     pub fn new(rule: &Rule, c: &RuleCounters) -> Self {
+        let mut limits = crate::spec::RuleSpec::new(rule.fault.name());
+        if let Some(t) = rule.fault.throttle() {
+            t.write_params(&mut limits);
+        }
         Self {
             id: rule.id,
             fault: rule.fault.name(),
@@ -71,6 +84,9 @@ impl RuleReport {
             acted_packets: c.acted_packets,
             acted_bytes: c.acted_bytes,
             actions: action_map(rule, c),
+            mode: rule.fault.throttle().map(|_| "policing"),
+            rate: limits.rate,
+            burst: limits.burst,
         }
     }
 }

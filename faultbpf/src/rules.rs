@@ -304,7 +304,29 @@ impl Rule {
             mix: self.fault.mix(),
             delay_us: self.fault.delay().map_or(0, |d| micros(d.mean)),
             jitter_us: self.fault.delay().map_or(0, |d| micros(d.jitter)),
+            rate_bytes: self.fault.throttle().map_or(0, |t| t.rate_bytes),
+            burst_ns: self.fault.throttle().map_or(0, |t| t.burst_ns()),
+            dns_rcode: self
+                .fault
+                .dns()
+                .map_or(0, |d| d.rcode.map_or(0, |r| r.code())),
+            dns_domains: u8::from(self.fault.dns().is_some_and(|d| !d.domains.is_empty())),
+            _pad: [0; 6],
         }
+    }
+
+    /// The `DNS_SUFFIXES` keys of a `dns` rule's domains.
+    pub fn dns_keys(&self) -> Vec<faultbpf_common::DnsKey> {
+        self.fault.dns().map_or_else(Vec::new, |d| {
+            d.domains
+                .iter()
+                .map(|name| faultbpf_common::DnsKey {
+                    hash: crate::faults::dns::suffix_hash(name),
+                    slot: self.id,
+                    _pad: 0,
+                })
+                .collect()
+        })
     }
 
     /// The peers-trie entries: (prefix length, key data).
@@ -334,6 +356,12 @@ impl Rule {
         }
         if let Fault::Mark { value } = &self.fault {
             s += &format!(" {value:#x}");
+        }
+        if let Some(t) = self.fault.throttle() {
+            s += &format!(" {}", t.describe());
+        }
+        if let Some(d) = self.fault.dns() {
+            s += &format!(" {}", d.describe());
         }
         s += &format!(" {} {}", self.proto.label(), self.ports_text().join(", "));
         if !self.peers.is_empty() {

@@ -107,6 +107,19 @@ pub struct RuleSpec {
     /// `delay`: let jitter reorder a flow's packets.
     #[serde(default, skip_serializing_if = "is_false")]
     pub reorder: bool,
+    /// `throttle`: the rate, as tc writes it (`10mbit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// `throttle`: the token bucket's depth, as tc writes it (`64kb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<String>,
+    /// `dns`: the response code answered; none: queries vanish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<faults::Rcode>,
+    /// `dns`: names whose queries (and those of names under them) the rule
+    /// takes; none: every query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domain: Vec<String>,
     /// How long the rule lasts: `30s`, `10m` (the config calls it `ttl`).
     #[serde(
         default,
@@ -240,6 +253,10 @@ impl RuleSpec {
             jitter: None,
             dist: None,
             reorder: false,
+            rate: None,
+            burst: None,
+            rcode: None,
+            domain: Vec::new(),
             lasts: None,
             force: false,
             owner_pid: None,
@@ -296,7 +313,20 @@ impl RuleSpec {
         })?;
         self.check_params(def)?;
         let fault = (def.build)(self)?;
-        let ports = self.port_ranges()?;
+        let ports = if def.kind == faultbpf_common::FaultKind::Dns
+            && self.port.is_empty()
+            && self.dport.is_empty()
+            && self.sport.is_empty()
+        {
+            // DNS queries go to port 53 unless the rule says otherwise.
+            vec![PortRange {
+                side: Side::Dst,
+                first: faults::dns::DEFAULT_PORT,
+                last: faults::dns::DEFAULT_PORT,
+            }]
+        } else {
+            self.port_ranges()?
+        };
         let pct = self.pct.unwrap_or(100.0);
         if !(0.0..=100.0).contains(&pct) {
             return Err(bad(

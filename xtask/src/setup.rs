@@ -69,6 +69,9 @@ const TEST_PACKAGES: &[&str] = &[
     // Servers and clients that carry the test traffic.
     "socat",
     "iperf3",
+    // The `dns` fault's tests: a real resolver and `dig`.
+    "dnsmasq-base",
+    "bind9-dnsutils",
     // `cargo xtask bench`: program sizes (bpftool) and the font its PNG
     // plot's text is drawn with.
     "bpftool",

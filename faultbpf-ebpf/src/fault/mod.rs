@@ -6,8 +6,11 @@
 
 pub mod corrupt;
 pub mod delay;
+pub mod dns;
 pub mod drop;
+pub mod duplicate;
 pub mod ecn;
 pub mod hang;
 pub mod mark;
 pub mod reset;
+pub mod throttle;

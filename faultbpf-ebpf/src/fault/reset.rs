@@ -210,7 +210,7 @@ fn make_room(ctx: &TcContext, keep: usize, room: usize) -> Result<(), ()> {
 }
 
 #[inline(always)]
-fn swap_addrs(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
+pub fn swap_addrs(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
     if f.v6 {
         const A: usize = IPV6_ADDRS_LEN / 2;
         let a: [u8; IPV6_ADDRS_LEN] = Packet::load(ctx, f.l3 + IPV6_SADDR).ok_or(())?;
@@ -236,7 +236,7 @@ fn swap_addrs(ctx: &TcContext, f: &Flow) -> Result<(), ()> {
 /// remote MAC becomes the destination; at egress our own MAC does, so the
 /// local stack takes the answer as addressed to it.
 #[inline(always)]
-fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
+pub fn swap_macs(ctx: &TcContext) -> Result<(), ()> {
     let m: [u8; ETH_MACS_LEN] = Packet::load(ctx, 0).ok_or(())?;
     let mut s = [0u8; ETH_MACS_LEN];
     for i in 0..MAC_LEN {

@@ -8,7 +8,7 @@
 //! draw is per connection: each connection gets one fate.
 //!
 //! Knobs: `--mix ACTION:PCT,...` with actions drop, reset, hang, corrupt,
-//! delay (which takes its delay from `--ms`/`--jitter`);
+//! duplicate, delay (which takes its delay from `--ms`/`--jitter`);
 //! shares add up to 100 at most; at most 4 entries.
 
 use std::str::FromStr;
@@ -38,7 +38,7 @@ pub static DEF: FaultDef = FaultDef {
     params: &[
         Param {
             field: "mix",
-            unit: "ACTION:PCT,... (drop, reset, hang, corrupt, delay)",
+            unit: "ACTION:PCT,... (drop, reset, hang, corrupt, delay, duplicate)",
         },
         // A mix's `delay` entries take the delay fault's fields.
         Param {

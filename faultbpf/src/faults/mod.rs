@@ -19,14 +19,19 @@ pub mod blackhole;
 pub mod chaos;
 pub mod corrupt;
 pub mod delay;
+pub mod dns;
+pub mod duplicate;
 pub mod hang;
 pub mod mark;
 pub mod reset;
+pub mod throttle;
 
 use faultbpf_common::{FaultKind, MIX_LEN, MixEntry, threshold_from_pct};
 
 pub use chaos::Mix;
 pub use delay::{DelayParams, Dist};
+pub use dns::{DnsParams, Rcode};
+pub use throttle::ThrottleParams;
 
 use crate::spec::{RuleSpec, SpecError};
 
@@ -80,6 +85,9 @@ pub static REGISTRY: &[&FaultDef] = &[
     &mark::ECN_DEF,
     &chaos::DEF,
     &delay::DEF,
+    &duplicate::DEF,
+    &throttle::DEF,
+    &dns::DEF,
 ];
 
 /// The fault named `name` on the wire.
@@ -123,6 +131,12 @@ pub enum Fault {
     Chaos(Mix),
     /// See `delay.rs`.
     Delay(DelayParams),
+    /// See `duplicate.rs`.
+    Duplicate,
+    /// See `throttle.rs`.
+    Throttle(ThrottleParams),
+    /// See `dns.rs`.
+    Dns(DnsParams),
 }
 
 impl Fault {
@@ -137,6 +151,9 @@ impl Fault {
             Self::Ecn => &mark::ECN_DEF,
             Self::Chaos(_) => &chaos::DEF,
             Self::Delay(_) => &delay::DEF,
+            Self::Duplicate => &duplicate::DEF,
+            Self::Throttle(_) => &throttle::DEF,
+            Self::Dns(_) => &dns::DEF,
         }
     }
 
@@ -180,6 +197,22 @@ impl Fault {
         }
     }
 
+    /// The rate limit this fault applies, if any.
+    pub fn throttle(&self) -> Option<ThrottleParams> {
+        match self {
+            Self::Throttle(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// The DNS answer this fault gives, if it is `dns`.
+    pub fn dns(&self) -> Option<&DnsParams> {
+        match self {
+            Self::Dns(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// Writes the fault's own fields into `spec` (the inverse of its
     /// `FaultDef::build`).
     pub fn write_params(&self, spec: &mut RuleSpec) {
@@ -190,6 +223,12 @@ impl Fault {
             spec.mix = Some(m.to_string());
         }
         if let Some(d) = self.delay() {
+            d.write_params(spec);
+        }
+        if let Some(t) = self.throttle() {
+            t.write_params(spec);
+        }
+        if let Some(d) = self.dns() {
             d.write_params(spec);
         }
     }
@@ -228,6 +267,7 @@ mod tests {
             spec.mark = (def.name == "mark").then_some(1);
             spec.mix = (def.name == "chaos").then(|| "drop:5".to_string());
             spec.delay_ms = (def.name == "delay").then_some(5.0);
+            spec.rate = (def.name == "throttle").then(|| "1mbit".to_string());
             let f = (def.build)(&spec).unwrap_or_else(|e| panic!("{}: {e}", def.name));
             assert!(
                 std::ptr::eq(f.def(), *def),
@@ -290,6 +330,10 @@ mod tests {
         spec.jitter = Some("1ms".into());
         spec.dist = Some(Dist::Normal);
         spec.reorder = true;
+        spec.rate = Some("1mbit".into());
+        spec.burst = Some("64kb".into());
+        spec.rcode = Some(Rcode::Refused);
+        spec.domain = vec!["example.com".into()];
         let v = serde_json::to_value(&spec).unwrap();
         let mut fields: Vec<&str> = v
             .as_object()

@@ -118,6 +118,11 @@ struct RawStep {
     dist: Option<crate::faults::Dist>,
     #[serde(default)]
     reorder: bool,
+    rate: Option<String>,
+    burst: Option<String>,
+    rcode: Option<crate::faults::Rcode>,
+    #[serde(default)]
+    domain: Vec<String>,
     #[serde(default)]
     force: bool,
 }
@@ -144,6 +149,10 @@ impl RawStep {
             jitter: self.jitter.clone(),
             dist: self.dist,
             reorder: self.reorder,
+            rate: self.rate.clone(),
+            burst: self.burst.clone(),
+            rcode: self.rcode,
+            domain: self.domain.clone(),
             lasts: Some(humantime::format_duration(lasts).to_string()),
             force: self.force,
             owner_pid: None,
