@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use faultbpf_tests::{Launch, NO_DAEMON, Netns, run_bounded, user::TestUser, wait_within};
+use faultbpf_tests::{Launch, NO_DAEMON, Netns, pids_in, run_bounded, user::TestUser, wait_within};
 
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
@@ -48,6 +48,17 @@ fn a_process_left_in_a_namespace_fails_the_test_and_is_killed() {
     let ns = Netns::new("leak");
     let mut orphan = ns.command("sleep").arg("60").spawn().expect("start sleep");
     let pid = orphan.id();
+    // `ip netns exec` enters the namespace after spawn returns: drop only
+    // once the sleep is in it, or there is nothing to find yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !pids_in(ns.name()).unwrap().contains(&(pid as i32)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sleep (pid {pid}) never entered {}",
+            ns.name()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let caught = catch_unwind(AssertUnwindSafe(|| drop(ns)));
     let text = panic_text(caught.expect_err("a leaked process must fail the test"));
     assert!(
