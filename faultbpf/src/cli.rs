@@ -461,8 +461,17 @@ pub struct FaultArgs {
     ///
     /// The twin of `docker network disconnect`: --container api --port 5672 cuts the
     /// api container off RabbitMQ, Ctrl-C heals. Implies --standalone.
-    #[arg(long, value_name = "NAME", group = "target")]
+    ///
+    /// NAME or ID, asked of docker then podman (see --engine); the engines'
+    /// own DOCKER_HOST and CONTAINER_HOST say which daemon to ask.
+    #[arg(long, value_name = "NAME|ID", group = "target")]
     pub container: Option<String>,
+
+    /// The container engine that knows --container: docker or podman
+    ///
+    /// Default: docker, then podman, whichever knows the container.
+    #[arg(long, value_name = "ENGINE", requires = "container")]
+    pub engine: Option<faultbpf::target::Engine>,
 
     /// The command `faultbpf run` runs (after `--`)
     #[arg(last = true, value_name = "CMD", hide = true)]
@@ -560,6 +569,20 @@ pub struct DaemonArgs {
     /// File holding the bearer token TCP clients must send (16+ characters)
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Serve --listen over TLS with this certificate chain (PEM)
+    ///
+    /// Needs --tls-key; the bearer token is still required.
+    #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require TCP clients to present a certificate signed by this CA (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Interface to attach to; repeatable (default: config's, else all that are up, and new ones)
     #[arg(long = "iface", value_name = "IFACE")]

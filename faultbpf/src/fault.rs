@@ -164,11 +164,20 @@ fn place(args: &FaultArgs, rule: &Rule, client: &Client) -> Result<Placement, Fa
     let target = match (&args.netns, args.pid, &args.container) {
         (Some(n), _, _) => Some(Target::Netns(n.clone())),
         (_, Some(p), _) => Some(Target::Pid(p)),
-        (_, _, Some(c)) => Some(Target::Container(c.clone())),
+        (_, _, Some(c)) => Some(Target::Container {
+            name: c.clone(),
+            engine: args.engine,
+        }),
         _ => None,
     };
     if let Some(t) = target {
-        t.enter().map_err(|e| Failure::Runtime(e.into()))?;
+        t.enter().map_err(|e| {
+            if e.is_usage() {
+                Failure::Usage(e.to_string())
+            } else {
+                Failure::Runtime(e.into())
+            }
+        })?;
     } else if !args.standalone && !args.xdp {
         match client.probe() {
             Probe::Up => {

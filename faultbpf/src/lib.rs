@@ -28,6 +28,7 @@ pub mod session;
 mod span;
 pub mod spec;
 pub mod target;
+pub mod tls;
 
 pub use api::client;
 pub use error::Error;

@@ -29,7 +29,12 @@ fn main() -> ExitCode {
         Command::Scenario(ScenarioCommand::Run { file, json }) => {
             match scenario::run(&file, json, &client) {
                 Ok(code) => return ExitCode::from(code),
-                Err(e) => Err(Failure::Runtime(e)),
+                // A container no engine knows is a bad name (exit 2), as
+                // for `--container`.
+                Err(e) => match e.downcast_ref::<faultbpf::target::TargetError>() {
+                    Some(t) if t.is_usage() => Err(Failure::Usage(t.to_string())),
+                    _ => Err(Failure::Runtime(e)),
+                },
             }
         }
         Command::Scenario(ScenarioCommand::Check { file }) => {
@@ -41,6 +46,9 @@ fn main() -> ExitCode {
             metrics: d.metrics,
             listen: d.listen,
             token_file: d.token_file,
+            tls_cert: d.tls_cert,
+            tls_key: d.tls_key,
+            tls_client_ca: d.tls_client_ca,
             ifaces: d.ifaces,
             attach: d.attach,
             lease: d.lease,

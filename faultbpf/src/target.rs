@@ -2,6 +2,12 @@
 //! named by `--netns`, `--pid` or `--container`. Entering it is a
 //! `setns(CLONE_NEWNET)` of the calling thread, done before anything else
 //! runs, so the programs, the interface list and the reaper all live there.
+//!
+//! A container is found through its engine's CLI (`docker inspect`,
+//! `podman inspect`), which honours the engine's own environment
+//! (`DOCKER_HOST`, `CONTAINER_HOST`), so a user reaches the same engine as
+//! their `docker ps`. An engine that answers "no such container" is a bad
+//! name (exit 2); one that cannot be reached is a machine problem (exit 1).
 
 use std::{fs::File, io, os::fd::AsRawFd, path::PathBuf, process::Command};
 
@@ -11,8 +17,12 @@ pub enum Target {
     /// `ip netns` name or a path to a namespace file.
     Netns(String),
     Pid(u32),
-    /// Docker or Podman container name or id.
-    Container(String),
+    /// Docker or Podman container name or id, and the engine to ask
+    /// (`None`: docker, then podman).
+    Container {
+        name: String,
+        engine: Option<Engine>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,18 +40,37 @@ pub enum TargetError {
         "--container needs docker or podman to find the container's process, and neither is installed"
     )]
     NoContainerTool,
-    #[error("{tool} could not find a running container `{name}`: {detail}")]
-    NoContainer {
-        tool: &'static str,
-        name: String,
-        detail: String,
+    /// `--engine` names a CLI that is not installed.
+    #[error("--engine {engine}: `{engine}` is not installed (Debian: apt-get install {package})")]
+    NoEngine {
+        engine: &'static str,
+        package: &'static str,
     },
+    /// An engine answered, and knows no container by that name or id.
+    #[error("no container `{name}` ({detail}); `docker ps` or `podman ps` lists the running ones")]
+    NoContainer { name: String, detail: String },
+    /// The container exists but has no process (stopped or created).
+    #[error("container `{name}` is not running ({engine} knows it); start it first")]
+    NotRunning { engine: &'static str, name: String },
+    /// No engine could be asked (the daemon is down, the socket is wrong).
+    #[error(
+        "could not ask about container `{name}` ({detail}); check DOCKER_HOST or CONTAINER_HOST, or choose the engine with --engine"
+    )]
+    Unreachable { name: String, detail: String },
     #[error("could not enter the network namespace {path}")]
     Enter {
         path: String,
         #[source]
         source: io::Error,
     },
+}
+
+impl TargetError {
+    /// A bad name on the command line (exit 2), rather than a machine that
+    /// cannot answer (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::NoContainer { .. } | Self::NotRunning { .. })
+    }
 }
 
 impl Target {
@@ -51,7 +80,10 @@ impl Target {
             Self::Netns(n) if n.contains('/') => Ok(PathBuf::from(n)),
             Self::Netns(n) => Ok(PathBuf::from("/var/run/netns").join(n)),
             Self::Pid(p) => Ok(PathBuf::from(format!("/proc/{p}/ns/net"))),
-            Self::Container(c) => Ok(PathBuf::from(format!("/proc/{}/ns/net", container_pid(c)?))),
+            Self::Container { name, engine } => Ok(PathBuf::from(format!(
+                "/proc/{}/ns/net",
+                container_pid(name, *engine)?
+            ))),
         }
     }
 
@@ -62,7 +94,7 @@ impl Target {
             Self::Pid(p) => TargetError::NoPid(*p, source),
             _ => TargetError::NoNetns {
                 name: match self {
-                    Self::Netns(n) | Self::Container(n) => n.clone(),
+                    Self::Netns(n) | Self::Container { name: n, .. } => n.clone(),
                     Self::Pid(p) => p.to_string(),
                 },
                 path: path.display().to_string(),
@@ -80,48 +112,162 @@ impl Target {
     }
 }
 
-/// The container's main process, asked of docker, then podman.
-fn container_pid(name: &str) -> Result<u32, TargetError> {
-    let mut found_tool = false;
-    let mut last = None;
-    for tool in ["docker", "podman"] {
-        let out = match Command::new(tool)
-            .args(["inspect", "--format", "{{.State.Pid}}", name])
-            .output()
-        {
-            Ok(o) => o,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                found_tool = true;
-                last = Some((tool, e.to_string()));
-                continue;
-            }
-        };
-        found_tool = true;
-        let text = String::from_utf8_lossy(&out.stdout);
-        match text.trim().parse::<u32>() {
-            Ok(pid) if out.status.success() && pid > 0 => return Ok(pid),
-            _ => {
-                let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                last = Some((
-                    tool,
-                    if err.is_empty() {
-                        "not running".into()
-                    } else {
-                        err
-                    },
-                ));
-            }
+/// A container engine whose CLI knows where a container's process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// `docker`, which honours `DOCKER_HOST` (and `DOCKER_CONTEXT`).
+    Docker,
+    /// `podman`; with `CONTAINER_HOST` set, `podman --remote`, which
+    /// honours it.
+    Podman,
+}
+
+impl Engine {
+    /// The CLI's name, also the value of `--engine`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Docker => "docker",
+            Self::Podman => "podman",
         }
     }
-    match (found_tool, last) {
-        (false, _) => Err(TargetError::NoContainerTool),
-        (true, Some((tool, detail))) => Err(TargetError::NoContainer {
-            tool,
+
+    /// The Debian package that brings the CLI, for the error that says it
+    /// is missing.
+    fn package(self) -> &'static str {
+        match self {
+            Self::Docker => "docker.io",
+            Self::Podman => "podman",
+        }
+    }
+
+    /// `docker inspect ...` or `podman [--remote] inspect ...`: the
+    /// container's main process id, or 0 when it is not running.
+    fn inspect(self, name: &str) -> Command {
+        let mut cmd = Command::new(self.name());
+        if self == Self::Podman && std::env::var_os("CONTAINER_HOST").is_some() {
+            cmd.arg("--remote");
+        }
+        cmd.args([
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.State.Pid}}",
+            name,
+        ]);
+        cmd
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "docker" => Ok(Self::Docker),
+            "podman" => Ok(Self::Podman),
+            _ => Err(format!("unknown engine `{s}`: use docker or podman")),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What one engine said when asked for a container.
+enum Answer {
+    /// Its main process.
+    Pid(u32),
+    /// The CLI is not installed.
+    Missing,
+    /// The engine answered: no container by that name or id.
+    Unknown(String),
+    /// The engine answered: the container exists but has no process.
+    Stopped,
+    /// The CLI ran but could not reach its engine (or failed otherwise).
+    Unreachable(String),
+}
+
+fn ask(engine: Engine, name: &str) -> Answer {
+    let out = match engine.inspect(name).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Answer::Missing,
+        Err(e) => return Answer::Unreachable(e.to_string()),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if out.status.success() {
+        return match stdout.trim().parse::<u32>() {
+            Ok(0) => Answer::Stopped,
+            Ok(pid) => Answer::Pid(pid),
+            Err(_) => Answer::Unreachable(format!("unexpected answer `{}`", stdout.trim())),
+        };
+    }
+    // docker: "No such container: x" (or "No such object"); podman:
+    // "no such container x". Not any "no such": an unreachable podman
+    // socket says "no such file or directory".
+    let lower = stderr.to_lowercase();
+    if lower.contains("no such container") || lower.contains("no such object") {
+        Answer::Unknown(stderr)
+    } else {
+        Answer::Unreachable(if stderr.is_empty() {
+            format!("{} exited with {}", engine.name(), out.status)
+        } else {
+            stderr
+        })
+    }
+}
+
+/// The container's main process, asked of `engine`, or of docker then
+/// podman (whichever knows the container).
+fn container_pid(name: &str, engine: Option<Engine>) -> Result<u32, TargetError> {
+    let engines = match engine {
+        Some(e) => vec![e],
+        None => vec![Engine::Docker, Engine::Podman],
+    };
+    let mut unknown = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut stopped = None;
+    for e in &engines {
+        match ask(*e, name) {
+            Answer::Pid(pid) => return Ok(pid),
+            Answer::Missing => {}
+            Answer::Unknown(d) => unknown.push(format!("{e}: {d}")),
+            Answer::Stopped => stopped = Some(*e),
+            Answer::Unreachable(d) => unreachable.push(format!("{e}: {d}")),
+        }
+    }
+    if let Some(engine) = stopped {
+        return Err(TargetError::NotRunning {
+            engine: engine.name(),
             name: name.to_string(),
-            detail,
+        });
+    }
+    if !unknown.is_empty() {
+        return Err(TargetError::NoContainer {
+            name: name.to_string(),
+            detail: unknown
+                .into_iter()
+                .chain(unreachable)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    if !unreachable.is_empty() {
+        return Err(TargetError::Unreachable {
+            name: name.to_string(),
+            detail: unreachable.join("; "),
+        });
+    }
+    match engine {
+        Some(e) => Err(TargetError::NoEngine {
+            engine: e.name(),
+            package: e.package(),
         }),
-        (true, None) => Err(TargetError::NoContainerTool),
+        None => Err(TargetError::NoContainerTool),
     }
 }
 
@@ -142,6 +288,33 @@ mod tests {
         assert_eq!(
             Target::Pid(7).path().unwrap(),
             PathBuf::from("/proc/7/ns/net")
+        );
+    }
+
+    #[test]
+    fn engines_parse_by_their_cli_name() {
+        assert_eq!("docker".parse::<Engine>(), Ok(Engine::Docker));
+        assert_eq!("podman".parse::<Engine>(), Ok(Engine::Podman));
+        let e = "lxc".parse::<Engine>().unwrap_err();
+        assert!(e.contains("`lxc`") && e.contains("docker or podman"), "{e}");
+    }
+
+    #[test]
+    fn docker_is_asked_for_a_container_only() {
+        let args = |c: &Command| {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        };
+        let docker = Engine::Docker.inspect("api");
+        assert_eq!(docker.get_program(), "docker");
+        assert_eq!(args(&docker)[0], "inspect");
+        assert_eq!(args(&docker).last().unwrap(), "api");
+        // An image or volume named `api` must not answer for the container.
+        assert!(
+            args(&docker)
+                .windows(2)
+                .any(|w| w == ["--type", "container"])
         );
     }
 

@@ -103,6 +103,11 @@ fn container_without_a_container_runtime_says_so() {
         ["blackhole", "--port", "1", "--container", "fbt-nope"],
     )
     .standalone()
+    // No engine answers: neither a docker daemon nor a podman service
+    // listens at these (a local podman would answer "no such container",
+    // which is exit 2: tests/tests/containers.rs).
+    .env("DOCKER_HOST", "unix:///nonexistent/fbt-docker.sock")
+    .env("CONTAINER_HOST", "unix:///nonexistent/fbt-podman.sock")
     .run_within(Duration::from_secs(60));
     assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
     let err = &exit.stderr;

@@ -110,6 +110,14 @@ const TEST_PACKAGES: &[&str] = &[
     // through skopeo's oci-archive and docker-archive transports.
     "debootstrap",
     "skopeo",
+    // Container engines the `--container` tests drive (tests/src/engine.rs
+    // starts dockerd in a namespace of its own, never as a service).
+    "docker.io",
+    "podman",
+    // The Prometheus that scrapes three daemons (prometheus_fleet.rs;
+    // started by the test in a namespace, never as a service). openssl,
+    // above, also makes the TLS listener's certificates (daemon_tls.rs).
+    "prometheus",
 ];
 
 /// The Debian packages a scope needs.

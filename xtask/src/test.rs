@@ -62,11 +62,15 @@ pub fn run(no_vm: bool) -> Result<()> {
         env.map_or(String::new(), |(k, v)| format!("; {k}={v}")),
     );
     let schemathesis = pytools::ensure_schemathesis()?;
+    let kubernetes_validate = pytools::ensure_kubernetes_validate()?;
+    let chaos = pytools::ensure_chaostoolkit()?;
     let mut e2e = build::cargo();
     e2e.args(["test", "-p", "faultbpf-tests", "--", "--test-threads", "4"])
         .args(["--skip", skip])
         .env("FAULTBPF_BIN", &bin)
-        .env("FAULTBPF_SCHEMATHESIS", &schemathesis);
+        .env("FAULTBPF_SCHEMATHESIS", &schemathesis)
+        .env("FAULTBPF_KUBERNETES_VALIDATE", &kubernetes_validate)
+        .env("FAULTBPF_CHAOS", &chaos);
     if let Some((k, v)) = env {
         e2e.env(k, v);
     }

@@ -19,6 +19,8 @@ import json
 import os
 import pwd
 import socket
+import ssl
+import urllib.parse
 
 #: Where the daemon listens unless told otherwise (``faultbpf daemon --socket``).
 DEFAULT_SOCKET = "/run/faultbpf.sock"
@@ -196,16 +198,58 @@ class Client:
     ...     pass                                # RabbitMQ is unreachable here
     """
 
-    def __init__(self, socket_path=None, timeout=30.0):
-        self.socket_path = socket_path or default_socket()
+    def __init__(
+        self,
+        socket_path=None,
+        timeout=30.0,
+        url=None,
+        token=None,
+        cafile=None,
+        certfile=None,
+        keyfile=None,
+    ):
+        """``url``: a remote daemon's ``--listen`` port instead of the Unix
+        socket, ``http://HOST:PORT`` or ``https://HOST:PORT`` (``cafile``:
+        the CA that signed the daemon's certificate; ``certfile`` and
+        ``keyfile``: a client certificate when the daemon requires one),
+        with ``token``, the daemon's ``--token-file`` contents."""
+        self.url = url
+        self.token = token
         self.timeout = timeout
+        self.socket_path = None if url else (socket_path or default_socket())
+        self._tls = None
+        if url:
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
+                raise ValueError("url %r: use http://HOST:PORT or https://HOST:PORT" % url)
+            if token is None:
+                raise ValueError("url %r needs the daemon's token (token=...)" % url)
+            self._host, self._port = parsed.hostname, parsed.port
+            if parsed.scheme == "https":
+                self._tls = ssl.create_default_context(cafile=cafile)
+                if certfile:
+                    self._tls.load_cert_chain(certfile, keyfile)
+
+    def _where(self):
+        return self.url or self.socket_path
+
+    def _connection(self):
+        if self.url is None:
+            return UnixHTTPConnection(self.socket_path, timeout=self.timeout)
+        if self._tls is not None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=self._tls
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def request(self, method, path, body=None):
         """One request; returns the decoded JSON answer (``None`` if empty).
         Raises :class:`FaultbpfError` for an error status or no daemon."""
-        conn = UnixHTTPConnection(self.socket_path, timeout=self.timeout)
+        conn = self._connection()
         data = None if body is None else json.dumps(body).encode()
         headers = {"Connection": "close"}
+        if self.token is not None:
+            headers["Authorization"] = "Bearer " + self.token
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -219,7 +263,7 @@ class Client:
             raise FaultbpfError(
                 None,
                 "could not talk to the daemon at %s (is `faultbpf daemon` running there?): %s"
-                % (self.socket_path, e),
+                % (self._where(), e),
             ) from e
         finally:
             conn.close()

@@ -1,12 +1,16 @@
 //! The typed client of the daemon's API (`add`, `remove`, `list`, `stats`,
-//! ...), over a small blocking HTTP/1.1 exchange on its Unix socket: one
-//! request per connection, `Connection: close`. The daemon's problem
-//! bodies come back as `ClientError::Api` with status and detail.
+//! ...), over a small blocking HTTP/1.1 exchange on its Unix socket, or on
+//! a remote daemon's `--listen` port (bearer token, and TLS when the
+//! daemon serves it: [`Client::remote`]): one request per connection,
+//! `Connection: close`. The daemon's problem bodies come back as
+//! `ClientError::Api` with status and detail.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpStream, ToSocketAddrs},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -49,12 +53,49 @@ pub enum Probe {
 
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// The Unix socket, or for a remote daemon its URL (for messages).
     path: PathBuf,
+    remote: Option<Arc<Remote>>,
 }
+
+/// A daemon's `--listen` port.
+#[derive(Debug)]
+struct Remote {
+    /// `HOST:PORT`.
+    addr: String,
+    token: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// How long a remote connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Client {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            remote: None,
+        }
+    }
+
+    /// A remote daemon's `--listen` port `HOST:PORT`, with the bearer
+    /// token of its `--token-file`, over TLS when `tls` is given (see
+    /// [`crate::tls::client_config`]; the certificate must name `HOST`).
+    pub fn remote(
+        addr: impl Into<String>,
+        token: impl Into<String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let addr = addr.into();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Self {
+            path: PathBuf::from(format!("{scheme}://{addr}")),
+            remote: Some(Arc::new(Remote {
+                addr,
+                token: token.into(),
+                tls,
+            })),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -68,6 +109,12 @@ impl Client {
 
     /// Whether a daemon listens, nothing does, or it refuses us.
     pub fn probe(&self) -> Probe {
+        if let Some(r) = &self.remote {
+            return match connect_tcp(&r.addr) {
+                Ok(_) => Probe::Up,
+                Err(_) => Probe::Absent,
+            };
+        }
         match UnixStream::connect(&self.path) {
             Ok(_) => Probe::Up,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied) => Probe::Refused(e),
@@ -149,22 +196,75 @@ impl Client {
             path: self.path.display().to_string(),
             source,
         };
-        let mut s = UnixStream::connect(&self.path).map_err(io)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(io)?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = match &self.remote {
+            Some(r) => format!("Authorization: Bearer {}\r\n", r.token),
+            None => String::new(),
+        };
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: faultbpf\r\nConnection: close\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: faultbpf\r\nConnection: close\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        s.write_all(head.as_bytes()).map_err(io)?;
-        s.write_all(body.as_bytes()).map_err(io)?;
-        read_response(BufReader::new(s)).map_err(|e| match e {
+        let exchange = |mut s: Box<dyn ReadWrite>| {
+            s.write_all(head.as_bytes())?;
+            s.write_all(body.as_bytes())?;
+            s.flush()?;
+            read_response(BufReader::new(s))
+        };
+        let stream: Box<dyn ReadWrite> = match &self.remote {
+            None => {
+                let s = UnixStream::connect(&self.path).map_err(io)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))
+                    .map_err(io)?;
+                Box::new(s)
+            }
+            Some(r) => {
+                let s = connect_tcp(&r.addr).map_err(io)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))
+                    .map_err(io)?;
+                match &r.tls {
+                    None => Box::new(s),
+                    Some(config) => {
+                        let host = r.addr.rsplit_once(':').map_or(&r.addr[..], |(h, _)| h);
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                            .map_err(|e| {
+                                io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                            })?;
+                        let conn = rustls::ClientConnection::new(config.clone(), name)
+                            .map_err(|e| io(std::io::Error::other(e)))?;
+                        Box::new(rustls::StreamOwned::new(conn, s))
+                    }
+                }
+            }
+        };
+        exchange(stream).map_err(|e| match e {
             ReadError::Io(e) => io(e),
             ReadError::Bad(m) => ClientError::Protocol(m),
         })
     }
+}
+
+/// A byte stream the exchange runs over (Unix, TCP or TLS).
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Connects to `HOST:PORT`, trying each address it resolves to.
+fn connect_tcp(addr: &str) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("`{addr}` resolves to no address"),
+        )
+    }))
 }
 
 enum ReadError {

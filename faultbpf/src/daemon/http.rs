@@ -50,31 +50,80 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Headers in one request.
 pub const MAX_HEADERS: usize = 64;
 
-/// Something to accept connections from: the Unix socket or a TCP port.
+/// Something to accept connections from: the Unix socket or a TCP port,
+/// plain or TLS.
 pub trait Accept: Send + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// What a request is read from once the connection is set up (the
+    /// stream itself, or a TLS session over it).
+    type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
     /// Writes what it can without waiting (the over-capacity answer).
     fn try_write(stream: &Self::Stream, bytes: &[u8]);
+    /// Sets the connection up (a TLS handshake); runs in the connection's
+    /// own task under [`HEAD_TIMEOUT`], never in the accept loop, so a
+    /// slow handshake holds only its own slot.
+    fn upgrade(
+        &self,
+        stream: Self::Stream,
+    ) -> impl Future<Output = io::Result<Self::Conn>> + Send + 'static;
 }
 
 impl Accept for tokio::net::UnixListener {
     type Stream = tokio::net::UnixStream;
+    type Conn = Self::Stream;
     async fn accept(&self) -> io::Result<Self::Stream> {
         tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
     }
     fn try_write(stream: &Self::Stream, bytes: &[u8]) {
         let _ = stream.try_write(bytes);
     }
+    fn upgrade(
+        &self,
+        stream: Self::Stream,
+    ) -> impl Future<Output = io::Result<Self::Conn>> + Send + 'static {
+        std::future::ready(Ok(stream))
+    }
 }
 
 impl Accept for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
+    type Conn = Self::Stream;
     async fn accept(&self) -> io::Result<Self::Stream> {
         tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
     }
     fn try_write(stream: &Self::Stream, bytes: &[u8]) {
         let _ = stream.try_write(bytes);
+    }
+    fn upgrade(
+        &self,
+        stream: Self::Stream,
+    ) -> impl Future<Output = io::Result<Self::Conn>> + Send + 'static {
+        std::future::ready(Ok(stream))
+    }
+}
+
+/// `--listen` with `--tls-cert`: TCP, then a TLS handshake per connection
+/// (which also checks the client's certificate when a client CA is set).
+pub struct TlsListener {
+    pub tcp: tokio::net::TcpListener,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl Accept for TlsListener {
+    type Stream = tokio::net::TcpStream;
+    type Conn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        self.tcp.accept().await.map(|(s, _)| s)
+    }
+    fn try_write(_stream: &Self::Stream, _bytes: &[u8]) {
+        // Plain text on a TLS port is noise to the client: just close.
+    }
+    fn upgrade(
+        &self,
+        stream: Self::Stream,
+    ) -> impl Future<Output = io::Result<Self::Conn>> + Send + 'static {
+        self.acceptor.accept(stream)
     }
 }
 
@@ -104,9 +153,16 @@ pub async fn serve<L: Accept>(listener: L, app: Router, token: Option<String>) {
             continue;
         };
         let (app, token) = (app.clone(), token.clone());
+        let upgrade = listener.upgrade(stream);
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, one(stream, app, token)).await;
+            let conn = match tokio::time::timeout(HEAD_TIMEOUT, upgrade).await {
+                Ok(Ok(c)) => c,
+                // A failed or stalled handshake (wrong CA, no client
+                // certificate): rustls has already sent its alert.
+                Ok(Err(_)) | Err(_) => return,
+            };
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, one(conn, app, token)).await;
         });
     }
 }

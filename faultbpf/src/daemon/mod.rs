@@ -78,6 +78,10 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     pub listen: Option<SocketAddr>,
     pub token_file: Option<PathBuf>,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`: TLS on `--listen`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
     pub ifaces: Vec<String>,
     pub attach: AttachMode,
     pub lease: Option<Duration>,
@@ -145,6 +149,21 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(
+            cert,
+            key,
+            opts.tls_client_ca.as_deref(),
+        )?),
+        (None, None) if opts.tls_client_ca.is_some() => {
+            bail!("--tls-client-ca needs --tls-cert and --tls-key: the daemon's own certificate")
+        }
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together: the certificate and its private key"),
+    };
+    if tls.is_some() && opts.listen.is_none() {
+        bail!("--tls-cert applies to --listen ADDR; add it, or drop the TLS options");
+    }
     check_socket_path(&opts.socket)?;
     let access = SocketAccess {
         gid: match opts.socket_group.as_ref().or(config.socket_group.as_ref()) {
@@ -189,7 +208,18 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("could not listen on {addr}"))?;
         let app = api::with_token(api::router(shared.clone()), token.clone());
-        tokio::spawn(http::serve(l, app, Some(token)));
+        match tls {
+            Some(config) => {
+                let l = http::TlsListener {
+                    tcp: l,
+                    acceptor: tokio_rustls::TlsAcceptor::from(config),
+                };
+                tokio::spawn(http::serve(l, app, Some(token)));
+            }
+            None => {
+                tokio::spawn(http::serve(l, app, Some(token)));
+            }
+        }
     }
     if let Some(addr) = opts.metrics {
         let l = tokio::net::TcpListener::bind(addr)

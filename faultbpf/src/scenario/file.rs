@@ -16,6 +16,8 @@
 //!
 //! [target]                       # optional; default: where faultbpf runs
 //! netns = "app"                  # an `ip netns` name or a path
+//! # container = "api"            # or a docker/podman container (name or id)
+//! # engine = "podman"            # which engine knows it (default: docker, then podman)
 //! # interfaces = ["eth1"]        # default: every interface that is up
 //!
 //! [[step]]
@@ -69,6 +71,8 @@ struct RawScenario {
 #[serde(deny_unknown_fields)]
 struct RawTarget {
     netns: Option<Spanned<String>>,
+    container: Option<Spanned<String>>,
+    engine: Option<Spanned<String>>,
     interfaces: Option<Spanned<Vec<String>>>,
 }
 
@@ -177,6 +181,9 @@ pub struct Scenario {
 pub struct ScenarioTarget {
     /// Entered before anything else.
     pub netns: Option<String>,
+    /// A container whose namespace is entered instead, and the engine
+    /// that knows it (`None`: docker, then podman).
+    pub container: Option<(String, Option<crate::target::Engine>)>,
     /// Empty: every interface that is up in that namespace.
     pub interfaces: Vec<String>,
 }
@@ -294,14 +301,47 @@ pub fn parse(file: &str, text: &str) -> Result<Scenario, ScenarioError> {
                     .map(|l| l.get_ref().clone())
                     .unwrap_or_default(),
             };
-            if netns.is_none() && interfaces.is_empty() {
+            let engine = match &t.get_ref().engine {
+                Some(e) => Some(
+                    e.get_ref()
+                        .parse::<crate::target::Engine>()
+                        .map_err(|m| at(e.span(), format!("target.engine: {m}")))?,
+                ),
+                None => None,
+            };
+            let container = match &t.get_ref().container {
+                Some(c) if c.get_ref().trim().is_empty() => {
+                    return Err(at(
+                        c.span(),
+                        "target.container: give a container name or id".into(),
+                    ));
+                }
+                Some(c) if netns.is_some() => {
+                    return Err(at(
+                        c.span(),
+                        "target.container: give `netns` or `container`, not both".into(),
+                    ));
+                }
+                Some(c) => Some((c.get_ref().clone(), engine)),
+                None => {
+                    if let Some(e) = &t.get_ref().engine {
+                        return Err(at(e.span(), "target.engine applies to `container`".into()));
+                    }
+                    None
+                }
+            };
+            if netns.is_none() && container.is_none() && interfaces.is_empty() {
                 return Err(at(
                     t.span(),
-                    "[target] needs `netns = \"NAME\"` or `interfaces = [...]` (or leave it out)"
+                    "[target] needs `netns = \"NAME\"`, `container = \"NAME\"` or `interfaces = [...]` (or leave it out)"
                         .into(),
                 ));
             }
-            Some(ScenarioTarget { netns, interfaces })
+            Some(ScenarioTarget {
+                netns,
+                container,
+                interfaces,
+            })
         }
     };
 
@@ -624,6 +664,7 @@ for = "2s"
             s.target,
             Some(ScenarioTarget {
                 netns: Some("app".into()),
+                container: None,
                 interfaces: vec![]
             })
         );
@@ -679,6 +720,31 @@ for = "2s"
     }
 
     const STEP: &str = "[[step]]\nat = \"0s\"\nfor = \"1s\"\nfault = \"blackhole\"\nport = [5]\n";
+
+    #[test]
+    fn a_container_target_takes_an_engine_and_excludes_netns() {
+        let s = parse(
+            "f.toml",
+            &format!("[target]\ncontainer = \"api\"\nengine = \"podman\"\n{STEP}"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.target.unwrap().container,
+            Some(("api".into(), Some(crate::target::Engine::Podman)))
+        );
+        let e = err(&format!(
+            "[target]\nnetns = \"a\"\ncontainer = \"api\"\n{STEP}"
+        ));
+        assert!(e.starts_with("f.toml:3:") && e.contains("not both"), "{e}");
+        let e = err(&format!(
+            "[target]\ncontainer = \"api\"\nengine = \"lxc\"\n{STEP}"
+        ));
+        assert!(e.starts_with("f.toml:3:") && e.contains("`lxc`"), "{e}");
+        let e = err(&format!(
+            "[target]\nnetns = \"a\"\nengine = \"docker\"\n{STEP}"
+        ));
+        assert!(e.contains("applies to `container`"), "{e}");
+    }
 
     #[test]
     fn errors_point_at_the_line() {

@@ -51,10 +51,16 @@ pub fn run(file: &Path, json: bool, client: &Client) -> anyhow::Result<u8> {
     let scenario = super::file::load(file)?;
     // The namespace first: the programs, the interface list and the
     // reaper all belong there.
-    if let Some(t) = &scenario.target
-        && let Some(n) = &t.netns
-    {
-        Target::Netns(n.clone()).enter()?;
+    if let Some(t) = &scenario.target {
+        if let Some(n) = &t.netns {
+            Target::Netns(n.clone()).enter()?;
+        } else if let Some((name, engine)) = &t.container {
+            Target::Container {
+                name: name.clone(),
+                engine: *engine,
+            }
+            .enter()?;
+        }
     }
     // 63 bits: a seed the report prints must fit a TOML integer (i64).
     let plan = super::plan::build(&scenario, fresh_seed() >> 1);
@@ -121,7 +127,13 @@ async fn execute(
             Placement::here(&ifaces, Hooks::tc(AttachMode::Auto))?
         }
     };
-    let netns = scenario.target.as_ref().and_then(|t| t.netns.clone());
+    let netns = scenario.target.as_ref().and_then(|t| {
+        t.netns.clone().or_else(|| {
+            t.container
+                .as_ref()
+                .map(|(c, _)| format!("of container {c}"))
+        })
+    });
     eprintln!(
         "faultbpf: scenario `{}`: {} step(s){}, {} in all; via {}",
         scenario.name,
