@@ -558,6 +558,14 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Re-read --config when its content changes (checked every second) and apply it as SIGHUP does
+    ///
+    /// All or nothing, like SIGHUP: a file that does not parse or cannot be
+    /// applied changes nothing and is logged. Made for a Kubernetes
+    /// ConfigMap mounted as the config (the kubelet swaps it in place).
+    #[arg(long, requires = "config")]
+    pub watch_config: bool,
+
     /// Also serve /metrics (Prometheus) over TCP here, e.g. 127.0.0.1:9464
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,

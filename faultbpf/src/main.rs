@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         }
         Command::Daemon(d) => daemon::run(daemon::Options {
             config: d.config,
+            watch_config: d.watch_config,
             socket: cli.socket.clone(),
             metrics: d.metrics,
             listen: d.listen,

@@ -5,6 +5,12 @@
 //! keep their ids, the kernel's maps hold exactly what the API lists, an
 //! unrelated blackhole stays in force the whole time (probed every 100 ms),
 //! the log says which rule and why, and the daemon keeps running.
+//!
+//! Issue 14 item 7: `--watch-config` takes the same path when the file's
+//! content changes, as the kubelet changes a mounted ConfigMap (a symlink
+//! swap, never a write to the file): applied without a signal, a broken
+//! file changes nothing and is logged once; without the flag, nothing
+//! happens until SIGHUP (the control).
 
 mod daemon_kit;
 
@@ -12,8 +18,11 @@ use std::time::Duration;
 
 use daemon_kit::{Probe, assert_kernel_matches_api};
 use faultbpf_tests::{
-    SERVER_IF, Topology, daemon::Daemon, delay_kit::has_delay_qdiscs, probe::UdpPath,
-    temp::TempFile,
+    SERVER_IF, Topology,
+    daemon::Daemon,
+    delay_kit::has_delay_qdiscs,
+    probe::UdpPath,
+    temp::{TempDir, TempFile},
 };
 use serde_json::{Value, json};
 
@@ -171,4 +180,125 @@ fn a_config_with_a_huge_ttl_is_refused_at_start_without_a_panic() {
         "the refusal must name the rule and the value: {stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The rules' names, in the API's order.
+fn names(d: &Daemon) -> Vec<String> {
+    d.rules()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A config file laid out as the kubelet mounts a ConfigMap:
+/// `faultbpf.toml -> ..data/faultbpf.toml`, `..data -> ..<version>/`; an
+/// update writes a new version directory and swaps `..data` by rename, so
+/// the file the daemon opens by name changes without being written.
+struct ConfigMapMount {
+    dir: TempDir,
+    version: std::cell::Cell<u32>,
+}
+
+impl ConfigMapMount {
+    fn new(tag: &str, text: &str) -> Self {
+        let m = ConfigMapMount {
+            dir: TempDir::new(tag),
+            version: std::cell::Cell::new(0),
+        };
+        m.update(text);
+        std::os::unix::fs::symlink("..data/faultbpf.toml", m.dir.path().join("faultbpf.toml"))
+            .unwrap();
+        m
+    }
+
+    fn path(&self) -> String {
+        self.dir.join("faultbpf.toml")
+    }
+
+    fn update(&self, text: &str) {
+        let old = self.version.get();
+        let new = old + 1;
+        self.version.set(new);
+        let version = format!("..v{new}");
+        std::fs::create_dir(self.dir.path().join(&version)).unwrap();
+        self.dir.write(&format!("{version}/faultbpf.toml"), text);
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("..data")).unwrap();
+        if old > 0 {
+            std::fs::remove_dir_all(self.dir.path().join(format!("..v{old}"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn watch_config_applies_an_edited_configmap_and_a_broken_one_changes_nothing() {
+    let topo = Topology::new("drl-watch");
+    let control_topo = Topology::new("drl-nowatch");
+    let mount = ConfigMapMount::new("drl-watch", &config(&rule("keep", P, "")));
+    let control_mount = ConfigMapMount::new("drl-nowatch", &config(&rule("keep", P, "")));
+    let (file, control_file) = (mount.path(), control_mount.path());
+    let d = Daemon::start(
+        &topo.server,
+        "drl-watch",
+        &["--config", &file, "--watch-config"],
+    );
+    let control = Daemon::start(
+        &control_topo.server,
+        "drl-nowatch",
+        &["--config", &control_file],
+    );
+    assert_eq!(names(&d), ["keep"]);
+
+    // Both mounts change the same way; only the watching daemon applies
+    // it, with no signal.
+    let edited = config(&format!("{}{}", rule("keep", P, ""), rule("new", R, "")));
+    let from = d.log_len();
+    mount.update(&edited);
+    control_mount.update(&edited);
+    let line = d.expect_log(from, "config file changed", Duration::from_secs(15));
+    assert!(line.contains("config reloaded"), "{line}");
+    assert_eq!(names(&d), ["keep", "new"]);
+    assert_kernel_matches_api(&d, "the watched edit");
+    assert_eq!(UdpPath::new(&topo, R).probe(5), 0, "new must act");
+    assert_eq!(
+        names(&control),
+        ["keep"],
+        "without --watch-config an edit waits for SIGHUP"
+    );
+
+    // A file that does not parse changes nothing, and is said once, not
+    // every second.
+    let from = d.log_len();
+    mount.update("this is not [toml");
+    let line = d.expect_log(from, "config file changed", Duration::from_secs(15));
+    assert!(
+        line.contains("not reloaded") && line.contains("nothing changed"),
+        "{line}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let said = d
+        .stderr()
+        .lines()
+        .skip(from)
+        .filter(|l| l.contains("config file changed"))
+        .count();
+    assert_eq!(
+        said,
+        1,
+        "the broken file must be reported once:\n{}",
+        d.stderr()
+    );
+    assert_eq!(names(&d), ["keep", "new"]);
+    assert_eq!(UdpPath::new(&topo, R).probe(5), 0, "new must still act");
+
+    // Mended, with `new` removed: applied.
+    let from = d.log_len();
+    mount.update(&config(&rule("keep", P, "")));
+    let line = d.expect_log(from, "config file changed", Duration::from_secs(15));
+    assert!(line.contains("config reloaded"), "{line}");
+    assert_eq!(names(&d), ["keep"]);
+    assert_eq!(UdpPath::new(&topo, R).probe(5), 5, "new must be lifted");
+    d.assert_healthy("drl-watch");
+    control.assert_healthy("drl-nowatch");
 }

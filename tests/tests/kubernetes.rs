@@ -96,6 +96,50 @@ fn yaml_value(file: &Path, path: &str) -> String {
     exit.stdout
 }
 
+/// The DaemonSet's container arguments in `file` are ones this faultbpf
+/// takes: clap parses each of them (an unknown flag or a bad value fails)
+/// before `--help`, appended, stops it; nothing runs.
+fn assert_daemonset_args_parse(file: &Path) {
+    let script = "import json, sys, yaml\n\
+                  d = yaml.safe_load(open(sys.argv[1]))\n\
+                  print(json.dumps(d['spec']['template']['spec']['containers'][0]['args']))\n";
+    let exit = run_bounded(
+        Command::new(SYSTEM_PYTHON).args(["-c", script]).arg(file),
+        Duration::from_secs(30),
+    );
+    exit.assert_success();
+    let args: Vec<String> = serde_json::from_str(&exit.stdout)
+        .unwrap_or_else(|e| panic!("{}: args {}: {e}", file.display(), exit.stdout));
+    assert!(args.iter().any(|a| a == "daemon"), "{args:?}");
+    let exit = run_bounded(
+        Command::new(faultbpf_tests::faultbpf_bin())
+            .args(&args)
+            .arg("--help"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        exit.status.code(),
+        Some(0),
+        "{}: faultbpf does not take {args:?}: {exit:#?}",
+        file.display()
+    );
+}
+
+#[test]
+fn the_daemonsets_arguments_are_ones_faultbpf_takes() {
+    assert_daemonset_args_parse(&deploy().join("daemonset.yaml"));
+    // The control: a flag faultbpf does not have fails the same check.
+    let dir = TempDir::new("k8s-args");
+    let bad = dir.write(
+        "daemonset.yaml",
+        &std::fs::read_to_string(deploy().join("daemonset.yaml"))
+            .unwrap()
+            .replace("--watch-config", "--watch-konfig"),
+    );
+    let caught = std::panic::catch_unwind(|| assert_daemonset_args_parse(Path::new(&bad)));
+    assert!(caught.is_err(), "a misspelt flag must fail the check");
+}
+
 #[test]
 fn the_daemon_config_in_the_configmap_and_the_chart_passes_check() {
     let dir = TempDir::new("k8s-toml");
@@ -160,6 +204,7 @@ fn the_helm_chart_renders_to_manifests_that_validate() {
     assert_eq!(files.len(), 2, "{exit:#?}");
     let exit = validate(&files);
     assert!(exit.status.success(), "{exit:#?}");
+    assert_daemonset_args_parse(&dir.path().join("daemonset.yaml"));
     // The rendered config is the one values.yaml carries, and it checks.
     let toml = dir.write(
         "faultbpf.toml",

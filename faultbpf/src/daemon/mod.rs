@@ -74,6 +74,8 @@ pub fn set_thread_nice(nice: i32) {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub config: Option<PathBuf>,
+    /// `--watch-config`: apply the config when its content changes.
+    pub watch_config: bool,
     pub socket: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub listen: Option<SocketAddr>,
@@ -108,11 +110,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     rt.block_on(serve(opts))
 }
 
-/// Reads the config named on the command line, if any.
-pub fn read_config(opts: &Options) -> anyhow::Result<Config> {
+/// Reads the config named on the command line, if any, with the text it
+/// was parsed from (what `--watch-config` compares the file with).
+pub fn read_config(opts: &Options) -> anyhow::Result<(Config, Option<String>)> {
     match &opts.config {
-        Some(p) => Ok(config::load(p)?),
-        None => Ok(Config::default()),
+        Some(p) => {
+            let text = crate::span::read(p)?;
+            Ok((config::parse(&p.display().to_string(), &text)?, Some(text)))
+        }
+        None => Ok((Config::default(), None)),
     }
 }
 
@@ -139,7 +145,7 @@ fn check_lease(lease: Duration) -> anyhow::Result<()> {
 }
 
 async fn serve(opts: Options) -> anyhow::Result<()> {
-    let config = read_config(&opts)?;
+    let (config, mut last_read) = read_config(&opts)?;
     let lease = opts.lease.unwrap_or(config.lease);
     check_lease(lease)?;
     let token = match (&opts.listen, &opts.token_file) {
@@ -257,9 +263,25 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
                 let (opts, shared) = (opts.clone(), shared.clone());
-                let _ = tokio::task::spawn_blocking(move || reload(&opts, &shared)).await;
+                let text = tokio::task::spawn_blocking(move || reload(&opts, &shared, "SIGHUP"))
+                    .await;
+                if let Ok(Some(text)) = text {
+                    last_read = Some(text);
+                }
             }
             _ = tick.tick() => {
+                if opts.watch_config && config_changed(&opts, last_read.as_deref()) {
+                    let (opts, shared) = (opts.clone(), shared.clone());
+                    let text = tokio::task::spawn_blocking(move || {
+                        reload(&opts, &shared, "config file changed")
+                    })
+                    .await;
+                    // Tried once per content: a file that failed stays
+                    // failed until it changes again (no log line a second).
+                    if let Ok(Some(text)) = text {
+                        last_read = Some(text);
+                    }
+                }
                 let shared = shared.clone();
                 let named = named.clone();
                 let mut seen = std::mem::take(&mut attached);
@@ -330,19 +352,36 @@ fn spawn_heartbeat(
         .context("could not start the heartbeat thread")
 }
 
-/// SIGHUP: re-read the config and apply its rules all or nothing.
-fn reload(opts: &Options, shared: &api::Shared) {
+/// `--watch-config`: whether the file now holds something other than what
+/// was last read from it. A file that cannot be read (the kubelet between
+/// two symlinks) is no change.
+fn config_changed(opts: &Options, last: Option<&str>) -> bool {
     let Some(path) = &opts.config else {
-        log("SIGHUP: no --config to reload");
-        return;
+        return false;
     };
-    let config = match config::load(path) {
+    std::fs::read_to_string(path).is_ok_and(|now| Some(now.as_str()) != last)
+}
+
+/// SIGHUP (or `--watch-config` seeing a change, `why`): re-reads the config
+/// and applies its rules all or nothing. Returns the text it read, applied
+/// or not, so a watcher does not retry the same content every second.
+fn reload(opts: &Options, shared: &api::Shared, why: &str) -> Option<String> {
+    let Some(path) = &opts.config else {
+        log(&format!("{why}: no --config to reload"));
+        return None;
+    };
+    let text = match crate::span::read(path) {
+        Ok(t) => t,
+        Err(e) => {
+            log(&format!("{why}: config not reloaded, nothing changed: {e}"));
+            return None;
+        }
+    };
+    let config = match config::parse(&path.display().to_string(), &text) {
         Ok(c) => c,
         Err(e) => {
-            log(&format!(
-                "SIGHUP: config not reloaded, nothing changed: {e}"
-            ));
-            return;
+            log(&format!("{why}: config not reloaded, nothing changed: {e}"));
+            return Some(text);
         }
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -352,13 +391,16 @@ fn reload(opts: &Options, shared: &api::Shared) {
         r
     }));
     match result {
-        Ok(Ok(done)) => log(&format!("SIGHUP: config reloaded: {done}")),
+        Ok(Ok(done)) => log(&format!("{why}: config reloaded: {done}")),
         Ok(Err(e)) => log(&format!(
-            "SIGHUP: config not applied, nothing changed: {}",
+            "{why}: config not applied, nothing changed: {}",
             crate::error::chain(&e)
         )),
-        Err(_) => log("SIGHUP: internal error while applying the config (a bug; see above)"),
+        Err(_) => log(&format!(
+            "{why}: internal error while applying the config (a bug; see above)"
+        )),
     }
+    Some(text)
 }
 
 /// Attaches to interfaces that came up since the last look (a container's
