@@ -6,8 +6,12 @@
 //! A container is found through its engine's CLI (`docker inspect`,
 //! `podman inspect`), which honours the engine's own environment
 //! (`DOCKER_HOST`, `CONTAINER_HOST`), so a user reaches the same engine as
-//! their `docker ps`. An engine that answers "no such container" is a bad
-//! name (exit 2); one that cannot be reached is a machine problem (exit 1).
+//! their `docker ps`. Where the CLI is not installed (faultbpf's own image,
+//! run with the engine's socket mounted in), the engine's HTTP API is asked
+//! on its Unix socket instead (`GET /containers/NAME/json`, which Docker
+//! and Podman's compatible API both serve). An engine that answers "no
+//! such container" is a bad name (exit 2); one that cannot be reached is a
+//! machine problem (exit 1).
 
 use std::{fs::File, io, os::fd::AsRawFd, path::PathBuf, process::Command};
 
@@ -37,7 +41,9 @@ pub enum TargetError {
     #[error("no process {0} (or its network namespace is not readable)")]
     NoPid(u32, #[source] io::Error),
     #[error(
-        "--container needs docker or podman to find the container's process, and neither is installed"
+        "--container needs docker or podman to find the container's process: neither is installed, \
+         and no engine socket is at /var/run/docker.sock or /run/podman/podman.sock \
+         (set DOCKER_HOST or CONTAINER_HOST to where it is)"
     )]
     NoContainerTool,
     /// `--engine` names a CLI that is not installed.
@@ -194,7 +200,7 @@ enum Answer {
 fn ask(engine: Engine, name: &str) -> Answer {
     let out = match engine.inspect(name).output() {
         Ok(o) => o,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Answer::Missing,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return ask_socket(engine, name),
         Err(e) => return Answer::Unreachable(e.to_string()),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -218,6 +224,90 @@ fn ask(engine: Engine, name: &str) -> Answer {
         } else {
             stderr
         })
+    }
+}
+
+impl Engine {
+    /// The engine's variable naming its socket, and where the socket is by
+    /// default.
+    fn socket_var(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Docker => ("DOCKER_HOST", "/var/run/docker.sock"),
+            Self::Podman => ("CONTAINER_HOST", "/run/podman/podman.sock"),
+        }
+    }
+
+    /// The Unix socket to ask when the CLI is missing, and whether the user
+    /// named it (then a missing socket is an engine that cannot be reached,
+    /// not an engine that is not there). `None`: the variable names
+    /// something other than a Unix socket (`tcp://`, `ssh://`), which only
+    /// the CLI speaks.
+    fn socket(self) -> Option<(PathBuf, bool)> {
+        let (var, default) = self.socket_var();
+        match std::env::var(var) {
+            Ok(host) if !host.is_empty() => host
+                .strip_prefix("unix://")
+                .map(|p| (PathBuf::from(p), true)),
+            _ => Some((PathBuf::from(default), false)),
+        }
+    }
+}
+
+/// Asks the engine's HTTP API on its Unix socket (the CLI is not
+/// installed). Docker and Podman's compatible API answer
+/// `GET /containers/NAME/json` with the container's `State`, or 404.
+fn ask_socket(engine: Engine, name: &str) -> Answer {
+    let Some((socket, named)) = engine.socket() else {
+        let (var, _) = engine.socket_var();
+        return Answer::Unreachable(format!(
+            "`{}` is not installed, and {var} is not a unix:// socket it could be asked on",
+            engine.name()
+        ));
+    };
+    if !socket.exists() {
+        return if named {
+            Answer::Unreachable(format!(
+                "`{}` is not installed, and no engine socket is at {}",
+                engine.name(),
+                socket.display()
+            ))
+        } else {
+            Answer::Missing
+        };
+    }
+    // Names and ids are [a-zA-Z0-9][a-zA-Z0-9_.-]*: nothing else may reach
+    // the request line.
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !valid {
+        return Answer::Unknown(format!("`{name}` is not a container name or id"));
+    }
+    let client = crate::api::Client::new(&socket);
+    let (status, body) = match client.request("GET", &format!("/containers/{name}/json"), None) {
+        Ok(answer) => answer,
+        Err(e) => return Answer::Unreachable(format!("{}: {e}", socket.display())),
+    };
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let message = json["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+    match status {
+        200 => match (
+            json["State"]["Running"].as_bool(),
+            json["State"]["Pid"].as_u64(),
+        ) {
+            (Some(false), _) | (_, Some(0)) => Answer::Stopped,
+            (_, Some(pid)) if pid <= u32::MAX as u64 => Answer::Pid(pid as u32),
+            _ => Answer::Unreachable(format!(
+                "{}: no State.Pid in the engine's answer",
+                socket.display()
+            )),
+        },
+        404 => Answer::Unknown(format!("{} (asked {})", message, socket.display())),
+        _ => Answer::Unreachable(format!("{}: {status} {message}", socket.display())),
     }
 }
 

@@ -53,7 +53,14 @@ fn blackhole_by_container_name_and_id_cuts_new_connects_and_heals() {
     let (control, control_took) = connect(&docker);
     assert!(control.contains("hi"), "control: {control}");
 
-    for (target, engine) in [("srv", None), (&srv[..12], Some("docker"))] {
+    // The third time without the docker CLI on PATH (as in faultbpf's own
+    // image): the engine's API is asked on DOCKER_HOST's socket instead.
+    let no_cli = faultbpf_tests::temp::TempDir::new("ctr-bh-path");
+    for (target, engine, path) in [
+        ("srv", None, None),
+        (&srv[..12], Some("docker"), None),
+        ("srv", None, Some(no_cli.path())),
+    ] {
         let mut args = vec![
             "blackhole",
             "--port",
@@ -66,10 +73,13 @@ fn blackhole_by_container_name_and_id_cuts_new_connects_and_heals() {
         if let Some(e) = engine {
             args.extend(["--engine", e]);
         }
-        let mut fault = Launch::new(&origin, args)
+        let mut launch = Launch::new(&origin, args)
             .standalone()
-            .env("DOCKER_HOST", docker.host())
-            .start();
+            .env("DOCKER_HOST", docker.host());
+        if let Some(path) = path {
+            launch = launch.env("PATH", path);
+        }
+        let mut fault = launch.start();
         assert!(
             fault.stderr().contains("on eth0"),
             "the rule should sit on the container's eth0: {}",
@@ -99,6 +109,7 @@ fn blackhole_by_container_name_and_id_cuts_new_connects_and_heals() {
 fn a_container_no_engine_knows_exits_2_naming_it() {
     let docker = Docker::start("ctr-no");
     let origin = Netns::new("ctr-no-o");
+    let no_cli = faultbpf_tests::temp::TempDir::new("ctr-no-path");
     // A container that exists but never started has no process either.
     docker.ok(&[
         "create",
@@ -116,17 +127,32 @@ fn a_container_no_engine_knows_exits_2_naming_it() {
         ),
         ("fbt-stopped", "container `fbt-stopped` is not running"),
     ] {
-        for engine in [None, Some("docker")] {
+        // The last time without the docker CLI: the engine's API says so.
+        for (engine, path) in [
+            (None, None),
+            (Some("docker"), None),
+            (Some("docker"), Some(no_cli.path())),
+        ] {
             let mut args = vec!["blackhole", "--port", "1", "--container", name];
             if let Some(e) = engine {
                 args.extend(["--engine", e]);
             }
-            let exit = Launch::new(&origin, args)
+            let mut launch = Launch::new(&origin, args)
                 .standalone()
-                .env("DOCKER_HOST", docker.host())
-                .run_within(Duration::from_secs(60));
-            assert_eq!(exit.status.code(), Some(2), "{name} {engine:?}: {exit:#?}");
-            assert!(exit.stderr.contains(needle), "{name} {engine:?}: {exit:#?}");
+                .env("DOCKER_HOST", docker.host());
+            if let Some(path) = path {
+                launch = launch.env("PATH", path);
+            }
+            let exit = launch.run_within(Duration::from_secs(60));
+            assert_eq!(
+                exit.status.code(),
+                Some(2),
+                "{name} {engine:?} {path:?}: {exit:#?}"
+            );
+            assert!(
+                exit.stderr.contains(needle),
+                "{name} {engine:?} {path:?}: {exit:#?}"
+            );
         }
     }
     faultbpf_tests::assert_nothing_attached(&origin, &["lo"]);

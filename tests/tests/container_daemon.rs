@@ -1,0 +1,212 @@
+//! Issues 13 and 14: faultbpf's own image, run in a real container engine
+//! the way the README says (`--privileged --network host --pid host`, the
+//! socket directory and the engine's socket mounted in). The engine is
+//! Debian's dockerd in a namespace of the test's own (tests/src/engine.rs),
+//! so "host network" is that namespace, never the machine's.
+//! - The daemon in the container attaches to the engine's bridge ports; a
+//!   rule added over its mounted socket cuts traffic between two other
+//!   containers, and removing it heals.
+//! - The faultbpf in that container faults another container by name:
+//!   the image has no docker CLI, so the container is found through the
+//!   engine's API on the mounted socket (target.rs), and entered through
+//!   the host's /proc.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use faultbpf::{api::Client, spec::RuleSpec};
+use faultbpf_tests::{engine::Docker, temp::TempDir, wait_within};
+
+/// A server that answers `hi` to every connection on 5672.
+const SERVER: &str = "while true; do echo hi | nc -l -p 5672; done";
+
+/// The image `cargo xtask dist` wrote, and its version tag.
+fn image() -> (PathBuf, String) {
+    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dist");
+    let tar = fs::read_dir(&dist)
+        .ok()
+        .and_then(|entries| {
+            entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                name.starts_with("faultbpf-oci-") && name.ends_with(".tar")
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no faultbpf-oci-*.tar in {}: run `cargo xtask dist` (`cargo xtask test` does)",
+                dist.display()
+            )
+        });
+    let name = tar.file_name().unwrap().to_string_lossy().into_owned();
+    let version = name
+        .trim_start_matches("faultbpf-oci-")
+        .trim_end_matches(".tar")
+        .to_string();
+    (tar, version)
+}
+
+/// `nc srv 5672` from the client container, 2 s connect timeout: what it
+/// printed and how long it took.
+fn connect(docker: &Docker) -> (String, Duration) {
+    let start = Instant::now();
+    let exit = docker.run(&[
+        "exec",
+        "cli",
+        "sh",
+        "-c",
+        "nc -w 2 srv 5672 </dev/null; echo rc=$?",
+    ]);
+    (exit.stdout.trim().to_string(), start.elapsed())
+}
+
+fn wait_answering(docker: &Docker) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (said, took) = connect(docker);
+        if said.contains("hi") {
+            return took;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "srv never answered: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Asserts that a connect from `cli` to `srv` waits out its timeout, where
+/// the control (measured in the same run) answered.
+fn assert_cut(docker: &Docker, control: Duration, what: &str) {
+    let (said, took) = connect(docker);
+    assert!(
+        !said.contains("hi") && said.contains("rc=1"),
+        "{what}: the connect should time out: {said}"
+    );
+    assert!(
+        took > control + Duration::from_secs(1),
+        "{what}: a cut connect waits for its 2 s timeout: took {took:?}, control {control:?}"
+    );
+}
+
+#[test]
+fn the_image_runs_the_daemon_in_docker_and_faults_other_containers_by_name() {
+    let (tar, version) = image();
+    let docker = Docker::start("ctr-img");
+    let loaded = docker.ok(&["load", "-i", tar.to_str().unwrap()]);
+    let reference = format!("faultbpf:{version}");
+    assert!(loaded.contains(&reference), "docker load: {loaded}");
+
+    docker.container("srv", SERVER);
+    docker.container("cli", "sleep 600");
+    let control = wait_answering(&docker);
+
+    let sockets = TempDir::new("ctr-img");
+    let engine_socket = docker.host().trim_start_matches("unix://").to_string();
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "faultbpf",
+        "--privileged",
+        "--network",
+        "host",
+        "--pid",
+        "host",
+        "-v",
+        &format!("{}:/run/faultbpf", sockets.path().display()),
+        "-v",
+        &format!("{engine_socket}:/var/run/docker.sock"),
+        &reference,
+    ]);
+    let client = Client::new(sockets.path().join("faultbpf.sock"));
+    let start = Instant::now();
+    while !client.is_up() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the daemon in the container never answered on its socket: {}",
+            docker.run(&["logs", "faultbpf"]).stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A rule over the socket: the daemon sits on the bridge's ports in the
+    // engine's namespace, between the two containers.
+    let spec: RuleSpec = serde_json::from_value(serde_json::json!({
+        "fault": "blackhole", "port": [5672], "for": "60s"
+    }))
+    .unwrap();
+    let rule = client
+        .add(&spec)
+        .expect("add a rule over the mounted socket");
+    assert_cut(&docker, control, "daemon rule");
+    let stats = client
+        .stats_of(rule.id)
+        .unwrap()
+        .expect("the rule's counters");
+    assert!(
+        stats.acted_packets > 0,
+        "the daemon counted the dropped packets: {stats:?}"
+    );
+    client.remove(rule.id).unwrap();
+    wait_answering(&docker);
+
+    // The faultbpf in that container, by container name, through the
+    // engine's socket (no docker CLI in the image).
+    let which = docker.run(&["exec", "faultbpf", "/usr/bin/faultbpf", "--version"]);
+    assert!(which.status.success(), "{which:#?}");
+    let mut fault = docker
+        .cli()
+        .args([
+            "exec",
+            "faultbpf",
+            "/usr/bin/faultbpf",
+            "--standalone",
+            "blackhole",
+            "--container",
+            "srv",
+            "--port",
+            "5672",
+            "--for",
+            "8s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = fault.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                let active = line.starts_with(faultbpf_tests::ACTIVE_PREFIX);
+                said.push(line);
+                if active {
+                    break;
+                }
+            }
+            Err(_) => {
+                panic!("faultbpf --container srv in the image never became active: {said:#?}")
+            }
+        }
+    }
+    assert!(
+        said.iter().any(|l| l.contains("eth0")),
+        "it should sit on srv's eth0: {said:#?}"
+    );
+    assert_cut(&docker, control, "--container srv from the image");
+    let status =
+        wait_within(&mut fault, Duration::from_secs(60)).expect("the 8 s fault ends on its own");
+    assert!(status.success(), "{status} {said:#?}");
+    wait_answering(&docker);
+}
