@@ -93,6 +93,84 @@ fn assert_cut(docker: &Docker, control: Duration, what: &str) {
     );
 }
 
+/// Linux capability names by number, as docker's `--cap-drop` takes them.
+const CAPS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// `--privileged`, as the README says, where this host can grant it. A
+/// host that is itself a container may lack capabilities in its bounding
+/// set (this CI sandbox lacks SYS_RESOURCE), and then runc refuses
+/// `--privileged` ("unable to apply caps: operation not permitted"): the
+/// closest equivalent is every capability the host has, and no seccomp
+/// filter (which would refuse bpf(2)).
+fn privileged() -> Vec<String> {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let missing: Vec<&str> = CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding >> bit & 1 == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        return vec!["--privileged".into()];
+    }
+    eprintln!(
+        "this host's bounding set lacks {missing:?}: --cap-add ALL without them instead of --privileged"
+    );
+    let mut flags = vec!["--cap-add".to_string(), "ALL".into()];
+    for cap in missing {
+        flags.extend(["--cap-drop".into(), cap.to_string()]);
+    }
+    flags.extend(["--security-opt".into(), "seccomp=unconfined".into()]);
+    flags
+}
+
 #[test]
 fn the_image_runs_the_daemon_in_docker_and_faults_other_containers_by_name() {
     let (tar, version) = image();
@@ -107,22 +185,22 @@ fn the_image_runs_the_daemon_in_docker_and_faults_other_containers_by_name() {
 
     let sockets = TempDir::new("ctr-img");
     let engine_socket = docker.host().trim_start_matches("unix://").to_string();
-    docker.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "faultbpf",
-        "--privileged",
-        "--network",
-        "host",
-        "--pid",
-        "host",
-        "-v",
-        &format!("{}:/run/faultbpf", sockets.path().display()),
-        "-v",
-        &format!("{engine_socket}:/var/run/docker.sock"),
-        &reference,
+    let mut run: Vec<String> = ["run", "-d", "--name", "faultbpf"]
+        .map(String::from)
+        .to_vec();
+    run.extend(privileged());
+    run.extend([
+        "--network".into(),
+        "host".into(),
+        "--pid".into(),
+        "host".into(),
+        "-v".into(),
+        format!("{}:/run/faultbpf", sockets.path().display()),
+        "-v".into(),
+        format!("{engine_socket}:/var/run/docker.sock"),
+        reference.clone(),
     ]);
+    docker.ok(&run.iter().map(String::as_str).collect::<Vec<_>>());
     let client = Client::new(sockets.path().join("faultbpf.sock"));
     let start = Instant::now();
     while !client.is_up() {
@@ -165,8 +243,8 @@ fn the_image_runs_the_daemon_in_docker_and_faults_other_containers_by_name() {
             "exec",
             "faultbpf",
             "/usr/bin/faultbpf",
-            "--standalone",
             "blackhole",
+            "--standalone",
             "--container",
             "srv",
             "--port",

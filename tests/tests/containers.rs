@@ -43,6 +43,19 @@ fn wait_answering(docker: &Docker) {
     }
 }
 
+/// A directory for PATH that holds `ip` only (the launcher runs `ip netns
+/// exec`, found on the child's PATH): faultbpf started with it finds no
+/// docker or podman CLI.
+fn path_without_engines(tag: &str) -> faultbpf_tests::temp::TempDir {
+    let dir = faultbpf_tests::temp::TempDir::new(tag);
+    let ip = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("ip"))
+        .find(|p| p.is_file())
+        .expect("ip on PATH");
+    std::os::unix::fs::symlink(ip, dir.path().join("ip")).unwrap();
+    dir
+}
+
 #[test]
 fn blackhole_by_container_name_and_id_cuts_new_connects_and_heals() {
     let docker = Docker::start("ctr-bh");
@@ -55,7 +68,7 @@ fn blackhole_by_container_name_and_id_cuts_new_connects_and_heals() {
 
     // The third time without the docker CLI on PATH (as in faultbpf's own
     // image): the engine's API is asked on DOCKER_HOST's socket instead.
-    let no_cli = faultbpf_tests::temp::TempDir::new("ctr-bh-path");
+    let no_cli = path_without_engines("ctr-bh-path");
     for (target, engine, path) in [
         ("srv", None, None),
         (&srv[..12], Some("docker"), None),
@@ -109,7 +122,7 @@ fn blackhole_by_container_name_and_id_cuts_new_connects_and_heals() {
 fn a_container_no_engine_knows_exits_2_naming_it() {
     let docker = Docker::start("ctr-no");
     let origin = Netns::new("ctr-no-o");
-    let no_cli = faultbpf_tests::temp::TempDir::new("ctr-no-path");
+    let no_cli = path_without_engines("ctr-no-path");
     // A container that exists but never started has no process either.
     docker.ok(&[
         "create",
