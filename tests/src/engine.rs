@@ -24,6 +24,42 @@ use crate::{Exit, Netns, run_bounded, wait_within};
 /// The image every container here runs: busybox (sh, nc, sleep) only.
 pub const IMAGE: &str = "fbt-busybox:1";
 
+/// A server for [`IMAGE`] that answers `hi` to every connection on 5672
+/// (run it as container `srv`).
+pub const HI_SERVER: &str = "while true; do echo hi | nc -l -p 5672; done";
+
+/// `nc -w 2 srv 5672` run in container `cli` by an engine's `run` (`exec
+/// cli ...`): what it printed, ending `rc=N`, and how long it took.
+pub fn cli_to_srv(run: impl Fn(&[&str]) -> Exit) -> (String, Duration) {
+    let start = Instant::now();
+    let exit = run(&[
+        "exec",
+        "cli",
+        "sh",
+        "-c",
+        "nc -w 2 srv 5672 </dev/null; echo rc=$?",
+    ]);
+    (exit.stdout.trim().to_string(), start.elapsed())
+}
+
+/// Waits (30 s at most) until [`cli_to_srv`] reads `hi` (the server's loop
+/// has started); returns how long that connect took, a control for the
+/// timings that follow.
+pub fn wait_srv_answers(run: impl Fn(&[&str]) -> Exit) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (said, took) = cli_to_srv(&run);
+        if said.contains("hi") {
+            return took;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "srv never answered: {said}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The bridge dockerd creates in its namespace (`--bip`).
 const BIP: &str = "10.200.250.1/24";
 

@@ -15,6 +15,7 @@ pub mod attach;
 pub mod daemon;
 pub mod delay_kit;
 pub mod deps;
+pub mod dist;
 pub mod engine;
 pub mod fault_kit;
 pub mod frames;

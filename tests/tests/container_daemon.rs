@@ -14,69 +14,24 @@
 use std::{
     fs,
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use faultbpf::{api::Client, spec::RuleSpec};
-use faultbpf_tests::{engine::Docker, temp::TempDir, wait_within};
+use faultbpf_tests::{
+    engine::{Docker, HI_SERVER, cli_to_srv, wait_srv_answers},
+    temp::TempDir,
+    wait_within,
+};
 
-/// A server that answers `hi` to every connection on 5672.
-const SERVER: &str = "while true; do echo hi | nc -l -p 5672; done";
-
-/// The image `cargo xtask dist` wrote, and its version tag.
-fn image() -> (PathBuf, String) {
-    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dist");
-    let tar = fs::read_dir(&dist)
-        .ok()
-        .and_then(|entries| {
-            entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-                let name = p.file_name().unwrap().to_string_lossy();
-                name.starts_with("faultbpf-oci-") && name.ends_with(".tar")
-            })
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no faultbpf-oci-*.tar in {}: run `cargo xtask dist` (`cargo xtask test` does)",
-                dist.display()
-            )
-        });
-    let name = tar.file_name().unwrap().to_string_lossy().into_owned();
-    let version = name
-        .trim_start_matches("faultbpf-oci-")
-        .trim_end_matches(".tar")
-        .to_string();
-    (tar, version)
-}
-
-/// `nc srv 5672` from the client container, 2 s connect timeout: what it
-/// printed and how long it took.
+/// `nc srv 5672` from the client container (2 s connect timeout).
 fn connect(docker: &Docker) -> (String, Duration) {
-    let start = Instant::now();
-    let exit = docker.run(&[
-        "exec",
-        "cli",
-        "sh",
-        "-c",
-        "nc -w 2 srv 5672 </dev/null; echo rc=$?",
-    ]);
-    (exit.stdout.trim().to_string(), start.elapsed())
+    cli_to_srv(|a| docker.run(a))
 }
 
 fn wait_answering(docker: &Docker) -> Duration {
-    let start = Instant::now();
-    loop {
-        let (said, took) = connect(docker);
-        if said.contains("hi") {
-            return took;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "srv never answered: {said}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_srv_answers(|a| docker.run(a))
 }
 
 /// Asserts that a connect from `cli` to `srv` waits out its timeout, where
@@ -173,13 +128,13 @@ fn privileged() -> Vec<String> {
 
 #[test]
 fn the_image_runs_the_daemon_in_docker_and_faults_other_containers_by_name() {
-    let (tar, version) = image();
+    let (tar, version) = faultbpf_tests::dist::oci_image();
     let docker = Docker::start("ctr-img");
     let loaded = docker.ok(&["load", "-i", tar.to_str().unwrap()]);
     let reference = format!("faultbpf:{version}");
     assert!(loaded.contains(&reference), "docker load: {loaded}");
 
-    docker.container("srv", SERVER);
+    docker.container("srv", HI_SERVER);
     docker.container("cli", "sleep 600");
     let control = wait_answering(&docker);
 

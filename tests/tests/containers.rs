@@ -7,40 +7,16 @@
 //! naming it); an engine nobody can reach is a machine problem (exit 1,
 //! naming where it looked).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use faultbpf_tests::{
     Launch, Netns,
-    engine::{Docker, Podman},
+    engine::{Docker, HI_SERVER, Podman, cli_to_srv, wait_srv_answers},
 };
 
-/// A server that answers `hi` to every connection on 5672.
-const SERVER: &str = "while true; do echo hi | nc -l -p 5672; done";
-
-/// `nc srv 5672` from the client container, with a 2 s connect timeout:
-/// what it printed and how long it took.
+/// `nc srv 5672` from the client container (2 s connect timeout).
 fn connect(docker: &Docker) -> (String, Duration) {
-    let start = Instant::now();
-    let exit = docker.run(&[
-        "exec",
-        "cli",
-        "sh",
-        "-c",
-        "nc -w 2 srv 5672 </dev/null; echo rc=$?",
-    ]);
-    (exit.stdout.trim().to_string(), start.elapsed())
-}
-
-/// Waits until the server container answers (its loop has started).
-fn wait_answering(docker: &Docker) {
-    let start = Instant::now();
-    while !connect(docker).0.contains("hi") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "srv never answered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cli_to_srv(|a| docker.run(a))
 }
 
 /// A directory for PATH that holds `ip` only (the launcher runs `ip netns
@@ -60,9 +36,9 @@ fn path_without_engines(tag: &str) -> faultbpf_tests::temp::TempDir {
 fn blackhole_by_container_name_and_id_cuts_new_connects_and_heals() {
     let docker = Docker::start("ctr-bh");
     let origin = Netns::new("ctr-bh-o");
-    let srv = docker.container("srv", SERVER);
+    let srv = docker.container("srv", HI_SERVER);
     docker.container("cli", "sleep 600");
-    wait_answering(&docker);
+    wait_srv_answers(|a| docker.run(a));
     let (control, control_took) = connect(&docker);
     assert!(control.contains("hi"), "control: {control}");
 
@@ -215,27 +191,10 @@ fn an_engine_nobody_can_reach_exits_1_naming_where_it_looked() {
 fn blackhole_in_a_podman_container_with_engine_podman() {
     let podman = Podman::start("ctr-pm");
     let origin = Netns::new("ctr-pm-o");
-    podman.container("srv", SERVER);
+    podman.container("srv", HI_SERVER);
     podman.container("cli", "sleep 600");
-    let connect = || {
-        let start = Instant::now();
-        let exit = podman.run(&[
-            "exec",
-            "cli",
-            "sh",
-            "-c",
-            "nc -w 2 srv 5672 </dev/null; echo rc=$?",
-        ]);
-        (exit.stdout.trim().to_string(), start.elapsed())
-    };
-    let start = Instant::now();
-    while !connect().0.contains("hi") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "srv never answered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let connect = || cli_to_srv(|a| podman.run(a));
+    wait_srv_answers(|a| podman.run(a));
     let (_, control_took) = connect();
     let mut launch = Launch::new(
         &origin,
@@ -275,9 +234,9 @@ fn blackhole_in_a_podman_container_with_engine_podman() {
 fn a_scenario_targets_a_container_and_an_unknown_one_exits_2() {
     let docker = Docker::start("ctr-sc");
     let origin = Netns::new("ctr-sc-o");
-    docker.container("srv", SERVER);
+    docker.container("srv", HI_SERVER);
     docker.container("cli", "sleep 600");
-    wait_answering(&docker);
+    wait_srv_answers(|a| docker.run(a));
     let (_, control_took) = connect(&docker);
     let dir = faultbpf_tests::temp::TempDir::new("ctr-sc");
     let file = dir.write(

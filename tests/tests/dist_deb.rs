@@ -20,25 +20,9 @@ use std::{
 /// The packages the root gets on top of debootstrap's minbase.
 const INCLUDE: &str = "man-db,bash-completion,systemd,iproute2";
 
-fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
-}
-
 /// `target/dist/faultbpf_*_amd64.deb`; panics (with the fix) if missing.
 fn deb() -> PathBuf {
-    let dir = target_dir().join("dist");
-    let found = fs::read_dir(&dir).ok().and_then(|entries| {
-        entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("faultbpf_") && name.ends_with("_amd64.deb")
-        })
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "no faultbpf_*_amd64.deb in {}: run `cargo xtask dist` (`cargo xtask test` does)",
-            dir.display()
-        )
-    })
+    faultbpf_tests::dist::artifact("faultbpf_", "_amd64.deb")
 }
 
 /// The Debian mirror the host's apt uses for bookworm (deb822 `URIs:` of
@@ -89,7 +73,7 @@ fn host_mirror() -> String {
 
 /// The cached tar of the clean root, made once.
 fn base_tar() -> PathBuf {
-    let cache = target_dir().join("dist-chroot");
+    let cache = faultbpf_tests::dist::target_dir().join("dist-chroot");
     let tar = cache.join(format!("bookworm-{}.tar", INCLUDE.replace(',', "+")));
     if tar.is_file() {
         return tar;
@@ -124,11 +108,13 @@ struct Root(PathBuf);
 impl Root {
     fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = target_dir().join("dist-chroot").join(format!(
-            "{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = faultbpf_tests::dist::target_dir()
+            .join("dist-chroot")
+            .join(format!(
+                "{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
         let tar = base_tar();
         fs::create_dir_all(&dir).unwrap();
         run(Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(&tar));

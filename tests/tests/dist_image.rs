@@ -4,11 +4,7 @@
 //! a docker archive (`faultbpf:VERSION`), copies it (which checks every
 //! blob's digest), and the binary in its one layer runs.
 
-use std::{fs, path::PathBuf, process::Command};
-
-fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
-}
+use std::{fs, process::Command};
 
 fn sh(cmd: &mut Command) -> String {
     let out = cmd
@@ -26,25 +22,8 @@ fn sh(cmd: &mut Command) -> String {
 
 #[test]
 fn oci_image_loads_under_its_version_tag_and_its_binary_runs() {
-    let dist = target_dir().join("dist");
-    let image = fs::read_dir(&dist)
-        .ok()
-        .and_then(|entries| {
-            entries.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-                let name = p.file_name().unwrap().to_string_lossy();
-                name.starts_with("faultbpf-oci-") && name.ends_with(".tar")
-            })
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no faultbpf-oci-*.tar in {}: run `cargo xtask dist` (`cargo xtask test` does)",
-                dist.display()
-            )
-        });
-    let name = image.file_name().unwrap().to_string_lossy().into_owned();
-    let version = name
-        .trim_start_matches("faultbpf-oci-")
-        .trim_end_matches(".tar");
+    let (image, version) = faultbpf_tests::dist::oci_image();
+    let version = version.as_str();
 
     let oci = format!("oci-archive:{}:{version}", image.display());
     let inspect: serde_json::Value = serde_json::from_str(&sh(

@@ -20,28 +20,10 @@ use faultbpf_tests::{SERVER_V4, Topology, tcp_connect, tcp_listen, wait_within};
 const P: u16 = 5810;
 const Q: u16 = 5811;
 
-fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
-}
-
 /// Unpacks `target/dist/faultbpf-*-x86_64-linux-musl.tar.gz` into a fresh
 /// directory and returns (that directory, the top-level folder inside).
 fn unpack() -> (PathBuf, PathBuf) {
-    let dist = target_dir().join("dist");
-    let tarball = fs::read_dir(&dist)
-        .ok()
-        .and_then(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.to_string_lossy().ends_with("-x86_64-linux-musl.tar.gz"))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no faultbpf-*-x86_64-linux-musl.tar.gz in {}: run `cargo xtask dist` \
-                 (`cargo xtask test` does)",
-                dist.display()
-            )
-        });
+    let tarball = faultbpf_tests::dist::artifact("faultbpf-", "-x86_64-linux-musl.tar.gz");
     let dir = std::env::temp_dir().join(format!("faultbpf-tarball-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
