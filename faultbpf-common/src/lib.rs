@@ -477,6 +477,115 @@ pub struct Lease {
 }
 const _: () = assert!(core::mem::size_of::<Lease>() == 16);
 
+/// Name of the one-entry array holding the `TraceConf` of `faultbpf
+/// trace`.
+pub const TRACE_MAP: &str = "TRACE";
+/// The `.rodata` global a traceable faultbpf sets to 1 at load time.
+pub const TRACEABLE_GLOBAL: &str = "TRACEABLE";
+/// Name of the array of port bits (`TRACE_PORT_WORDS` words, bit `port`)
+/// `faultbpf trace --port` watches, on either side of a packet.
+pub const TRACE_PORTS_MAP: &str = "TRACE_PORTS";
+/// `u64` words of `TRACE_PORTS`: one bit per port (8 KiB).
+pub const TRACE_PORT_WORDS: u32 = 65_536 / 64;
+/// Name of the ring buffer of `TraceEvent`s.
+pub const TRACE_EVENTS_MAP: &str = "TRACE_EVENTS";
+/// Bytes of `TRACE_EVENTS` (a power of two, as ring buffers must be).
+pub const TRACE_EVENTS_BYTES: u32 = 256 * 1024;
+/// Name of the per-CPU `TraceRate` the kernel rate-limits events with.
+pub const TRACE_RATE_MAP: &str = "TRACE_RATE";
+/// Most trace events per second per CPU; the rest are counted in
+/// `TraceRate::suppressed`, never written.
+pub const TRACE_EVENTS_PER_SEC: u32 = 1_000;
+
+/// Whether (and what) `faultbpf trace` watches. While `until_ns` is 0 or
+/// past, a packet pays one load of this entry and nothing more; the
+/// tracer renews `until_ns` every second, so a tracer killed with
+/// SIGKILL switches tracing off by itself within `TRACE_LEASE_NS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConf {
+    /// `bpf_ktime_get_coarse_ns()` until which packets are traced.
+    pub until_ns: u64,
+    /// 1: every packet (rate-limited), also those not parsed; 0: only
+    /// packets with a port bit set in `TRACE_PORTS`.
+    pub all_ports: u32,
+    /// Written by the owner at start: 1 when its programs were loaded
+    /// traceable (the kernel ignores it; a tracer reads it).
+    pub traceable: u32,
+}
+const _: () = assert!(core::mem::size_of::<TraceConf>() == 16);
+
+/// How long a tracer's renewal holds.
+pub const TRACE_LEASE_NS: u64 = 3_000_000_000;
+
+/// The kernel's rate limiter for trace events, per CPU: a one-second
+/// window and what it let through.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRate {
+    pub window_ns: u64,
+    pub events: u32,
+    pub _pad: u32,
+    /// Events not written because the window was full, in all.
+    pub suppressed: u64,
+}
+const _: () = assert!(core::mem::size_of::<TraceRate>() == 24);
+
+/// Why a packet was or was not faulted (`TraceEvent::reason`).
+pub mod trace_reason {
+    /// The hook acted on it (`TraceEvent::kind`, `verdict`).
+    pub const ACTED: u8 = 1;
+    /// No rule has its ports.
+    pub const NO_RULE: u8 = 2;
+    /// A rule has its port, but not on this hook (`--direction`).
+    pub const OTHER_DIRECTION: u8 = 3;
+    /// The rule's `--for`/`ttl` is over.
+    pub const EXPIRED: u8 = 4;
+    /// The rule's owner stopped renewing its lease (a frozen daemon).
+    pub const LEASE_STALE: u8 = 5;
+    /// The rule has `--peer`s and the remote address is not one of them.
+    pub const OTHER_PEER: u8 = 6;
+    /// The rule's `--pct` draw spared it.
+    pub const NOT_DRAWN: u8 = 7;
+    /// Drawn, but the action does not apply to it (`hang` on a segment
+    /// without payload, a RST `reset` never answers, a DNS packet that is
+    /// not a query, a throttle under its rate, ...).
+    pub const NOT_APPLICABLE: u8 = 8;
+    /// Its headers could not be parsed completely: passed untouched.
+    pub const NOT_PARSED: u8 = 9;
+}
+
+/// One traced packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// IPv6 addresses, IPv4 as IPv4-mapped; zero when not parsed.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// The interface (in the programs' network namespace).
+    pub ifindex: u32,
+    /// The rule's slot (its id), or `u32::MAX` when no rule was found.
+    pub slot: u32,
+    /// The hook's verdict (tc action or XDP action).
+    pub verdict: i32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// `TRACE_HOOK_*`.
+    pub hook: u8,
+    /// IPPROTO_TCP or IPPROTO_UDP; 0 when not parsed.
+    pub proto: u8,
+    /// A `trace_reason`.
+    pub reason: u8,
+    /// The `FaultKind` acted (a chaos mix's pick), 0 when none.
+    pub kind: u8,
+}
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 52);
+
+/// `TraceEvent::hook` values.
+pub const TRACE_HOOK_INGRESS: u8 = 0;
+pub const TRACE_HOOK_EGRESS: u8 = 1;
+pub const TRACE_HOOK_XDP: u8 = 2;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `repr(C)`, made of integers only, with explicit
@@ -493,6 +602,10 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SteerConf {}
     unsafe impl aya::Pod for super::DnsKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TraceConf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TraceRate {}
 }
 
 #[cfg(test)]

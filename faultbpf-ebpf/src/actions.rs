@@ -4,13 +4,17 @@
 //! egress drop is not `TC_ACT_SHOT`: `fault/drop.rs`.
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
-use faultbpf_common::{FaultKind, RuleValue};
+use faultbpf_common::{
+    FaultKind, RuleValue,
+    trace_reason::{ACTED, NOT_APPLICABLE, NOT_DRAWN},
+};
 
 use crate::{
     draw,
     fault::{corrupt, delay, dns, drop, duplicate, ecn, hang, mark, reset, throttle},
     flow::Flow,
     hook::Hook,
+    trace::Outcome,
 };
 
 /// "No verdict": TCX_NEXT under TCX, continue with the next filter under
@@ -24,27 +28,38 @@ enum Acted {
     Untouched,
 }
 
+/// The verdict for a packet `rule` matched, and what became of it (for
+/// `faultbpf trace`).
 #[inline(always)]
-pub fn apply(ctx: &TcContext, flow: &Flow, rule: &RuleValue, hook: Hook) -> i32 {
+pub fn apply(ctx: &TcContext, flow: &Flow, rule: &RuleValue, hook: Hook) -> (i32, Outcome) {
+    let mut outcome = Outcome {
+        reason: NOT_APPLICABLE,
+        slot: rule.slot,
+        kind: 0,
+    };
     // Every action reads the packet at the flow's offsets and checks them
     // itself: from an opaque copy the verifier walks the actions once, not
     // once per parser path (L2 tags x IP version x extension headers:
     // 2.3x the instructions without it, 1.7x with it, against one tag and
     // 6 extension headers before). Costs a matched packet one per-CPU copy.
     let Some(flow) = flow.opaque() else {
-        return NO_VERDICT;
+        return (NO_VERDICT, outcome);
     };
     // SAFETY: `skb` is the valid context pointer of this program run.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }).max(1);
     let Some(hit) = draw::hit(flow, rule, segs, u64::from(ctx.len())) else {
-        return NO_VERDICT;
+        outcome.reason = NOT_DRAWN;
+        return (NO_VERDICT, outcome);
     };
-    match act(ctx, flow, rule, hit.kind, hook) {
+    let kind = hit.kind;
+    match act(ctx, flow, rule, kind, hook) {
         Acted::Yes(verdict) => {
             hit.acted();
-            verdict
+            outcome.reason = ACTED;
+            outcome.kind = kind as u8;
+            (verdict, outcome)
         }
-        Acted::Untouched => NO_VERDICT,
+        Acted::Untouched => (NO_VERDICT, outcome),
     }
 }
 

@@ -9,7 +9,8 @@
 //! `csum` depend on nothing of ours; `parse`, `matcher`, `counters`, `draw`,
 //! `answer` on those; `fault/*` on all of them; `actions` and `xdp` on
 //! `fault`; `steer` (the `sk_lookup` program of `faultbpf http`) on the
-//! common types only; `main` on everything.
+//! common types only; `trace` (`faultbpf trace`'s events) on `flow` and
+//! `matcher`; `main` on everything.
 #![no_std]
 #![no_main]
 // `asm!` for the throttle's compare-and-exchange (`fault/throttle.rs`);
@@ -30,12 +31,15 @@ mod matcher;
 mod packet;
 mod parse;
 mod steer;
+mod trace;
 mod xdp;
 
 use aya_ebpf::{
     macros::{classifier, sk_lookup, xdp},
     programs::{SkLookupContext, TcContext, XdpContext},
 };
+
+use faultbpf_common::{TRACE_HOOK_EGRESS, TRACE_HOOK_INGRESS};
 
 use crate::{
     actions::NO_VERDICT,
@@ -84,13 +88,27 @@ fn run(ctx: &TcContext, hook: Hook) -> i32 {
     if duplicate::is_clone(ctx) {
         return NO_VERDICT;
     }
+    // SAFETY: `skb` is the valid context pointer of this program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let traced = match hook {
+        Hook::Ingress => TRACE_HOOK_INGRESS,
+        Hook::Egress => TRACE_HOOK_EGRESS,
+    };
     // A packet we cannot parse is never ours: pass it untouched.
     let Some(flow) = parse::flow(ctx) else {
+        trace::unparsed(ifindex, traced, NO_VERDICT);
         return NO_VERDICT;
     };
     match matcher::rule_for(&flow, hook) {
-        Some(rule) => actions::apply(ctx, &flow, rule, hook),
-        None => NO_VERDICT,
+        Some(rule) => {
+            let (verdict, outcome) = actions::apply(ctx, &flow, rule, hook);
+            trace::packet(ifindex, traced, &flow, outcome, verdict);
+            verdict
+        }
+        None => {
+            trace::missed(ifindex, traced, &flow, hook, NO_VERDICT);
+            NO_VERDICT
+        }
     }
 }
 

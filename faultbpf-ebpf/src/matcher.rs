@@ -8,6 +8,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use faultbpf_common::{
     FLAG_PEERS, PEER_SLOT_BITS, RuleKey, RuleValue, SIDE_DST, SIDE_FRAGMENT, SIDE_SRC,
     peer_key_data, port_bit,
+    trace_reason::{EXPIRED, LEASE_STALE, NO_RULE, OTHER_DIRECTION, OTHER_PEER},
 };
 
 use crate::{
@@ -91,4 +92,77 @@ fn expired(rule: &RuleValue) -> bool {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     (rule.expires_ns != 0 && now >= rule.expires_ns)
         || (lease != 0 && now > heartbeat.saturating_add(lease))
+}
+
+/// Why no rule applies to a packet (a `trace_reason`), and the rule that
+/// did not apply (`u32::MAX`: none has its ports), for `faultbpf trace`.
+#[derive(Clone, Copy)]
+pub struct Miss {
+    pub reason: u8,
+    pub slot: u32,
+}
+
+/// No rule has this port.
+const NONE: Miss = Miss {
+    reason: NO_RULE,
+    slot: u32::MAX,
+};
+
+/// For a packet [`rule_for`] found no rule for: why. Only a tracer pays
+/// for this second look; the answer is the same lookups', reason by
+/// reason (the more telling of the two ports': a rule that did not apply
+/// over no rule at all).
+#[inline(always)]
+pub fn explain(flow: &Flow, hook: Hook) -> Miss {
+    if flow.fragment {
+        return explain_side(flow, hook, SIDE_FRAGMENT, 0);
+    }
+    let dst = explain_side(flow, hook, SIDE_DST, flow.dport_be);
+    if dst.reason != NO_RULE {
+        return dst;
+    }
+    explain_side(flow, hook, SIDE_SRC, flow.sport_be)
+}
+
+#[inline(always)]
+fn explain_side(flow: &Flow, hook: Hook, side: u8, port_be: u16) -> Miss {
+    let key = RuleKey {
+        proto: flow.proto,
+        side,
+        port_be,
+    };
+    let Some((word, shift)) = key.index_bits() else {
+        return NONE;
+    };
+    let Some(w) = RULE_INDEX.get(word) else {
+        return NONE;
+    };
+    let slot = (*w >> shift) & 0xffff;
+    if slot == 0 {
+        return NONE;
+    }
+    let Some(rule) = RULES.get(slot as u32 - 1) else {
+        return NONE;
+    };
+    let reason = if rule.directions & hook.dir_bit() == 0 {
+        OTHER_DIRECTION
+    } else if rule.expires_ns != 0 && now() >= rule.expires_ns {
+        EXPIRED
+    } else if expired(rule) {
+        LEASE_STALE
+    } else if rule.flags & FLAG_PEERS != 0 {
+        OTHER_PEER
+    } else {
+        NO_RULE
+    };
+    Miss {
+        reason,
+        slot: rule.slot,
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }

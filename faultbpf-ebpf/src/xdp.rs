@@ -26,47 +26,81 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
-use faultbpf_common::FaultKind;
+use faultbpf_common::{
+    FaultKind, RuleValue, TRACE_HOOK_XDP,
+    trace_reason::{ACTED, NOT_APPLICABLE, NOT_DRAWN},
+};
 
 use crate::{
     draw,
     fault::{hang, reset},
+    flow::Flow,
     hook::Hook,
     matcher,
     packet::Packet,
     parse,
+    trace::{self, Outcome},
 };
 
 /// The XDP verdict for one packet.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
+    // SAFETY: `ctx` is the valid context pointer of this program run.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // A packet we cannot parse is never ours: pass it untouched.
     let Some(flow) = parse::flow(ctx) else {
+        trace::unparsed(ifindex, TRACE_HOOK_XDP, XDP_PASS as i32);
         return XDP_PASS;
     };
-    let Some(rule) = matcher::rule_for(&flow, Hook::Ingress) else {
-        return XDP_PASS;
+    match matcher::rule_for(&flow, Hook::Ingress) {
+        Some(rule) => {
+            let (verdict, outcome) = apply(ctx, &flow, rule);
+            trace::packet(ifindex, TRACE_HOOK_XDP, &flow, outcome, verdict as i32);
+            verdict
+        }
+        None => {
+            trace::missed(
+                ifindex,
+                TRACE_HOOK_XDP,
+                &flow,
+                Hook::Ingress,
+                XDP_PASS as i32,
+            );
+            XDP_PASS
+        }
+    }
+}
+
+/// The verdict for a packet `rule` matched, and what became of it.
+#[inline(always)]
+fn apply(ctx: &XdpContext, flow: &Flow, rule: &RuleValue) -> (u32, Outcome) {
+    let mut outcome = Outcome {
+        reason: NOT_APPLICABLE,
+        slot: rule.slot,
+        kind: 0,
     };
     // As on tc (`actions::apply`): the rest sees an opaque flow, so the
     // verifier walks it once, not once per parser path.
     let Some(flow) = flow.opaque() else {
-        return XDP_PASS;
+        return (XDP_PASS, outcome);
     };
     let Some(hit) = draw::hit(flow, rule, 1, ctx.len() as u64) else {
-        return XDP_PASS;
+        outcome.reason = NOT_DRAWN;
+        return (XDP_PASS, outcome);
     };
-    let verdict = match hit.kind {
+    let kind = hit.kind;
+    let verdict = match kind {
         FaultKind::Drop => XDP_DROP,
         FaultKind::Hang => {
             if !hang::applies(ctx, flow) {
-                return XDP_PASS;
+                return (XDP_PASS, outcome);
             }
             XDP_DROP
         }
         FaultKind::Reset => match reset::xdp::reply(ctx, flow) {
             reset::Outcome::Answered => XDP_TX,
             // A RST passes, as on tc: never answered, not counted as acted.
-            reset::Outcome::Pass => return XDP_PASS,
+            reset::Outcome::Pass => return (XDP_PASS, outcome),
             reset::Outcome::Drop => XDP_DROP,
         },
         FaultKind::Corrupt
@@ -77,9 +111,11 @@ pub fn run(ctx: &XdpContext) -> u32 {
         | FaultKind::Throttle
         | FaultKind::Dns
         | FaultKind::Mix => {
-            return XDP_PASS;
+            return (XDP_PASS, outcome);
         }
     };
     hit.acted();
-    verdict
+    outcome.reason = ACTED;
+    outcome.kind = kind as u8;
+    (verdict, outcome)
 }

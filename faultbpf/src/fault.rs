@@ -203,6 +203,7 @@ fn place(args: &FaultArgs, rule: &Rule, client: &Client) -> Result<Placement, Fa
     }
     let hooks = args.hooks(&rule.fault).map_err(Failure::Usage)?;
     let ifaces = interfaces(&args.ifaces)?;
+    faultbpf::load::set_traceable(args.traceable);
     Ok(Placement::here(&ifaces, hooks)?)
 }
 

@@ -15,7 +15,7 @@ pub mod faults;
 pub mod guard;
 pub mod http;
 pub mod iface;
-mod load;
+pub mod load;
 pub mod loader;
 pub mod mapwrite;
 mod mountns;
@@ -29,6 +29,7 @@ mod span;
 pub mod spec;
 pub mod target;
 pub mod tls;
+pub mod trace;
 
 pub use api::client;
 pub use error::Error;

@@ -13,20 +13,42 @@
 //! - The verifier walks each tc program (~100 ms each here); [`programs`]
 //!   verifies them on separate threads, so two CPUs halve the wait.
 
-use std::thread;
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+};
 
 use aya::{
     EbpfLoader,
     programs::{Program, ProgramError},
 };
+use faultbpf_common::TRACEABLE_GLOBAL;
 
 use crate::mountns;
+
+/// Whether programs loaded from now on can be traced (`faultbpf trace`).
+static TRACEABLE: AtomicBool = AtomicBool::new(false);
+
+/// Loads the programs to come traceable (`--traceable`; the daemon always
+/// does): their trace points are kept, which doubles the verifier's work
+/// at start; off, the verifier drops them as dead code.
+pub fn set_traceable(on: bool) {
+    TRACEABLE.store(on, Ordering::Relaxed);
+}
+
+pub fn traceable() -> bool {
+    TRACEABLE.load(Ordering::Relaxed)
+}
 
 /// An `EbpfLoader` that does not parse the kernel's BTF when it can help
 /// it: built where /sys/kernel/btf is an empty tmpfs.
 pub fn loader() -> EbpfLoader<'static> {
-    mountns::with_fresh_mount(c"tmpfs", c"/sys/kernel/btf", EbpfLoader::new)
-        .unwrap_or_else(|_| EbpfLoader::new())
+    let mut loader = mountns::with_fresh_mount(c"tmpfs", c"/sys/kernel/btf", EbpfLoader::new)
+        .unwrap_or_else(|_| EbpfLoader::new());
+    if traceable() {
+        loader.override_global(TRACEABLE_GLOBAL, &1u8, true);
+    }
+    loader
 }
 
 /// Loads (verifies) `programs` at once, one thread each, and gives each

@@ -39,7 +39,8 @@ use aya::{
 use faultbpf_common::{
     COUNTERS_MAP, DELAY_DEV_MAP, DNS_SUFFIXES_MAP, DnsKey, EGRESS_PROGRAM, INGRESS_PROGRAM,
     LEASE_MAP, Lease, PEERS_MAP, PORT_WORDS, PORTS_MAP, RETURN_PROGRAM, RULE_INDEX_MAP,
-    RULE_INDEX_WORDS, RULES_MAP, RuleCounters, RuleKey, RuleValue, THROTTLE_MAP, XDP_PROGRAM,
+    RULE_INDEX_WORDS, RULES_MAP, RuleCounters, RuleKey, RuleValue, THROTTLE_MAP, TRACE_MAP,
+    TraceConf, XDP_PROGRAM,
 };
 use serde::Serialize;
 
@@ -265,6 +266,20 @@ impl Injector {
         };
         if inj.mode == AttachMode::Netlink || hooks.xdp.is_some() {
             inj.start_reaper()?;
+        }
+        if load::traceable() {
+            // Tells a tracer these programs were loaded with their trace
+            // points (the kernel does not read it).
+            inj.array::<TraceConf>(TRACE_MAP)?
+                .set(
+                    0,
+                    TraceConf {
+                        traceable: 1,
+                        ..TraceConf::default()
+                    },
+                    0,
+                )
+                .map_err(|e| map_err(TRACE_MAP, "could not mark the programs traceable", e))?;
         }
         inj.pause("attach:start");
         for i in interfaces {

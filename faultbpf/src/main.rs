@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         Command::Rm { ids, all, json } => manage::rm(&client, &ids, all, json),
         Command::Stats { watch, json } => manage::stats(&client, watch, json),
         Command::Check { file } => check(&file),
+        Command::Trace(args) => trace(args),
         Command::Completions { shell } => manual::completions(shell),
         Command::Manpages { dir } => manual::manpages(&dir),
         Command::Http(args) => http_cmd::run(args),
@@ -86,6 +87,18 @@ fn main() -> ExitCode {
 }
 
 /// `faultbpf check FILE`.
+fn trace(args: cli::TraceArgs) -> Result<(), Failure> {
+    let opts = faultbpf::trace::Options {
+        ports: args.ports.into_iter().collect(),
+        all: args.all,
+        lasts: args.lasts,
+        json: args.json,
+    };
+    let summary = faultbpf::trace::run(&opts).map_err(Failure::Runtime)?;
+    eprintln!("{}", faultbpf::trace::summary_line(&summary));
+    Ok(())
+}
+
 fn check(file: &std::path::Path) -> Result<(), Failure> {
     let c = faultbpf::config::load(file).map_err(|e| Failure::Runtime(e.into()))?;
     println!(

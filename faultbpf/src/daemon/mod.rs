@@ -191,6 +191,9 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         Some(v) => v.clone(),
         None => iface::up()?,
     };
+    // Always traceable: `faultbpf trace` works beside the daemon. The
+    // verifier's extra work is paid once, at start.
+    crate::load::set_traceable(true);
     let inj = Injector::attach(&ifaces, opts.attach)?;
     let lease_writer = inj.lease_writer()?;
     lease_writer.renew(lease)?;

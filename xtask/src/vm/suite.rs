@@ -41,6 +41,9 @@ const VM_SUITE: &[&str] = &[
     // The portable (static musl) binary from `cargo xtask dist` on 6.1's
     // netlink path: issue 13 asks for it on this kernel too.
     "dist_tarball",
+    // The traceable programs (the daemon's) must pass 6.1's verifier, and
+    // `faultbpf trace` find cls_bpf filters.
+    "trace",
 ];
 
 /// Tests left out of the VM lane: those needing TCX (6.6), and `delay`'s
