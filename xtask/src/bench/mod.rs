@@ -23,6 +23,7 @@ pub mod delay_accuracy;
 mod drop_capacity;
 mod floor;
 mod injector;
+mod new_faults;
 mod plot;
 mod prog_stats;
 mod report;
@@ -55,6 +56,8 @@ pub enum Scenario {
     Accuracy,
     /// Program size, map memory, process RSS
     Cost,
+    /// Issue 15's faults: DNS answers/s, cost per matched packet, throttle vs tbf
+    Faults,
 }
 
 impl Scenario {
@@ -66,15 +69,17 @@ impl Scenario {
             Self::Apply => "apply",
             Self::Accuracy => "accuracy",
             Self::Cost => "cost",
+            Self::Faults => "faults",
         }
     }
 
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Overhead,
         Self::Drop,
         Self::Apply,
         Self::Accuracy,
         Self::Cost,
+        Self::Faults,
     ];
 }
 
@@ -109,6 +114,11 @@ pub struct Plan {
     pub accuracy_packets: usize,
     /// A scenario's round loop stops early (with a note) once past this.
     pub scenario_budget: Duration,
+    /// The window the DNS query loop counts answers over.
+    pub dns_window: Duration,
+    /// `iperf3 -t` and `-O` through a 10 Mbit/s limit.
+    pub throttle_secs: u32,
+    pub throttle_omit: u32,
 }
 
 impl Plan {
@@ -132,6 +142,9 @@ impl Plan {
             accuracy_trials: if quick { 3 } else { 10 },
             accuracy_packets: if quick { 20_000 } else { 100_000 },
             scenario_budget: Duration::from_secs(if quick { 240 } else { 600 }),
+            dns_window: Duration::from_millis(if quick { 1000 } else { 2000 }),
+            throttle_secs: if quick { 3 } else { 10 },
+            throttle_omit: if quick { 1 } else { 2 },
         }
     }
 }
@@ -231,6 +244,7 @@ pub fn run(opts: &Options) -> Result<()> {
             Scenario::Apply => apply_time::run(&ctx),
             Scenario::Accuracy => accuracy::run(&ctx),
             Scenario::Cost => cost::run(&ctx),
+            Scenario::Faults => new_faults::run(&ctx),
         };
         topo::check_interrupted()?;
         eprintln!("bench: {scenario:?} took {:.0}s", t.elapsed().as_secs_f64());

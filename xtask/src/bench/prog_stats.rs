@@ -69,12 +69,11 @@ fn snapshot(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
 }
 
 /// Runs `traffic` with statistics on and returns, per program of `pid`
-/// that ran at least `min_runs` times meanwhile, its mean ns per run.
-pub fn ns_per_run(
+/// that ran meanwhile, its run time (ns) and runs during `traffic`.
+pub fn totals(
     pid: u32,
-    min_runs: u64,
     traffic: impl FnOnce() -> Result<()>,
-) -> Result<BTreeMap<String, f64>> {
+) -> Result<BTreeMap<String, (u64, u64)>> {
     let _on = Enabled::new()?;
     let before = snapshot(pid)?;
     traffic()?;
@@ -83,8 +82,22 @@ pub fn ns_per_run(
         .into_iter()
         .filter_map(|(name, (ns, runs))| {
             let (ns0, runs0) = before.get(&name).copied().unwrap_or((0, 0));
-            let runs = runs.checked_sub(runs0)?;
-            (runs >= min_runs).then(|| (name, ns.saturating_sub(ns0) as f64 / runs as f64))
+            let runs = runs.checked_sub(runs0).filter(|&r| r > 0)?;
+            Some((name, (ns.saturating_sub(ns0), runs)))
         })
+        .collect())
+}
+
+/// Runs `traffic` with statistics on and returns, per program of `pid`
+/// that ran at least `min_runs` times meanwhile, its mean ns per run.
+pub fn ns_per_run(
+    pid: u32,
+    min_runs: u64,
+    traffic: impl FnOnce() -> Result<()>,
+) -> Result<BTreeMap<String, f64>> {
+    Ok(totals(pid, traffic)?
+        .into_iter()
+        .filter(|(_, (_, runs))| *runs >= min_runs)
+        .map(|(name, (ns, runs))| (name, ns as f64 / runs as f64))
         .collect())
 }
