@@ -32,6 +32,20 @@ fn tracer(topo: &Topology, args: &[&str]) -> Proc {
     t
 }
 
+/// `blackhole --port P --traceable` on the server's veth, once active.
+fn traceable_blackhole(topo: &Topology) -> Proc {
+    let port = P.to_string();
+    let args = [
+        "blackhole",
+        "--port",
+        &port,
+        "--traceable",
+        "--iface",
+        SERVER_IF,
+    ];
+    Launch::new(&topo.server, args).standalone().start()
+}
+
 /// The trace's events once it ended by itself (`--for`).
 fn events(mut t: Proc) -> Vec<Value> {
     let exit = t.wait(Duration::from_secs(30));
@@ -58,19 +72,7 @@ fn to_port<'a>(events: &'a [Value], port: u16, hook: &str) -> Vec<&'a Value> {
 #[test]
 fn trace_shows_a_blackholes_drops_with_their_rule_and_no_rule_elsewhere() {
     let topo = Topology::new("tr-bh");
-    let mut fault = Launch::new(
-        &topo.server,
-        [
-            "blackhole",
-            "--port",
-            &P.to_string(),
-            "--traceable",
-            "--iface",
-            SERVER_IF,
-        ],
-    )
-    .standalone()
-    .start();
+    let mut fault = traceable_blackhole(&topo);
     let t = tracer(
         &topo,
         &[
@@ -186,19 +188,7 @@ fn coarse_now_ns() -> u64 {
 #[test]
 fn a_killed_tracer_leaves_tracing_on_for_its_lease_at_most_tcx() {
     let topo = Topology::new("tr-kill");
-    let _fault = Launch::new(
-        &topo.server,
-        [
-            "blackhole",
-            "--port",
-            &P.to_string(),
-            "--traceable",
-            "--iface",
-            SERVER_IF,
-        ],
-    )
-    .standalone()
-    .start();
+    let _fault = traceable_blackhole(&topo);
     assert_eq!(trace_conf(&topo).until_ns, 0, "off before any tracer");
     let mut t = tracer(&topo, &["--port", &P.to_string()]);
     UdpPath::new(&topo, P).send(1, 16);
