@@ -266,17 +266,22 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
                 let (opts, shared) = (opts.clone(), shared.clone());
-                let text = tokio::task::spawn_blocking(move || reload(&opts, &shared, "SIGHUP"))
-                    .await;
+                let text =
+                    tokio::task::spawn_blocking(move || reload(&opts, &shared, "SIGHUP", None))
+                        .await;
                 if let Ok(Some(text)) = text {
                     last_read = Some(text);
                 }
             }
             _ = tick.tick() => {
-                if opts.watch_config && config_changed(&opts, last_read.as_deref()) {
+                if let Some(changed) = opts
+                    .watch_config
+                    .then(|| changed_config(&opts, last_read.as_deref()))
+                    .flatten()
+                {
                     let (opts, shared) = (opts.clone(), shared.clone());
                     let text = tokio::task::spawn_blocking(move || {
-                        reload(&opts, &shared, "config file changed")
+                        reload(&opts, &shared, "config file changed", Some(changed))
                     })
                     .await;
                     // Tried once per content: a file that failed stays
@@ -355,25 +360,23 @@ fn spawn_heartbeat(
         .context("could not start the heartbeat thread")
 }
 
-/// `--watch-config`: whether the file now holds something other than what
-/// was last read from it. A file that cannot be read (the kubelet between
-/// two symlinks) is no change.
-fn config_changed(opts: &Options, last: Option<&str>) -> bool {
-    let Some(path) = &opts.config else {
-        return false;
-    };
-    std::fs::read_to_string(path).is_ok_and(|now| Some(now.as_str()) != last)
+/// `--watch-config`: the file's text when it holds something other than
+/// what was last read from it. A file that cannot be read (the kubelet
+/// between two symlinks) is no change.
+fn changed_config(opts: &Options, last: Option<&str>) -> Option<String> {
+    let now = std::fs::read_to_string(opts.config.as_ref()?).ok()?;
+    (Some(now.as_str()) != last).then_some(now)
 }
 
-/// SIGHUP (or `--watch-config` seeing a change, `why`): re-reads the config
-/// and applies its rules all or nothing. Returns the text it read, applied
+/// SIGHUP (or `--watch-config` seeing a change, `why`): applies the config
+/// (`text`, or the file read now) all or nothing. Returns the text, applied
 /// or not, so a watcher does not retry the same content every second.
-fn reload(opts: &Options, shared: &api::Shared, why: &str) -> Option<String> {
+fn reload(opts: &Options, shared: &api::Shared, why: &str, text: Option<String>) -> Option<String> {
     let Some(path) = &opts.config else {
         log(&format!("{why}: no --config to reload"));
         return None;
     };
-    let text = match crate::span::read(path) {
+    let text = match text.map_or_else(|| crate::span::read(path), Ok) {
         Ok(t) => t,
         Err(e) => {
             log(&format!("{why}: config not reloaded, nothing changed: {e}"));
