@@ -197,15 +197,16 @@ fn open(maps: &BTreeMap<String, u32>) -> anyhow::Result<Option<Instance>> {
     }))
 }
 
+/// Writes every word of the port bitmap: the watched ports' bits set, all
+/// others cleared (a tracer killed before it could clear its own leaves
+/// them behind).
 fn set_ports(inst: &mut Instance, opts: &Options) -> anyhow::Result<()> {
     let mut words = vec![0u64; TRACE_PORT_WORDS as usize];
     for &p in &opts.ports {
         words[p as usize / 64] |= 1 << (p % 64);
     }
     for (i, w) in words.iter().enumerate() {
-        if *w != 0 {
-            inst.ports.set(i as u32, *w, 0)?;
-        }
+        inst.ports.set(i as u32, *w, 0)?;
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! faulted, beside a standalone fault started `--traceable` and beside the
 //! daemon (always traceable); a fault loaded without trace points is
 //! named, not silently untraced; and a tracer killed with SIGKILL leaves
-//! tracing on for at most its lease (`TRACE_LEASE_NS`, 3 s). The VM lane
+//! tracing on for at most its lease (`TRACE_LEASE_NS`, 3 s), and its ports
+//! to no later tracer. The VM lane
 //! runs these on 6.1's netlink attach path too, but for the lease test,
 //! which reads the map through TCX (`*tcx*` tests are skipped there).
 
@@ -212,9 +213,17 @@ fn a_killed_tracer_leaves_tracing_on_for_its_lease_at_most_tcx() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The control: a tracer that ends normally switches it off at once.
-    let mut t = tracer(&topo, &["--port", &P.to_string(), "--for", "1s"]);
-    drop(t.wait(Duration::from_secs(30)));
+    // The next tracer watches Q only: the killed one's port bit for P is
+    // not left to it. And a tracer that ends normally switches tracing off
+    // at once (the control for the lease).
+    let t = tracer(&topo, &["--port", &Q.to_string(), "--for", "2s"]);
+    UdpPath::new(&topo, P).send(3, 16);
+    let q = UdpPath::new(&topo, Q);
+    q.send(3, 16);
+    q.drain();
+    let events = events(t);
+    assert!(to_port(&events, P, "ingress").is_empty(), "{events:#?}");
+    assert_eq!(to_port(&events, Q, "ingress").len(), 3, "{events:#?}");
     assert_eq!(
         trace_conf(&topo).until_ns,
         0,
