@@ -6,6 +6,8 @@
 //! - TCP: a transfer completes intact while the receiver sends D-SACKs for
 //!   the duplicate segments (`TcpExtTCPDSACKOldSent`) and the sender gets
 //!   them (`TcpExtTCPDSACKRecv`); a control run without the fault sends none.
+//! - kill -9 of faultbpf: every datagram arrives once again within a
+//!   second.
 
 use std::{
     collections::BTreeMap,
@@ -211,4 +213,39 @@ fn duplicate_tcp_completes_and_the_receiver_sends_dsacks() {
         rule.acted_packets > 0 && rule.acted_packets == rule.matched_packets,
         "{rule:?}"
     );
+}
+
+#[test]
+fn duplicate_sigkill_heals_within_a_second() {
+    let topo = Topology::new("dup-kill");
+    let mut fb = Launch::new(&topo.server, ["duplicate"])
+        .args([
+            "--port",
+            &P.to_string(),
+            "--proto",
+            "udp",
+            "--iface",
+            SERVER_IF,
+        ])
+        .standalone()
+        .start();
+    let during = send_udp(&topo, CLIENT_V4, SERVER_V4, 20);
+    assert!(
+        during.len() == 20 && during.values().all(|&c| c == 2),
+        "in force before the kill: {during:?}"
+    );
+    let exit = fb.stop(libc::SIGKILL);
+    assert!(!exit.status.success(), "{exit:?}");
+    let killed = std::time::Instant::now();
+    loop {
+        let after = send_udp(&topo, CLIENT_V4, SERVER_V4, 20);
+        if after.len() == 20 && after.values().all(|&c| c == 1) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still duplicated {:?} after kill -9: {after:?}",
+            killed.elapsed()
+        );
+    }
 }

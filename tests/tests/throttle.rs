@@ -7,7 +7,8 @@
 //! ACKs were dropped) this measured 1.1 Mbit/s; with a 100 ms default
 //! burst TCP idled in retransmission timeouts at 6 Mbit/s.
 //! UDP through a small bucket: what arrived plus what the rule dropped is
-//! what was sent.
+//! what was sent; after kill -9 of faultbpf the whole burst arrives again
+//! within a second.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -183,4 +184,54 @@ fn throttle_udp_counters_add_up_to_what_was_sent() {
         (10..N / 2).contains(&got),
         "about the bucket's 16 datagrams get through a burst, got {got}"
     );
+}
+
+#[test]
+fn throttle_sigkill_heals_within_a_second() {
+    const N: usize = 200;
+    let topo = Topology::new("thr-kill");
+    let rx = udp_bind(&topo.server, SocketAddr::new(SERVER_V4, P));
+    faultbpf_tests::force_rcvbuf(std::os::fd::AsFd::as_fd(&rx), 8 << 20);
+    let tx = udp_bind(&topo.client, SocketAddr::new(CLIENT_V4, 0));
+    tx.connect(SocketAddr::new(SERVER_V4, P)).unwrap();
+    let burst = || {
+        for i in 0..N {
+            tx.send(&[i as u8; 1000]).unwrap();
+        }
+        count_datagrams(&rx, N, Duration::from_millis(300)).len()
+    };
+    let mut fb = Launch::new(&topo.server, ["throttle"])
+        .args([
+            "--port",
+            &P.to_string(),
+            "--proto",
+            "udp",
+            "--rate",
+            "1mbit",
+            "--burst",
+            "16kb",
+            "--iface",
+            SERVER_IF,
+        ])
+        .standalone()
+        .start();
+    let during = burst();
+    assert!(
+        during < N / 2,
+        "in force before the kill: {during} of {N} arrived"
+    );
+    let exit = fb.stop(libc::SIGKILL);
+    assert!(!exit.status.success(), "{exit:?}");
+    let killed = std::time::Instant::now();
+    loop {
+        let after = burst();
+        if after == N {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "still throttled {:?} after kill -9: {after} of {N} arrived",
+            killed.elapsed()
+        );
+    }
 }
