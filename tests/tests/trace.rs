@@ -23,6 +23,9 @@ use serde_json::Value;
 const P: u16 = 5900;
 /// A port no rule has.
 const Q: u16 = 5901;
+/// A port no rule has, in another word of the trace's port bitmap than P.
+const R: u16 = 5990;
+const _: () = assert!(P / 64 != R / 64);
 
 /// `faultbpf trace ARGS..` in the server namespace, once it says it traces.
 fn tracer(topo: &Topology, args: &[&str]) -> Proc {
@@ -213,17 +216,17 @@ fn a_killed_tracer_leaves_tracing_on_for_its_lease_at_most_tcx() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The next tracer watches Q only: the killed one's port bit for P is
+    // The next tracer watches R only: the killed one's port bit for P is
     // not left to it. And a tracer that ends normally switches tracing off
     // at once (the control for the lease).
-    let t = tracer(&topo, &["--port", &Q.to_string(), "--for", "2s"]);
+    let t = tracer(&topo, &["--port", &R.to_string(), "--for", "2s"]);
     UdpPath::new(&topo, P).send(3, 16);
-    let q = UdpPath::new(&topo, Q);
-    q.send(3, 16);
-    q.drain();
+    let r = UdpPath::new(&topo, R);
+    r.send(3, 16);
+    r.drain();
     let events = events(t);
     assert!(to_port(&events, P, "ingress").is_empty(), "{events:#?}");
-    assert_eq!(to_port(&events, Q, "ingress").len(), 3, "{events:#?}");
+    assert_eq!(to_port(&events, R, "ingress").len(), 3, "{events:#?}");
     assert_eq!(
         trace_conf(&topo).until_ns,
         0,
