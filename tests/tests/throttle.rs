@@ -145,6 +145,20 @@ fn throttle_tcp_measures_the_rate_like_tbf() {
     assert!(rule.acted_packets > 0, "policing dropped packets: {rule:?}");
 }
 
+/// `throttle` of UDP to P at 1mbit with a 16 KB bucket on the server's
+/// veth, plus `extra`, once active.
+fn udp_throttle(topo: &Topology, extra: &[&str]) -> Proc {
+    let port = P.to_string();
+    Launch::new(
+        &topo.server,
+        ["throttle", "--port", &port, "--proto", "udp"],
+    )
+    .args(["--rate", "1mbit", "--burst", "16kb", "--iface", SERVER_IF])
+    .args(extra)
+    .standalone()
+    .start()
+}
+
 #[test]
 fn throttle_udp_counters_add_up_to_what_was_sent() {
     const N: usize = 200;
@@ -152,22 +166,7 @@ fn throttle_udp_counters_add_up_to_what_was_sent() {
     let rx = udp_bind(&topo.server, SocketAddr::new(SERVER_V4, P));
     let tx = udp_bind(&topo.client, SocketAddr::new(CLIENT_V4, 0));
     tx.connect(SocketAddr::new(SERVER_V4, P)).unwrap();
-    let mut fb = Launch::new(&topo.server, ["throttle"])
-        .args([
-            "--port",
-            &P.to_string(),
-            "--proto",
-            "udp",
-            "--rate",
-            "1mbit",
-            "--burst",
-            "16kb",
-            "--iface",
-            SERVER_IF,
-            "--json",
-        ])
-        .standalone()
-        .start();
+    let mut fb = udp_throttle(&topo, &["--json"]);
     // 200 KB at once through a 16 KB bucket filling at 125 KB/s.
     for i in 0..N {
         tx.send(&[i as u8; 1000]).unwrap();
@@ -200,21 +199,7 @@ fn throttle_sigkill_heals_within_a_second() {
         }
         count_datagrams(&rx, N, Duration::from_millis(300)).len()
     };
-    let mut fb = Launch::new(&topo.server, ["throttle"])
-        .args([
-            "--port",
-            &P.to_string(),
-            "--proto",
-            "udp",
-            "--rate",
-            "1mbit",
-            "--burst",
-            "16kb",
-            "--iface",
-            SERVER_IF,
-        ])
-        .standalone()
-        .start();
+    let mut fb = udp_throttle(&topo, &[]);
     let during = burst();
     assert!(
         during < N / 2,
