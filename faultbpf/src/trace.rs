@@ -31,6 +31,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::iface;
 
+/// How often the tracer renews its lease (`TRACE_LEASE_NS` is three times
+/// this), and how often it looks for faultbpf instances that appeared.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+const SCAN_EVERY: Duration = Duration::from_secs(5);
+
 /// What to watch.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -109,6 +114,7 @@ async fn trace(opts: &Options) -> anyhow::Result<Summary> {
     let deadline = opts.lasts.map(|d| Instant::now() + d);
     let mut poll = tokio::time::interval(Duration::from_millis(20));
     let mut last_renew = Instant::now();
+    let mut last_scan = Instant::now();
     let mut summary = Summary::default();
     loop {
         tokio::select! {
@@ -131,9 +137,16 @@ async fn trace(opts: &Options) -> anyhow::Result<Summary> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if last_renew.elapsed() >= Duration::from_secs(1) {
+        // The lease every second; a look for new instances (a `tc`
+        // process per interface and hook where TCX is missing) every 5.
+        if last_renew.elapsed() >= RENEW_EVERY {
             last_renew = Instant::now();
-            scan(&mut instances, opts)?;
+            if last_scan.elapsed() >= SCAN_EVERY {
+                last_scan = Instant::now();
+                scan(&mut instances, opts)?;
+            } else {
+                renew_all(&mut instances, opts);
+            }
         }
     }
     summary.instances = instances.len();
@@ -169,9 +182,14 @@ fn scan(instances: &mut BTreeMap<u32, Instance>, opts: &Options) -> anyhow::Resu
             }
         }
     }
+    renew_all(instances, opts);
+    Ok((found, untraceable))
+}
+
+/// Renews the lease in every instance; forgets those that went away.
+fn renew_all(instances: &mut BTreeMap<u32, Instance>, opts: &Options) {
     let until = coarse_now_ns() + TRACE_LEASE_NS;
     instances.retain(|_, inst| renew(inst, until, opts.all).is_ok());
-    Ok((found, untraceable))
 }
 
 /// Opens an object's trace maps; `None` when it was not loaded traceable.
