@@ -312,3 +312,58 @@ pub fn run_checked(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// One node of a [`Star`]: its namespace, its end of the veth pair to the
+/// hub and its address there.
+pub struct StarNode {
+    pub ns: Netns,
+    pub iface: String,
+    pub ip: String,
+}
+
+/// A hub namespace joined to `n` node namespaces by one veth pair each
+/// (`hI` in the hub, `dI` in node I, 10.200.(BASE+I).0/24: hub .1, node
+/// .2), for fleets of daemons. Each pair is made inside the hub and its far
+/// end moved into the node, so neither end ever exists in the root
+/// namespace. Nodes drop before the hub.
+pub struct Star {
+    pub nodes: Vec<StarNode>,
+    pub hub: Netns,
+}
+
+impl Star {
+    pub fn new(tag: &str, base: u8, n: u8) -> Self {
+        let hub = Netns::new(&format!("{tag}-hub"));
+        hub.ip(&["link", "set", "lo", "up"]);
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let ns = Netns::new(&format!("{tag}-{i}"));
+            ns.ip(&["link", "set", "lo", "up"]);
+            let (h, d) = (format!("h{i}"), format!("d{i}"));
+            let net = format!("10.200.{}", u16::from(base) + u16::from(i));
+            hub.ip(&[
+                "link",
+                "add",
+                &h,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &d,
+                "netns",
+                ns.name(),
+            ]);
+            hub.ip(&["addr", "add", &format!("{net}.1/24"), "dev", &h]);
+            ns.ip(&["addr", "add", &format!("{net}.2/24"), "dev", &d]);
+            hub.ip(&["link", "set", &h, "up"]);
+            ns.ip(&["link", "set", &d, "up"]);
+            ns.wait_link_up(&d);
+            nodes.push(StarNode {
+                ns,
+                iface: d,
+                ip: format!("{net}.2"),
+            });
+        }
+        Star { nodes, hub }
+    }
+}

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultbpf_tests::{Netns, Proc, daemon::Daemon, temp::TempDir};
+use faultbpf_tests::{Netns, Proc, Star, daemon::Daemon, temp::TempDir};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "chaostoolkit-token-0123456789ab";
@@ -48,60 +48,32 @@ struct Fleet {
     daemons: Vec<Daemon>,
     /// The daemons' node addresses.
     ips: Vec<String>,
-    _nodes: Vec<Netns>,
-    hub: Netns,
+    star: Star,
 }
 
+/// Three daemons listening on TCP in three nodes of a star (10.200.51-53).
 fn fleet(tag: &str, token_file: &str) -> Fleet {
-    let hub = Netns::new(&format!("{tag}-hub"));
-    hub.ip(&["link", "set", "lo", "up"]);
-    let mut nodes = Vec::new();
-    let mut ips = Vec::new();
-    let mut daemons = Vec::new();
-    for i in 1..=3u8 {
-        let ns = Netns::new(&format!("{tag}-{i}"));
-        ns.ip(&["link", "set", "lo", "up"]);
-        let (h, d) = (format!("h{i}"), format!("d{i}"));
-        // Made inside the hub, the far end moved into the node.
-        hub.ip(&[
-            "link",
-            "add",
-            &h,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &d,
-            "netns",
-            ns.name(),
-        ]);
-        hub.ip(&["addr", "add", &format!("10.200.5{i}.1/24"), "dev", &h]);
-        ns.ip(&["addr", "add", &format!("10.200.5{i}.2/24"), "dev", &d]);
-        hub.ip(&["link", "set", &h, "up"]);
-        ns.ip(&["link", "set", &d, "up"]);
-        ns.wait_link_up(&d);
-        let ip = format!("10.200.5{i}.2");
-        daemons.push(Daemon::start(
-            &ns,
-            "ctk",
-            &[
-                "--iface",
-                &d,
-                "--listen",
-                &format!("{ip}:7443"),
-                "--token-file",
-                token_file,
-            ],
-        ));
-        ips.push(ip);
-        nodes.push(ns);
-    }
-    Fleet {
-        daemons,
-        ips,
-        _nodes: nodes,
-        hub,
-    }
+    let star = Star::new(tag, 50, 3);
+    let daemons = star
+        .nodes
+        .iter()
+        .map(|n| {
+            Daemon::start(
+                &n.ns,
+                "ctk",
+                &[
+                    "--iface",
+                    &n.iface,
+                    "--listen",
+                    &format!("{}:7443", n.ip),
+                    "--token-file",
+                    token_file,
+                ],
+            )
+        })
+        .collect();
+    let ips = star.nodes.iter().map(|n| n.ip.clone()).collect();
+    Fleet { daemons, ips, star }
 }
 
 fn python_activity(name: &str, kind: &str, module: &str, func: &str, args: Value) -> Value {
@@ -224,7 +196,7 @@ fn chaos_run_blackholes_three_daemons_observes_and_rolls_back() {
         json!({}),
     );
     let exp = experiment(&f.ips, "60s", vec![send, acted, heal]);
-    let mut chaos = chaos_run(&f.hub, &dir, &exp);
+    let mut chaos = chaos_run(&f.star.hub, &dir, &exp);
     let exit = chaos.wait(Duration::from_secs(180));
     let journal: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("journal.json")).unwrap_or_default(),
@@ -275,7 +247,7 @@ fn a_killed_chaos_run_leaves_nothing_in_force_past_its_expiry() {
     // its child behind when chaos is killed).
     let mut exp = experiment(&f.ips, "4s", Vec::new());
     exp["method"][0]["pauses"] = json!({ "after": 60 });
-    let mut chaos = chaos_run(&f.hub, &dir, &exp);
+    let mut chaos = chaos_run(&f.star.hub, &dir, &exp);
     let start = Instant::now();
     while f.daemons.iter().any(|d| d.rules().is_empty()) {
         assert!(chaos.is_running(), "chaos exited early: {}", chaos.stderr());

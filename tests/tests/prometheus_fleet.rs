@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use faultbpf_tests::{Netns, Proc, daemon::Daemon, run_bounded, temp::TempDir};
+use faultbpf_tests::{Netns, Proc, Star, daemon::Daemon, run_bounded, temp::TempDir};
 use serde_json::{Value, json};
 
 const PROM: &str = "127.0.0.1:9090";
@@ -48,41 +48,15 @@ fn by_instance(hub: &Netns, q: &str) -> BTreeMap<String, f64> {
 
 #[test]
 fn prometheus_scrapes_three_daemons_and_counts_the_traffic_sent() {
-    let hub = Netns::new("pf-hub");
-    hub.ip(&["link", "set", "lo", "up"]);
-    let mut nodes = Vec::new();
-    for i in 1..=3u8 {
-        let ns = Netns::new(&format!("pf-d{i}"));
-        ns.ip(&["link", "set", "lo", "up"]);
-        let (h, d) = (format!("h{i}"), format!("d{i}"));
-        // Made inside the hub, the far end moved into the node: neither
-        // end ever exists in the root namespace.
-        hub.ip(&[
-            "link",
-            "add",
-            &h,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &d,
-            "netns",
-            ns.name(),
-        ]);
-        hub.ip(&["addr", "add", &format!("10.200.4{i}.1/24"), "dev", &h]);
-        ns.ip(&["addr", "add", &format!("10.200.4{i}.2/24"), "dev", &d]);
-        hub.ip(&["link", "set", &h, "up"]);
-        ns.ip(&["link", "set", &d, "up"]);
-        ns.wait_link_up(&d);
-        nodes.push((ns, d, format!("10.200.4{i}.2")));
-    }
+    let star = Star::new("pf", 40, 3);
+    let (hub, nodes) = (&star.hub, &star.nodes);
     let daemons: Vec<Daemon> = nodes
         .iter()
-        .map(|(ns, d, ip)| {
+        .map(|n| {
             Daemon::start(
-                ns,
+                &n.ns,
                 "pf",
-                &["--iface", d, "--metrics", &format!("{ip}:9464")],
+                &["--iface", &n.iface, "--metrics", &format!("{}:9464", n.ip)],
             )
         })
         .collect();
@@ -91,10 +65,7 @@ fn prometheus_scrapes_three_daemons_and_counts_the_traffic_sent() {
     }
 
     let dir = TempDir::new("pf-prom");
-    let targets: Vec<String> = nodes
-        .iter()
-        .map(|(_, _, ip)| format!("'{ip}:9464'"))
-        .collect();
+    let targets: Vec<String> = nodes.iter().map(|n| format!("'{}:9464'", n.ip)).collect();
     let config = dir.write(
         "prometheus.yml",
         &format!(
@@ -115,7 +86,8 @@ fn prometheus_scrapes_three_daemons_and_counts_the_traffic_sent() {
     let sent: BTreeMap<String, f64> = nodes
         .iter()
         .zip([10u32, 20, 30])
-        .map(|((_, _, ip), n)| {
+        .map(|(node, n)| {
+            let ip = &node.ip;
             let to = format!("{ip}:{PORT}");
             hub.run(|| {
                 let s = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -134,8 +106,8 @@ fn prometheus_scrapes_three_daemons_and_counts_the_traffic_sent() {
     let start = Instant::now();
     let (mut up, mut acted);
     loop {
-        up = by_instance(&hub, "up");
-        acted = by_instance(&hub, "sum by (instance) (faultbpf_acted_packets_total)");
+        up = by_instance(hub, "up");
+        acted = by_instance(hub, "sum by (instance) (faultbpf_acted_packets_total)");
         let all_up = up.len() == 3 && up.values().all(|v| *v == 1.0);
         if all_up && acted == sent {
             break;
@@ -149,12 +121,16 @@ fn prometheus_scrapes_three_daemons_and_counts_the_traffic_sent() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // The daemons' own view agrees with what Prometheus stored.
-    for (d, (_, _, ip)) in daemons.iter().zip(&nodes) {
+    for (d, node) in daemons.iter().zip(nodes) {
         let rules = d.rules();
         let id = rules[0]["id"].as_u64().unwrap();
         let stats = d.stats_of(id).unwrap();
         let own = stats["acted_packets"].as_f64().unwrap_or(-1.0);
-        assert_eq!(Some(&own), sent.get(&format!("{ip}:9464")), "{stats}");
+        assert_eq!(
+            Some(&own),
+            sent.get(&format!("{}:9464", node.ip)),
+            "{stats}"
+        );
     }
     prom.kill();
 }
