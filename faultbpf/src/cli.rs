@@ -590,6 +590,22 @@ pub struct TraceArgs {
     /// One JSON object per packet: {"hook","iface","proto","src","dst","rule","reason","action","verdict"}
     #[arg(long)]
     pub json: bool,
+
+    /// Trace the faultbpf programs in this network namespace (a name from `ip netns`, or a path)
+    #[arg(long, value_name = "NAME|PATH", group = "target")]
+    pub netns: Option<String>,
+
+    /// Trace the faultbpf programs in the network namespace of this process
+    #[arg(long, value_name = "PID", group = "target")]
+    pub pid: Option<u32>,
+
+    /// Trace the faultbpf programs in this Docker or Podman container's network namespace
+    #[arg(long, value_name = "NAME|ID", group = "target")]
+    pub container: Option<String>,
+
+    /// The container engine that knows --container: docker or podman
+    #[arg(long, value_name = "ENGINE", requires = "container")]
+    pub engine: Option<faultbpf::target::Engine>,
 }
 
 #[derive(Debug, Args)]

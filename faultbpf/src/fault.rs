@@ -17,7 +17,7 @@ use faultbpf::{
     report::{self, Report, RuleReport},
     session::{Handle, Placement, StartError, TICK},
     spec::{Policy, RuleSpec},
-    target::Target,
+    target::{Target, TargetError},
 };
 use faultbpf_common::RuleCounters;
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,6 +37,16 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 impl Failure {
+    /// A namespace that cannot be entered: a bad name (usage, exit 2) or
+    /// an engine or kernel that cannot answer (exit 1).
+    pub fn target(e: TargetError) -> Self {
+        if e.is_usage() {
+            Self::Usage(e.to_string())
+        } else {
+            Self::Runtime(e.into())
+        }
+    }
+
     fn start(e: StartError) -> Self {
         if e.is_usage() {
             Self::Usage(e.to_string())
@@ -161,23 +171,14 @@ pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
 /// a daemon owns its own namespace), in this process with `--standalone`
 /// or `--xdp` or when no daemon listens, else in the daemon.
 fn place(args: &FaultArgs, rule: &Rule, client: &Client) -> Result<Placement, Failure> {
-    let target = match (&args.netns, args.pid, &args.container) {
-        (Some(n), _, _) => Some(Target::Netns(n.clone())),
-        (_, Some(p), _) => Some(Target::Pid(p)),
-        (_, _, Some(c)) => Some(Target::Container {
-            name: c.clone(),
-            engine: args.engine,
-        }),
-        _ => None,
-    };
+    let target = Target::from_flags(
+        args.netns.clone(),
+        args.pid,
+        args.container.clone(),
+        args.engine,
+    );
     if let Some(t) = target {
-        t.enter().map_err(|e| {
-            if e.is_usage() {
-                Failure::Usage(e.to_string())
-            } else {
-                Failure::Runtime(e.into())
-            }
-        })?;
+        t.enter().map_err(Failure::target)?;
     } else if !args.standalone && !args.xdp {
         match client.probe() {
             Probe::Up => {

@@ -88,6 +88,11 @@ fn main() -> ExitCode {
 
 /// `faultbpf check FILE`.
 fn trace(args: cli::TraceArgs) -> Result<(), Failure> {
+    let target =
+        faultbpf::target::Target::from_flags(args.netns, args.pid, args.container, args.engine);
+    if let Some(t) = target {
+        t.enter().map_err(Failure::target)?;
+    }
     let opts = faultbpf::trace::Options {
         ports: args.ports.into_iter().collect(),
         all: args.all,

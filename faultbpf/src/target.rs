@@ -80,6 +80,22 @@ impl TargetError {
 }
 
 impl Target {
+    /// The target the command-line flags name, if any (clap lets at most
+    /// one of `--netns`, `--pid`, `--container` through).
+    pub fn from_flags(
+        netns: Option<String>,
+        pid: Option<u32>,
+        container: Option<String>,
+        engine: Option<Engine>,
+    ) -> Option<Self> {
+        match (netns, pid, container) {
+            (Some(n), _, _) => Some(Self::Netns(n)),
+            (_, Some(p), _) => Some(Self::Pid(p)),
+            (_, _, Some(name)) => Some(Self::Container { name, engine }),
+            _ => None,
+        }
+    }
+
     /// The namespace file to open.
     pub fn path(&self) -> Result<PathBuf, TargetError> {
         match self {

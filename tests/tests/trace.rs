@@ -141,6 +141,42 @@ fn trace_beside_the_daemon_names_its_rule_and_a_rule_on_the_other_hook() {
 }
 
 #[test]
+fn trace_with_netns_watches_another_namespace_and_a_bad_name_is_named() {
+    let topo = Topology::new("tr-ns");
+    let _fault = traceable_blackhole(&topo);
+    // Started in the client's namespace, where no faultbpf runs.
+    let argv = [
+        "trace",
+        "--json",
+        "--netns",
+        topo.server.name(),
+        "--port",
+        &P.to_string(),
+        "--for",
+        "3s",
+    ];
+    let mut t = Launch::new(&topo.client, argv).no_daemon().spawn();
+    t.wait_stderr("faultbpf: tracing:", Duration::from_secs(30));
+    UdpPath::new(&topo, P).send(2, 16);
+    let events = events(t);
+    let dropped = to_port(&events, P, "ingress");
+    assert_eq!(dropped.len(), 2, "{events:#?}");
+    assert!(
+        dropped.iter().all(|e| e["reason"] == "acted"),
+        "{events:#?}"
+    );
+    let exit = Launch::new(
+        &topo.client,
+        ["trace", "--netns", "fbt-no-such-ns", "--port", "1"],
+    )
+    .no_daemon()
+    .run();
+    // As for a fault (targets.rs): a namespace that is not there is exit 1.
+    assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
+    assert!(exit.stderr.contains("fbt-no-such-ns"), "{exit:#?}");
+}
+
+#[test]
 fn a_fault_loaded_without_trace_points_is_named() {
     let topo = Topology::new("tr-no");
     let _fault = Launch::new(&topo.server, ["blackhole", "--port", &P.to_string()])
