@@ -155,17 +155,19 @@ impl Plan {
 /// (priority, handle) of the filters on `iface`'s `hook` that run one of
 /// `progs`, read from `tc -j filter show`.
 fn our_filters(iface: &str, hook: &str, progs: &BTreeSet<u32>) -> Vec<(u16, u32)> {
-    let Ok(out) = Command::new("tc")
+    filters_running(&tc_filters(iface, hook), progs)
+}
+
+/// `tc -j filter show dev IFACE HOOK`, parsed; `Null` when `tc` cannot
+/// say (missing, no such device).
+pub fn tc_filters(iface: &str, hook: &str) -> serde_json::Value {
+    Command::new("tc")
         .args(["-j", "filter", "show", "dev", iface, hook])
         .stderr(Stdio::null())
         .output()
-    else {
-        return Vec::new();
-    };
-    let Ok(filters) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return Vec::new();
-    };
-    filters_running(&filters, progs)
+        .ok()
+        .and_then(|out| serde_json::from_slice(&out.stdout).ok())
+        .unwrap_or_default()
 }
 
 /// The (priority, handle) of each entry of `tc -j filter show` whose BPF

@@ -13,7 +13,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv6Addr},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -314,15 +313,7 @@ fn is_ours(p: &ProgramInfo) -> bool {
 
 /// The BPF program ids of the cls_bpf filters on `iface`'s `hook`.
 fn cls_bpf_prog_ids(iface: &str, hook: &str) -> Vec<u32> {
-    let Ok(out) = Command::new("tc")
-        .args(["-j", "filter", "show", "dev", iface, hook])
-        .stderr(Stdio::null())
-        .output()
-    else {
-        return Vec::new();
-    };
-    let filters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    filters
+    crate::reaper::tc_filters(iface, hook)
         .as_array()
         .into_iter()
         .flatten()
