@@ -309,6 +309,10 @@ pub const DIST_NORMAL: u8 = 1;
 /// `RuleValue::flags`: let jitter reorder packets of a flow (by default a
 /// packet is never scheduled before the previous one of its flow).
 pub const FLAG_REORDER: u8 = 4;
+/// `RuleValue::flags`: a `Throttle` rule shapes (packets over the rate wait
+/// on the delay device until their departure time) instead of policing
+/// (dropping them). Set only where user space made the delay device.
+pub const FLAG_SHAPE: u8 = 8;
 
 /// Name of the one-entry array holding the delay device's sending-end
 /// ifindex (0: no device, delay passes packets untouched).

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, programs::TcContext};
 use faultbpf_common::{
-    FaultKind, RuleValue,
+    FLAG_SHAPE, FaultKind, RuleValue,
     trace_reason::{ACTED, NOT_APPLICABLE, NOT_DRAWN},
 };
 
@@ -93,6 +93,17 @@ fn act(ctx: &TcContext, flow: &Flow, rule: &RuleValue, kind: FaultKind, hook: Ho
             None => Acted::Untouched,
         },
         FaultKind::Duplicate => done(duplicate::clone(ctx, hook)),
+        FaultKind::Throttle if rule.flags & FLAG_SHAPE != 0 => {
+            match throttle::departure(ctx, rule, hook) {
+                throttle::Shaped::Now => Acted::Untouched,
+                // No device (it went away under us): the packet goes now.
+                throttle::Shaped::At(at) => match delay::hold_until(ctx, hook, at) {
+                    Some(verdict) => Acted::Yes(verdict),
+                    None => Acted::Untouched,
+                },
+                throttle::Shaped::Over => Acted::Yes(drop::tc_verdict(hook)),
+            }
+        }
         FaultKind::Throttle => {
             if throttle::over_rate(ctx, rule, hook) {
                 Acted::Yes(drop::tc_verdict(hook))

@@ -848,7 +848,9 @@ fn parse_domain(s: &str) -> Result<String, String> {
 pub struct ThrottleArgs {
     /// The rate, as tc writes it: 10mbit, 512kbit, 1gbit (or 100kbps, bytes)
     ///
-    /// Traffic over it is dropped (policing), so TCP slows to about the rate.
+    /// Where the kernel has sch_fq and sch_netem, traffic over it waits its turn
+    /// (shaping, at most 200 ms, then dropped); elsewhere it is dropped
+    /// (policing), so TCP slows to about the rate. The active: line says which.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate: String,
 

@@ -47,6 +47,7 @@ use serde::Serialize;
 use crate::{
     delaydev::DelayDevice,
     error::Error,
+    faults::Fault,
     iface, load,
     mapwrite::{self, ArrayFd},
     port_filter, reaper,
@@ -175,6 +176,10 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (EGRESS_PROGRAM, TcAttachType::Egress, "egress"),
 ];
 
+/// The delay device's horizon for shaped packets: they wait at most
+/// `faultbpf-ebpf`'s `throttle::MAX_WAIT_NS` (200 ms).
+const SHAPE_HORIZON: Duration = Duration::from_millis(200);
+
 /// Loaded programs attached to a set of interfaces.
 pub struct Injector {
     /// Dropped last: the maps and programs live as long as this.
@@ -200,6 +205,9 @@ pub struct Injector {
     delay_link: Option<SchedClassifierLink>,
     /// The longest delay the device's qdiscs are sized for.
     delay_max: Duration,
+    /// Whether throttle rules shape (the delay device could be made), once
+    /// the first one has asked.
+    can_shape: Option<bool>,
     /// What `RULE_INDEX` and `PORTS` hold: only this process writes them
     /// (the maps are created at load and never pinned), so a change is
     /// computed here and only the words that differ are written, in
@@ -261,6 +269,7 @@ impl Injector {
             delay: None,
             delay_link: None,
             delay_max: Duration::ZERO,
+            can_shape: None,
             index_shadow: vec![0; RULE_INDEX_WORDS as usize],
             ports_shadow: vec![0; PORT_WORDS as usize],
         };
@@ -469,7 +478,10 @@ impl Injector {
 
     /// Puts `rule` in force; its expiry counts from now. Peers go in
     /// before the rule, so the rule never acts on everyone for a moment.
-    pub fn insert(&mut self, rule: &Rule) -> Result<(), Error> {
+    /// Fills in what this kernel decides: whether a throttle shapes
+    /// ([`Self::settle`]).
+    pub fn insert(&mut self, rule: &mut Rule) -> Result<(), Error> {
+        self.settle(rule);
         if let Some(d) = rule.fault.delay() {
             self.ensure_delay_device(d.max())?;
         }
@@ -563,6 +575,36 @@ impl Injector {
             source: e,
         })?;
         Ok(LeaseWriter(ArrayFd::new(owned)))
+    }
+
+    /// Decides what in `rule` depends on this kernel, before it is shown or
+    /// inserted: a throttle shapes where the delay device can be made (the
+    /// kernel has sch_fq and sch_netem), and polices elsewhere. The first
+    /// throttle rule asks (making the device); later ones reuse the answer.
+    pub fn settle(&mut self, rule: &mut Rule) {
+        let Fault::Throttle(t) = &mut rule.fault else {
+            return;
+        };
+        let can = match self.can_shape {
+            Some(can) => can,
+            None => {
+                let can = match self.ensure_delay_device(SHAPE_HORIZON) {
+                    Ok(()) => true,
+                    Err(Error::Unsupported(_)) => false,
+                    Err(e) => {
+                        eprintln!(
+                            "faultbpf: warning: throttle polices (drops over the rate) \
+                             instead of shaping: {}",
+                            crate::error::chain(&e)
+                        );
+                        false
+                    }
+                };
+                self.can_shape = Some(can);
+                can
+            }
+        };
+        t.shape = can;
     }
 
     /// Makes sure a delay rule of up to `max` can be inserted (the delay

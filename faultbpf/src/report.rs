@@ -29,9 +29,10 @@ pub struct RuleReport {
     /// "reset": 10}; absent for other faults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actions: Option<BTreeMap<&'static str, u64>>,
-    /// `throttle`: how the rate is held, `policing` (over the rate is
-    /// dropped; shaping would need sch_fq), and the rate and burst as tc
-    /// writes them; absent for other faults.
+    /// `throttle`: how the rate is held, `shaping` (over the rate waits,
+    /// where the kernel has sch_fq and sch_netem) or `policing` (over the
+    /// rate is dropped), and the rate and burst as tc writes them; absent
+    /// for other faults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,7 +85,7 @@ impl RuleReport {
             acted_packets: c.acted_packets,
             acted_bytes: c.acted_bytes,
             actions: action_map(rule, c),
-            mode: rule.fault.throttle().map(|_| "policing"),
+            mode: rule.fault.throttle().map(|t| t.mode()),
             rate: limits.rate,
             burst: limits.burst,
         }

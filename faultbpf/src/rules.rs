@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use faultbpf_common::{
-    DIR_EGRESS, DIR_INGRESS, FLAG_PEERS, FLAG_PER_FLOW, FLAG_REORDER, PEER_SLOT_BITS, PROTO_TCP,
-    PROTO_UDP, RuleKey, RuleValue, SIDE_DST, SIDE_FRAGMENT, SIDE_SRC, peer_key_data,
+    DIR_EGRESS, DIR_INGRESS, FLAG_PEERS, FLAG_PER_FLOW, FLAG_REORDER, FLAG_SHAPE, PEER_SLOT_BITS,
+    PROTO_TCP, PROTO_UDP, RuleKey, RuleValue, SIDE_DST, SIDE_FRAGMENT, SIDE_SRC, peer_key_data,
     threshold_from_pct,
 };
 use serde::{Deserialize, Serialize};
@@ -290,6 +290,9 @@ impl Rule {
         }
         if self.fault.delay().is_some_and(|d| d.reorder) {
             flags |= FLAG_REORDER;
+        }
+        if self.fault.throttle().is_some_and(|t| t.shape) {
+            flags |= FLAG_SHAPE;
         }
         RuleValue {
             slot: self.id,

@@ -185,6 +185,8 @@ impl Placement {
                 };
                 rule.id = slot;
                 rule.seed = random_seed();
+                // Before the claim, which shows the description to others.
+                h.inj.settle(&mut rule);
                 let claim = match claims::claim(&rule.keys(), &rule.describe(), spec.force) {
                     Ok(c) => c,
                     Err(e) => {
@@ -192,7 +194,7 @@ impl Placement {
                         return Err(e.into());
                     }
                 };
-                if let Err(e) = h.inj.insert(&rule) {
+                if let Err(e) = h.inj.insert(&mut rule) {
                     let _ = h.inj.remove(&rule);
                     h.free.push(slot);
                     return Err(e.into());

@@ -107,9 +107,11 @@ impl Drop for Netns {
     /// both are only reported, as a second panic would abort the run.
     fn drop(&mut self) {
         let mut leaks = Vec::new();
-        // A helper that is exiting (faultbpf's netlink reaper after a kill)
-        // gets a moment to go.
-        let left = wait_empty(&self.name, Duration::from_secs(3)).unwrap_or_else(|e| {
+        // A helper that is exiting (faultbpf's netlink reaper after a kill,
+        // running `tc` to check the filters are gone) gets a moment to go:
+        // 3 s was too short on the VM lane's emulated CPU while the host
+        // was busy compiling. Returns as soon as the namespace is empty.
+        let left = wait_empty(&self.name, Duration::from_secs(10)).unwrap_or_else(|e| {
             leaks.push(e);
             Vec::new()
         });

@@ -31,15 +31,7 @@ const BPF_SKB_TSTAMP_DELIVERY_MONO: u32 = 1;
 /// (the packet then passes untouched).
 #[inline(always)]
 pub fn hold(ctx: &TcContext, f: &Flow, rule: &RuleValue, hook: Hook) -> Option<i32> {
-    let dev = *DELAY_DEV.get(0)?;
-    if dev == 0 {
-        return None;
-    }
-    // SAFETY: `skb` is this run's context pointer.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if ifindex & !DELAY_MARK_IFINDEX != 0 {
-        return None;
-    }
+    detour(ctx)?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let mut at = now.saturating_add(delay_ns(rule));
@@ -62,6 +54,15 @@ pub fn hold(ctx: &TcContext, f: &Flow, rule: &RuleValue, hook: Hook) -> Option<i
         }
         let _ = FLOW_LAST.insert(&key, &at, 0);
     }
+    hold_until(ctx, hook, at)
+}
+
+/// Sends the packet on its detour through the delay device (which must
+/// exist: `dev`), to leave it at `at` (`bpf_ktime_get_ns()` time). Shared
+/// with `throttle`'s shaping.
+#[inline(always)]
+pub fn hold_until(ctx: &TcContext, hook: Hook, at: u64) -> Option<i32> {
+    let (dev, ifindex) = detour(ctx)?;
     let dir = match hook {
         Hook::Ingress => DELAY_MARK_INGRESS,
         Hook::Egress => 0,
@@ -76,6 +77,16 @@ pub fn hold(ctx: &TcContext, f: &Flow, rule: &RuleValue, hook: Hook) -> Option<i
     }
     // SAFETY: helper without preconditions.
     Some(unsafe { bpf_redirect(dev, 0) } as i32)
+}
+
+/// The delay device's ifindex and the packet's, if it can take the detour:
+/// there is a device, and the packet's ifindex fits in the mark.
+#[inline(always)]
+fn detour(ctx: &TcContext) -> Option<(u32, u32)> {
+    let dev = *DELAY_DEV.get(0)?;
+    // SAFETY: `skb` is this run's context pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    (dev != 0 && ifindex & !DELAY_MARK_IFINDEX == 0).then_some((dev, ifindex))
 }
 
 /// This packet's delay: the mean plus jitter drawn per the rule, at least 0.

@@ -146,12 +146,12 @@ impl State {
     /// takes the rule out of the kernel again while unwinding.
     fn insert(
         &mut self,
-        rule: Rule,
+        mut rule: Rule,
         spec: RuleSpec,
         origin: Origin,
         expires_at: Option<Instant>,
     ) -> Result<(), StateError> {
-        if let Err(e) = self.inj.insert(&rule) {
+        if let Err(e) = self.inj.insert(&mut rule) {
             let _ = self.inj.remove(&rule);
             return Err(e.into());
         }

@@ -169,7 +169,10 @@ impl Fault {
 
     /// Past tense for reports: "dropped 12 packets".
     pub fn verb(&self) -> &'static str {
-        self.def().verb
+        match self.throttle() {
+            Some(t) if t.shape => "held or dropped over the rate",
+            _ => self.def().verb,
+        }
     }
 
     /// The faults it applies: itself, or a mix's entries.

@@ -1,12 +1,15 @@
 //! `throttle`: the dependency's traffic is limited to a rate, per rule.
 //!
-//! What the application sees: a slow link. On this machine's kernel (no
-//! sch_fq) the kernel polices: a token bucket of `burst` bytes filled at
-//! `rate`, packets over it dropped, so TCP backs off to about the rate and
-//! UDP over the rate is lost. The `active:` line and the rule's
-//! description say "policing". (Shaping, where packets wait instead of
-//! being dropped, needs fq's departure times.) See
-//! `faultbpf-ebpf/src/fault/throttle.rs` for the bucket.
+//! What the application sees: a slow link. Where the kernel has sch_fq and
+//! sch_netem (faultbpf's delay device), it shapes: packets over the rate
+//! wait until their departure time, so TCP runs at the rate without loss
+//! and UDP over it arrives late, and is dropped only past 200 ms of queue.
+//! Where it has not (this machine's 6.18), it polices: a token bucket of
+//! `burst` bytes filled at `rate`, packets over it dropped, so TCP backs
+//! off to about the rate and UDP over the rate is lost. The injector
+//! chooses when it inserts the rule ([`ThrottleParams::shape`]); the
+//! `active:` line, `--json` and the daemon's description say "shaping" or
+//! "policing". See `faultbpf-ebpf/src/fault/throttle.rs` for the bucket.
 //!
 //! Hooks: tc ingress and egress (not XDP). Each direction of a rule has
 //! its own bucket, as each direction of a link has its own capacity (one
@@ -31,9 +34,12 @@ pub static DEF: FaultDef = FaultDef {
     command: "throttle",
     about: "Limit matched traffic to a rate (a token bucket in the kernel)",
     long_about: "Limit matched traffic to a rate (a token bucket in the kernel)\n\n\
-        Traffic over --rate is dropped (policing: a token bucket of --burst bytes), so \
-        TCP slows to about the rate and UDP over it is lost, as on a slow link. Rates \
-        and sizes are written as tc writes them: 512kbit, 10mbit, 1gbit; 64kb, 1mb.",
+        Where the kernel has sch_fq and sch_netem, traffic over --rate waits for its \
+        turn (shaping, as tbf does: at most 200 ms, then it is dropped); elsewhere it \
+        is dropped (policing: a token bucket of --burst bytes), so TCP slows to about \
+        the rate and UDP over it is lost, as on a slow link. The active: line and \
+        --json say which. Rates and sizes are written as tc writes them: 512kbit, \
+        10mbit, 1gbit; 64kb, 1mb.",
     examples: "Examples:\n  \
         faultbpf throttle --port 5432 --rate 10mbit            Postgres at 10 Mbit/s\n  \
         faultbpf throttle --dport 443 --rate 1mbit --burst 32kb  uploads to 443 at 1 Mbit/s",
@@ -74,6 +80,10 @@ pub struct ThrottleParams {
     pub rate_bytes: u64,
     /// Bucket depth in bytes.
     pub burst_bytes: u64,
+    /// Shape (hold packets until their departure time) rather than police
+    /// (drop them). Not the user's choice: `Injector::insert` sets it where
+    /// the kernel can hold packets (the delay device could be made).
+    pub shape: bool,
 }
 
 impl ThrottleParams {
@@ -82,10 +92,16 @@ impl ThrottleParams {
         (u128::from(self.burst_bytes) * 1_000_000_000 / u128::from(self.rate_bytes)) as u64
     }
 
+    /// How the rate is held: "shaping" or "policing".
+    pub fn mode(&self) -> &'static str {
+        if self.shape { "shaping" } else { "policing" }
+    }
+
     /// "policing 10mbit burst 125kb", for descriptions and the `active:` line.
     pub fn describe(&self) -> String {
         format!(
-            "policing {} burst {}",
+            "{} {} burst {}",
+            self.mode(),
             rate_text(self.rate_bytes),
             size_text(self.burst_bytes)
         )
@@ -122,6 +138,7 @@ fn build(spec: &RuleSpec) -> Result<Fault, SpecError> {
     Ok(Fault::Throttle(ThrottleParams {
         rate_bytes,
         burst_bytes,
+        shape: false,
     }))
 }
 
@@ -236,6 +253,8 @@ mod tests {
         assert_eq!(t.burst_bytes, 250_000, "200 ms at 10 mbit");
         assert_eq!(t.burst_ns(), 200_000_000);
         assert_eq!(t.describe(), "policing 10mbit burst 250000b");
+        let shaped = ThrottleParams { shape: true, ..t };
+        assert_eq!(shaped.describe(), "shaping 10mbit burst 250000b");
         let mut back = RuleSpec::new("throttle");
         t.write_params(&mut back);
         assert_eq!(build(&back).unwrap(), Fault::Throttle(t));

@@ -44,6 +44,8 @@ const VM_SUITE: &[&str] = &[
     // The traceable programs (the daemon's) must pass 6.1's verifier, and
     // `faultbpf trace` find cls_bpf filters.
     "trace",
+    // Shapes here (sch_fq and sch_netem), where it polices on the host.
+    "throttle",
 ];
 
 /// Tests left out of the VM lane: those needing TCX (6.6), and `delay`'s
