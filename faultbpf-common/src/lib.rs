@@ -605,6 +605,10 @@ mod pod {
     unsafe impl aya::Pod for super::MixEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SteerConf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnectConf {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::DnsKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TraceConf {}
@@ -746,3 +750,59 @@ pub struct SteerConf {
     pub threshold: u32,
 }
 const _: () = assert!(core::mem::size_of::<SteerConf>() == 8);
+
+/// Names of the client-side steering programs of `faultbpf http --side
+/// client` (cgroup hooks): `connect4`/`connect6` send selected connects to
+/// the responder, `getpeername4`/`getpeername6` show the application the
+/// peer it dialled, and the `sock_ops` program files each steered
+/// connection's original destination under its source port.
+pub const CONNECT4_PROGRAM: &str = "faultbpf_connect4";
+pub const CONNECT6_PROGRAM: &str = "faultbpf_connect6";
+pub const PEERNAME4_PROGRAM: &str = "faultbpf_peername4";
+pub const PEERNAME6_PROGRAM: &str = "faultbpf_peername6";
+pub const SOCKOPS_PROGRAM: &str = "faultbpf_sockops";
+/// Name of the one-entry array holding the `ConnectConf`.
+pub const CONNECT_MAP: &str = "CONNECT";
+/// Name of the hash socket cookie -> `OrigDst` of steered connects.
+pub const ORIG_DST_MAP: &str = "ORIG_DST";
+/// Name of the hash source port (host order) -> `OrigDst`, filled when a
+/// steered connection sends its SYN; the responder reads it on accept.
+pub const ORIG_BY_PORT_MAP: &str = "ORIG_BY_PORT";
+/// Name of the hash of socket cookies never steered: the responder's own
+/// connections to the real servers.
+pub const CONNECT_EXEMPT_MAP: &str = "CONNECT_EXEMPT";
+/// Most steered connections remembered at once (each map).
+pub const MAX_STEERED: u32 = 16_384;
+
+/// What the connect programs steer: TCP connects to `port` from sockets in
+/// the network namespace `netns_cookie`, each with the chance `threshold`,
+/// to the responder on loopback `resp_port4` / `resp_port6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectConf {
+    /// `SO_NETNS_COOKIE` of the namespace whose connects are steered.
+    pub netns_cookie: u64,
+    /// Destination port, host order; 0 steers nothing.
+    pub port: u16,
+    /// The responder's loopback ports, host order (0: no IPv6 responder).
+    pub resp_port4: u16,
+    pub resp_port6: u16,
+    pub _pad: [u8; 2],
+    pub threshold: u32,
+    pub _pad2: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<ConnectConf>() == 24);
+
+/// Where a steered connect was going: `family` 4 or 6, the address
+/// (IPv4 in the first 4 bytes, as on the wire) and the port (network
+/// order), and the socket's cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    pub addr: [u8; 16],
+    pub port_be: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+    pub cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);

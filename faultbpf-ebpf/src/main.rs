@@ -31,12 +31,13 @@ mod matcher;
 mod packet;
 mod parse;
 mod steer;
+mod steer_out;
 mod trace;
 mod xdp;
 
 use aya_ebpf::{
-    macros::{classifier, sk_lookup, xdp},
-    programs::{SkLookupContext, TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, sk_lookup, sock_ops, xdp},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext, TcContext, XdpContext},
 };
 
 use faultbpf_common::{TRACE_HOOK_EGRESS, TRACE_HOOK_INGRESS};
@@ -76,6 +77,37 @@ pub fn faultbpf_xdp(ctx: XdpContext) -> u32 {
 #[sk_lookup]
 pub fn faultbpf_steer(ctx: SkLookupContext) -> u32 {
     steer::run(&ctx)
+}
+
+/// `faultbpf http --side client`: selected IPv4 connects go to the responder.
+#[cgroup_sock_addr(connect4)]
+pub fn faultbpf_connect4(ctx: SockAddrContext) -> i32 {
+    steer_out::connect(&ctx, false)
+}
+
+/// `faultbpf http --side client`: selected IPv6 connects go to the responder.
+#[cgroup_sock_addr(connect6)]
+pub fn faultbpf_connect6(ctx: SockAddrContext) -> i32 {
+    steer_out::connect(&ctx, true)
+}
+
+/// `faultbpf http --side client`: a steered socket's peer is the one dialled.
+#[cgroup_sock_addr(getpeername4)]
+pub fn faultbpf_peername4(ctx: SockAddrContext) -> i32 {
+    steer_out::peername(&ctx, false)
+}
+
+/// `faultbpf http --side client`: a steered socket's peer is the one dialled.
+#[cgroup_sock_addr(getpeername6)]
+pub fn faultbpf_peername6(ctx: SockAddrContext) -> i32 {
+    steer_out::peername(&ctx, true)
+}
+
+/// `faultbpf http --side client`: files a steered connection's destination
+/// under its source port.
+#[sock_ops]
+pub fn faultbpf_sockops(ctx: SockOpsContext) -> u32 {
+    steer_out::sockops(&ctx)
 }
 
 #[inline(always)]

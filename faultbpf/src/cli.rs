@@ -502,9 +502,26 @@ pub struct FaultArgs {
 /// `faultbpf http`'s flags; validated by `faultbpf::http::Options::validate`.
 #[derive(Debug, Args)]
 pub struct HttpArgs {
-    /// The real server's TCP port (it must listen in this network namespace)
+    /// The real server's TCP port: on its host, or the port the clients here dial
     #[arg(long, value_name = "PORT")]
     pub port: u16,
+
+    /// Where faultbpf runs: on the server's host, or on the clients' host (the server is elsewhere)
+    ///
+    /// server: new connections to the port in this network namespace are steered
+    /// (sk_lookup). client: connects from this network namespace to the port, at any
+    /// address, are steered (cgroup connect hooks; the application still sees the
+    /// address it dialled), and forwarded to where each was going. auto: server
+    /// where a server listens on the port here, client elsewhere.
+    #[arg(long, value_name = "SIDE", value_enum, default_value_t = http::Side::Auto)]
+    pub side: http::Side,
+
+    /// --side client: steer only the connects of processes in this cgroup v2 (default: all)
+    ///
+    /// A path from the cgroup v2 root, e.g. /system.slice/app.service. Whatever the
+    /// cgroup, only connects from faultbpf's network namespace are steered.
+    #[arg(long, value_name = "PATH", default_value = http::DEFAULT_CGROUP)]
+    pub cgroup: String,
 
     /// What a faulted request gets: a status code 400-599, or `abort` (closed unanswered)
     #[arg(long, value_name = "CODE|abort", value_parser = http::Status::parse)]
@@ -567,6 +584,8 @@ impl HttpArgs {
             paths: self.paths,
             when: self.when,
             delay_first_byte: self.delay_first_byte.unwrap_or_default(),
+            side: self.side,
+            cgroup: self.cgroup,
         };
         o.validate()?;
         Ok(o)

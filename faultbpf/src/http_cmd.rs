@@ -27,10 +27,8 @@ pub fn run(args: HttpArgs) -> Result<(), Failure> {
         let running = http::start(opts)
             .await
             .with_context(|| format!("faultbpf http --port {port}"))?;
-        eprintln!(
-            "faultbpf: active: {description}; steering with sk_lookup, forwarding to {}",
-            running.server_addr
-        );
+        eprintln!("faultbpf: active: {description}; {}", running.placement);
+        let side = running.side;
         let until = async {
             match lasts {
                 Some(d) => tokio::time::sleep(d).await,
@@ -48,6 +46,7 @@ pub fn run(args: HttpArgs) -> Result<(), Failure> {
             let v = serde_json::json!({
                 "fault": "http",
                 "port": port,
+                "side": side,
                 "connections_steered": c.connections_steered,
                 "requests_seen": c.requests_seen,
                 "requests_faulted": c.requests_faulted,

@@ -70,13 +70,19 @@ pub fn kill_all_in(ns: &Netns) {
 /// `python3 -u -B -c SCRIPT ARGS..` inside `ns`, with `extra_path` on
 /// PYTHONPATH (the Python client's directory, say).
 pub fn python(ns: &Netns, script: &str, args: &[&str], extra_path: Option<&Path>) -> Proc {
-    let mut cmd = ns.command(PYTHON);
-    cmd.args(["-u", "-B", "-c", script]).args(args);
-    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    let mut cmd = python_command(ns, script, args);
     if let Some(p) = extra_path {
         cmd.env("PYTHONPATH", p);
     }
     Proc::spawn(&mut cmd, &format!("python3 in {}", ns.name()))
+}
+
+/// The command [`python`] spawns, for a caller that adds to it first.
+pub fn python_command(ns: &Netns, script: &str, args: &[&str]) -> Command {
+    let mut cmd = ns.command(PYTHON);
+    cmd.args(["-u", "-B", "-c", script]).args(args);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
 }
 
 /// Waits until a TCP connect from `from` to `addr` succeeds; panics after

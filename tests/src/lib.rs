@@ -12,6 +12,7 @@
 //! The tests need root; they panic (never pass silently) when run without it.
 
 pub mod attach;
+pub mod cgroup;
 pub mod daemon;
 pub mod delay_kit;
 pub mod deps;

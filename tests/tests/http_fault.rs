@@ -670,6 +670,27 @@ fn bad_values_are_refused_before_anything_is_attached() {
             &["--status", "abort", "--retry-after", "1s"],
             "--retry-after",
         ),
+        (
+            &[
+                "--status",
+                "503",
+                "--side",
+                "client",
+                "--cgroup",
+                "app.slice",
+            ],
+            "`app.slice`",
+        ),
+        (
+            &[
+                "--status", "503", "--side", "client", "--cgroup", "/a/../..",
+            ],
+            "`/a/../..`",
+        ),
+        (
+            &["--status", "503", "--side", "server", "--cgroup", "/app"],
+            "--side client",
+        ),
     ] {
         let exit = Launch::new(&topo.server, ["http", "--port", &PORT.to_string()])
             .args(args)
@@ -678,6 +699,35 @@ fn bad_values_are_refused_before_anything_is_attached() {
         assert_eq!(exit.status.code(), Some(2), "{args:?}: {exit:?}");
         assert!(exit.stderr.contains(named), "{args:?}: {}", exit.stderr);
     }
+    // A cgroup that does not exist: named, nothing attached (the kernel
+    // cannot be asked to steer into nowhere).
+    let exit = Launch::new(&topo.client, ["http", "--port", &PORT.to_string()])
+        .args([
+            "--status",
+            "503",
+            "--side",
+            "client",
+            "--cgroup",
+            "/no-such-cgroup",
+        ])
+        .standalone()
+        .run_within(Duration::from_secs(20));
+    assert_eq!(exit.status.code(), Some(1), "{exit:?}");
+    assert!(
+        exit.stderr.contains("cgroup `/no-such-cgroup`") && exit.stderr.contains("No such file"),
+        "{}",
+        exit.stderr
+    );
+    // `--side server` where no server listens says so.
+    let exit = Launch::new(&topo.client, ["http", "--port", &PORT.to_string()])
+        .args(["--status", "503", "--side", "server"])
+        .standalone()
+        .run_within(Duration::from_secs(20));
+    assert!(
+        exit.stderr.contains("no server listens on TCP port 8080"),
+        "{}",
+        exit.stderr
+    );
 }
 
 #[test]
@@ -693,4 +743,159 @@ fn after_for_elapses_new_connections_reach_the_server() {
     assert_eq!(status_of(&after), 200, "{after}");
     assert!(server.saw("GET", "/after") && !server.saw("GET", "/during"));
     assert_eq!(exit.json()["requests_faulted"], 1, "{exit:?}");
+}
+
+/// Client-side placement (`--side client`): faultbpf runs in the client's
+/// namespace, the server is elsewhere. Cgroup connect hooks steer the
+/// connects of the processes in the test's own cgroup (never the
+/// machine's), and only those made from faultbpf's namespace; faultbpf
+/// itself is moved into the cgroup too, so its own connects to the server
+/// go through the hooks and must be let through.
+mod client_side {
+    use faultbpf_tests::{cgroup::Cgroup, deps::python_command};
+
+    use super::*;
+
+    /// One GET on a new connection to `sys.argv[1]` port 8080, path
+    /// `sys.argv[2]`: the status, `Retry-After`, and the peer the socket
+    /// says it is connected to.
+    const ONE_GET: &str = r#"
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], 8080, timeout=5)
+c.request("GET", sys.argv[2])
+r = c.getresponse(); r.read()
+peer = c.sock.getpeername()
+print(json.dumps({"status": r.status, "retry_after": r.getheader("Retry-After"),
+                  "peer": [peer[0], peer[1]]}), flush=True)
+"#;
+
+    /// `faultbpf http --side client --cgroup CG ARGS..` in the client
+    /// namespace, then moved into the cgroup.
+    fn client_fault(topo: &Topology, cg: &Cgroup, args: &[&str]) -> Proc {
+        let fault = Launch::new(
+            &topo.client,
+            ["http", "--port", &PORT.to_string(), "--json"],
+        )
+        .args(["--side", "client", "--cgroup", cg.path()])
+        .args(args)
+        .standalone()
+        .start();
+        cg.add(fault.pid());
+        fault
+    }
+
+    /// [`ONE_GET`] from `ns`, inside `cg` or not.
+    fn one_get(ns: &faultbpf_tests::Netns, cg: Option<&Cgroup>, host: &str, path: &str) -> Value {
+        let mut cmd = python_command(ns, ONE_GET, &[host, path]);
+        if let Some(cg) = cg {
+            cg.enter(&mut cmd);
+        }
+        let mut p = Proc::spawn(&mut cmd, "one GET");
+        let v = p.next_json(Duration::from_secs(30));
+        assert!(
+            p.wait(Duration::from_secs(10)).status.success(),
+            "client failed: {}",
+            p.stderr()
+        );
+        v
+    }
+
+    #[test]
+    fn client_side_503_shows_the_dialled_peer_and_leaves_others_alone() {
+        let topo = Topology::new("h16-cli");
+        let server = Server::start(&topo);
+        let cg = Cgroup::new();
+        let fault = client_fault(&topo, &cg, &["--status", "503", "--retry-after", "1s"]);
+        assert!(
+            fault.stderr().contains("cgroup connect hooks"),
+            "the active: line says how it steers: {}",
+            fault.stderr()
+        );
+        let hit = one_get(&topo.client, Some(&cg), "10.200.0.2", "/hit");
+        let hit6 = one_get(&topo.client, Some(&cg), "fd00:200::2", "/hit6");
+        // Controls: a process outside the cgroup, and one inside it but in
+        // another network namespace (the server's, dialling its own port).
+        let outside = one_get(&topo.client, None, "10.200.0.2", "/outside");
+        let other_ns = one_get(&topo.server, Some(&cg), "10.200.0.2", "/other-ns");
+        let c = lift(fault);
+        eprintln!("{hit} {hit6} {outside} {other_ns} {c}");
+        assert_eq!(hit["status"], 503, "{hit}");
+        assert_eq!(hit["retry_after"], "1", "{hit}");
+        assert_eq!(
+            hit["peer"],
+            serde_json::json!(["10.200.0.2", 8080]),
+            "getpeername shows the server dialled, not the responder: {hit}"
+        );
+        assert_eq!(hit6["status"], 503, "{hit6}");
+        assert_eq!(
+            hit6["peer"],
+            serde_json::json!(["fd00:200::2", 8080]),
+            "{hit6}"
+        );
+        assert!(
+            !server.saw("GET", "/hit") && !server.saw("GET", "/hit6"),
+            "--when before: the server never sees a faulted request: {:?}",
+            server.requests()
+        );
+        assert_eq!(outside["status"], 200, "{outside}");
+        assert_eq!(other_ns["status"], 200, "{other_ns}");
+        assert!(server.saw("GET", "/outside") && server.saw("GET", "/other-ns"));
+        assert_eq!(c["side"], "client", "{c}");
+        assert_eq!(c["connections_steered"], 2, "{c}");
+        assert_eq!(c["requests_faulted"], 2, "{c}");
+    }
+
+    #[test]
+    fn client_side_forwards_to_the_dialled_server_and_replaces_its_answer() {
+        let topo = Topology::new("h16-clia");
+        let server = Server::start(&topo);
+        let cg = Cgroup::new();
+        let fault = client_fault(&topo, &cg, &["--status", "500", "--when", "after"]);
+        let v4 = one_get(&topo.client, Some(&cg), "10.200.0.2", "/orders");
+        let v6 = one_get(&topo.client, Some(&cg), "fd00:200::2", "/orders6");
+        let c = lift(fault);
+        assert_eq!(v4["status"], 500, "{v4}");
+        assert_eq!(v6["status"], 500, "{v6}");
+        // faultbpf's own connects (it is in the cgroup) reached the server
+        // from the client's addresses: forwarded where each was going.
+        let reqs = server.requests();
+        assert!(
+            reqs.contains(&("GET".into(), "/orders".into(), "10.200.0.1".into()))
+                && reqs.contains(&("GET".into(), "/orders6".into(), "fd00:200::1".into())),
+            "--when after: the server acted on both, from the client's host: {reqs:?}"
+        );
+        assert_eq!(c["connections_steered"], 2, "{c}");
+    }
+
+    #[test]
+    fn client_side_kill_9_sends_new_connects_straight_to_the_server() {
+        let topo = Topology::new("h16-clik");
+        let server = Server::start(&topo);
+        let cg = Cgroup::new();
+        let mut fault = client_fault(&topo, &cg, &["--status", "503"]);
+        let mut cmd = python_command(&topo.client, KILL_CLIENT, &[]);
+        cg.enter(&mut cmd);
+        let mut client = Proc::spawn_with(&mut cmd, "kill client", true);
+        let first = client.next_json(Duration::from_secs(20));
+        assert_eq!(first["first"], 503, "{first}");
+        fault.kill();
+        let killed = Instant::now();
+        client.send("go");
+        let v = client.next_json(Duration::from_secs(30));
+        eprintln!("after kill -9 ({:?} ago): {v}", killed.elapsed());
+        assert_eq!(
+            v["statuses"].as_array().unwrap().last().unwrap(),
+            200,
+            "new connects must reach the server: {v}"
+        );
+        assert!(
+            v["healed_after"].as_f64().unwrap() < 1.0,
+            "new connects reached the server only after {} s",
+            v["healed_after"]
+        );
+        assert_ne!(v["old"], "TimeoutError", "{v}");
+        assert!(v["old_took"].as_f64().unwrap() < 2.0, "{v}");
+        assert!(server.saw("GET", "/new"));
+        let _ = client.wait(Duration::from_secs(10));
+    }
 }

@@ -8,18 +8,26 @@
 //! answered by it. Every connection not selected goes straight to the real
 //! server: no hop, no cost.
 //!
-//! How: an `sk_lookup` program (`steer`) gives selected new connections to
-//! the port to the responder's listening socket, on the server's host (in
-//! the network namespace faultbpf runs in); the responder (`responder`) is
-//! an HTTP/1.1 server built on hyper. `--per connection` draws `--pct` per
+//! How, on the server's host (`--side server`, where a server listens on
+//! the port in faultbpf's network namespace): an `sk_lookup` program
+//! (`steer`) gives selected new connections to the port to the responder's
+//! listening socket. On the client's host (`--side client`, the dependency
+//! runs elsewhere): cgroup `connect4`/`connect6` programs send selected
+//! connects to the port to the responder on loopback, a `sock_ops` program
+//! tells it where each was going, and `getpeername` hooks show the
+//! application the peer it dialled (`connect`). `--side auto` picks server
+//! where a server listens here, client elsewhere. The responder
+//! (`responder`) is an HTTP/1.1 server built on hyper. `--per connection` draws `--pct` per
 //! connection in the kernel; `--per request` steers every connection and
 //! draws per request in the responder, so keep-alive connections get mixed
 //! answers. Plain HTTP only: a TLS server on the port is refused at start
-//! (`probe`).
+//! (`probe`); client side, where the servers are not known at start, a
+//! connection that opens with a TLS handshake is passed through untouched.
 //!
 //! Not a registry fault (yet): it acts on sockets, not on the tc rule maps,
 //! so it has no daemon, TOML or scenario form; it runs in this process.
 
+mod connect;
 mod probe;
 mod responder;
 mod steer;
@@ -92,6 +100,25 @@ pub enum When {
     After,
 }
 
+/// Which end of the connections faultbpf runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// `server` where a server listens on the port in this network
+    /// namespace, `client` elsewhere.
+    Auto,
+    /// The server's host: new connections to the port are steered
+    /// (`sk_lookup`).
+    Server,
+    /// The client's host: connects to the port, to any address, from this
+    /// network namespace are steered (cgroup connect hooks).
+    Client,
+}
+
+/// The cgroup v2 whose processes' connects `--side client` steers, by
+/// default all of them (still only those in faultbpf's network namespace).
+pub const DEFAULT_CGROUP: &str = "/";
+
 /// A validated `faultbpf http` fault.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -110,6 +137,9 @@ pub struct Options {
     pub when: When,
     /// Wait before the faulted answer's first byte.
     pub delay_first_byte: Duration,
+    pub side: Side,
+    /// `--side client`: the cgroup v2 path whose connects are steered.
+    pub cgroup: String,
 }
 
 /// Longest `--delay-first-byte` and `--retry-after`: beyond any client timeout.
@@ -156,6 +186,16 @@ impl Options {
             if !p.starts_with('/') {
                 return Err(format!("--path `{p}` must start with `/`, e.g. /api"));
             }
+        }
+        if !self.cgroup.starts_with('/') || self.cgroup.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "--cgroup `{}` is not a cgroup v2 path; give it from the root, e.g. / or \
+                 /system.slice/app.service",
+                self.cgroup
+            ));
+        }
+        if self.side == Side::Server && self.cgroup != DEFAULT_CGROUP {
+            return Err("--cgroup is for --side client; the server side steers by port".into());
         }
         Ok(())
     }
@@ -254,15 +294,35 @@ pub enum StartError {
     },
 }
 
-/// A fault in force: the steering program attached to this network
-/// namespace and the responder serving. Dropping it (or the process dying)
-/// detaches the program: new connections go straight to the server again.
+/// How selected connections reach the responder. One per fault, held in
+/// an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Steer {
+    /// Server side: `sk_lookup`.
+    Lookup(steer::Steering),
+    /// Client side: cgroup connect hooks.
+    Connect(connect::Steering),
+}
+
+impl Steer {
+    fn detach(&self) {
+        match self {
+            Self::Lookup(s) => s.detach(),
+            Self::Connect(s) => s.detach(),
+        }
+    }
+}
+
+/// A fault in force: the steering programs attached and the responder
+/// serving. Dropping it (or the process dying) detaches the programs: new
+/// connections go straight to the server again.
 pub struct Running {
     counters: Arc<Counters>,
-    steer: Arc<steer::Steering>,
+    steer: Arc<Steer>,
     server: tokio::task::JoinHandle<()>,
-    /// What the responder forwards to, for the `active:` line.
-    pub server_addr: std::net::SocketAddr,
+    /// How it steers and where it forwards, for the `active:` line.
+    pub placement: String,
+    pub side: Side,
 }
 
 impl Running {
@@ -281,10 +341,36 @@ impl Drop for Running {
 /// Probes the server on `opts.port` (refusing TLS), opens the responder,
 /// then attaches the steering program; call inside a tokio runtime.
 pub async fn start(opts: Options) -> Result<Running, StartError> {
-    let server_addr = listener_addr(opts.port)?;
-    probe::refuse_tls(server_addr).await?;
+    let listener = match opts.side {
+        Side::Client => None,
+        Side::Server => Some(listener_addr(opts.port)?),
+        Side::Auto => match listener_addr(opts.port) {
+            Ok(a) => Some(a),
+            Err(ProbeError::NoListener(_)) => None,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if let Some(server_addr) = listener {
+        probe::refuse_tls(server_addr).await?;
+    }
     let listeners = responder::Listeners::open()?;
-    let steer = Arc::new(steer::Steering::attach(&opts, &listeners)?);
+    let (steer, placement, side) = match listener {
+        Some(server_addr) => (
+            Steer::Lookup(steer::Steering::attach(&opts, &listeners)?),
+            format!("steering new connections with sk_lookup, forwarding to {server_addr}"),
+            Side::Server,
+        ),
+        None => (
+            Steer::Connect(connect::Steering::attach(&opts, &listeners, &opts.cgroup)?),
+            format!(
+                "steering connects to port {} from cgroup {} in this network namespace \
+                 (cgroup connect hooks), forwarding to where each was going",
+                opts.port, opts.cgroup
+            ),
+            Side::Client,
+        ),
+    };
+    let steer = Arc::new(steer);
     let counters = Arc::new(Counters::default());
     let server = tokio::spawn(responder::serve(
         Arc::new(opts),
@@ -296,7 +382,8 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         counters,
         steer,
         server,
-        server_addr,
+        placement,
+        side,
     })
 }
 
@@ -315,6 +402,8 @@ mod tests {
             paths: vec![],
             when: When::Before,
             delay_first_byte: Duration::ZERO,
+            side: Side::Auto,
+            cgroup: DEFAULT_CGROUP.into(),
         }
     }
 
@@ -346,6 +435,21 @@ mod tests {
         let mut o = opts();
         o.delay_first_byte = Duration::from_secs(7_200);
         assert!(o.validate().unwrap_err().contains("2h"));
+    }
+
+    #[test]
+    fn cgroup_is_a_path_from_the_root_for_the_client_side_only() {
+        for bad in ["app.slice", "", "/a/../..", "/.."] {
+            let mut o = opts();
+            o.cgroup = bad.into();
+            let e = o.validate().unwrap_err();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+        let mut o = opts();
+        o.cgroup = "/system.slice/app.service".into();
+        o.validate().unwrap();
+        o.side = Side::Server;
+        assert!(o.validate().unwrap_err().contains("--side client"));
     }
 
     #[test]

@@ -26,8 +26,9 @@ const PROBE_WAIT: Duration = Duration::from_secs(2);
 pub enum ProbeError {
     /// Nothing listens on the port here.
     #[error(
-        "no server listens on TCP port {0} in this network namespace; start it first, or run \
-         faultbpf in the server's namespace (ip netns exec NAME faultbpf http ...)"
+        "no server listens on TCP port {0} in this network namespace; start it first, run \
+         faultbpf in the server's namespace (ip netns exec NAME faultbpf http ...), or steer \
+         this host's clients with --side client"
     )]
     NoListener(u16),
     /// `/proc/net/tcp*` could not be read.

@@ -4,9 +4,15 @@
 //! upstream connection per client connection, so keep-alive clients get
 //! the real answers between faulted ones.
 //!
-//! The upstream connection's source port is registered with the steering
-//! program before it connects (`Steering::exempt`): it arrives at the same
-//! port and would otherwise be steered back here.
+//! The upstream connection is registered with the steering programs before
+//! it connects (`Steer::exempt`: its source port for `sk_lookup`, its
+//! socket cookie for the connect hooks): it goes to the same port and
+//! would otherwise be steered back here.
+//!
+//! Where a connection was going: server side, the address it arrived at
+//! (`sk_lookup` keeps it); client side, what the `sock_ops` program filed
+//! under its source port. Client side, a connection that opens with a TLS
+//! handshake is spliced to that destination untouched.
 
 use std::{
     collections::hash_map::RandomState,
@@ -34,7 +40,10 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::{Counters, Options, Per, StartError, Status, When, retry_after_secs, steer::Steering};
+use super::{
+    Counters, Options, Per, StartError, Status, Steer, When, connect::socket_cookie,
+    retry_after_secs,
+};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -80,7 +89,7 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
 struct Shared {
     opts: Arc<Options>,
     counters: Arc<Counters>,
-    steer: Arc<Steering>,
+    steer: Arc<Steer>,
     /// `--per request` draws: a counter run through splitmix64.
     draws: AtomicU64,
 }
@@ -105,7 +114,7 @@ pub async fn serve(
     opts: Arc<Options>,
     listeners: Listeners,
     counters: Arc<Counters>,
-    steer: Arc<Steering>,
+    steer: Arc<Steer>,
 ) {
     let seed = RandomState::new().build_hasher().finish();
     let shared = Arc::new(Shared {
@@ -140,28 +149,91 @@ pub async fn serve(
 /// The responder's connection to the real server for one client connection.
 struct Upstream {
     send: SendRequest<Incoming>,
-    _port: ExemptPort,
+    _exempt: Exempt,
 }
 
-/// A source port the steering program lets through, until dropped.
-struct ExemptPort {
-    port: u16,
-    steer: Arc<Steering>,
+/// A socket the steering programs let through (its source port or its
+/// cookie), until dropped.
+struct Exempt {
+    key: u64,
+    steer: Arc<Steer>,
 }
 
-impl Drop for ExemptPort {
-    fn drop(&mut self) {
-        self.steer.unexempt(self.port);
+impl Steer {
+    /// Lets the responder's own connect on `sock` (bound) through.
+    fn exempt(self: &Arc<Self>, sock: &TcpSocket) -> std::io::Result<Exempt> {
+        let key = match &**self {
+            Self::Lookup(s) => {
+                let port = sock.local_addr()?.port();
+                s.exempt(port)?;
+                u64::from(port)
+            }
+            Self::Connect(s) => {
+                let cookie = socket_cookie(sock)?;
+                s.exempt(cookie)?;
+                cookie
+            }
+        };
+        Ok(Exempt {
+            key,
+            steer: self.clone(),
+        })
     }
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>) {
+impl Drop for Exempt {
+    fn drop(&mut self) {
+        match &*self.steer {
+            Steer::Lookup(s) => s.unexempt(self.key as u16),
+            Steer::Connect(s) => s.unexempt(self.key),
+        }
+    }
+}
+
+/// Client side: forgets the steered socket's entry when its connection ends.
+struct Forget(Arc<Steer>, u64);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Steer::Connect(s) = &*self.0 {
+            s.forget(self.1);
+        }
+    }
+}
+
+/// First byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    // Steered by sk_lookup, the socket keeps the address the client dialled:
-    // the real server's.
-    let Ok(server) = stream.local_addr() else {
-        return;
+    let (server, _forget) = match &*shared.steer {
+        // Steered by sk_lookup, the socket keeps the address the client
+        // dialled: the real server's.
+        Steer::Lookup(_) => match stream.local_addr() {
+            Ok(a) => (a, None),
+            Err(_) => return,
+        },
+        Steer::Connect(s) => {
+            let Some((server, cookie)) = stream
+                .peer_addr()
+                .ok()
+                .and_then(|peer| s.destination(peer.port()))
+            else {
+                return;
+            };
+            (server, Some(Forget(shared.steer.clone(), cookie)))
+        }
     };
+    if matches!(&*shared.steer, Steer::Connect(_)) {
+        let mut first = [0u8; 1];
+        if matches!(stream.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE) {
+            if let Ok(up) = connect_raw(&shared, server).await {
+                let (mut up, _exempt) = up;
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut up).await;
+            }
+            return;
+        }
+    }
     let upstream: Arc<Mutex<Option<Upstream>>> = Arc::new(Mutex::new(None));
     let svc = service_fn(move |req| handle(req, shared.clone(), upstream.clone(), server));
     let _ = hyper::server::conn::http1::Builder::new()
@@ -259,6 +331,23 @@ async fn forward(
 
 /// A new connection to the real server, exempt from steering.
 async fn connect(sh: &Shared, server: SocketAddr) -> Result<Upstream, BoxError> {
+    let (stream, exempt) = connect_raw(sh, server).await?;
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Upstream {
+        send,
+        _exempt: exempt,
+    })
+}
+
+/// A TCP connection to `server`, exempt from steering while the returned
+/// [`Exempt`] lives.
+async fn connect_raw(sh: &Shared, server: SocketAddr) -> Result<(TcpStream, Exempt), BoxError> {
     let sock = if server.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -270,24 +359,9 @@ async fn connect(sh: &Shared, server: SocketAddr) -> Result<Upstream, BoxError> 
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
     sock.bind(any)?;
-    let port = sock.local_addr()?.port();
-    sh.steer.exempt(port)?;
-    // Released on any early return below, or with the `Upstream`.
-    let exempt = ExemptPort {
-        port,
-        steer: sh.steer.clone(),
-    };
+    // Released on any early return below, or with the caller's connection.
+    let exempt = sh.steer.exempt(&sock)?;
     let stream = sock.connect(server).await?;
     let _ = stream.set_nodelay(true);
-    let (send, conn) = hyper::client::conn::http1::Builder::new()
-        .preserve_header_case(true)
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Upstream {
-        send,
-        _port: exempt,
-    })
+    Ok((stream, exempt))
 }
