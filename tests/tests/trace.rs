@@ -114,6 +114,58 @@ fn trace_shows_a_blackholes_drops_with_their_rule_and_no_rule_elsewhere() {
     assert!(exit.stdout.contains("dropped 5 packets"), "{exit:#?}");
 }
 
+/// `trace --all`: every packet, rate-limited in the kernel. 5000 datagrams
+/// sent at once (11 ms here) to a port no rule has: the events written stay
+/// within the limit (1000 per second per CPU, over the one-second windows
+/// the burst can span), the rest are counted as not written, and the two
+/// add up to at least what was sent.
+#[test]
+fn trace_all_is_rate_limited_in_the_kernel_and_counts_what_it_left_out() {
+    const N: usize = 5000;
+    let topo = Topology::new("tr-all");
+    let _fault = traceable_blackhole(&topo);
+    let t = tracer(&topo, &["--all", "--for", "3s"]);
+    let q = UdpPath::new(&topo, Q);
+    let started = Instant::now();
+    q.send(N, 16);
+    let sending = started.elapsed();
+    let exit = {
+        let mut t = t;
+        t.wait(Duration::from_secs(30))
+    };
+    assert_eq!(exit.status.code(), Some(0), "{exit:#?}");
+    let written = exit.stdout.lines().count();
+    let summary = exit
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("faultbpf trace:"))
+        .unwrap_or_else(|| panic!("no summary: {}", exit.stderr));
+    let suppressed: usize = summary
+        .split("; ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count left out in: {summary}"));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("sent {N} in {sending:?}; written {written}, left out {suppressed}; {summary}");
+    assert!(
+        summary.contains("limit of 1000 per second per CPU"),
+        "the summary says the limit: {summary}"
+    );
+    // The burst spans this many one-second windows at most (the VM lane's
+    // emulated CPU sends slower).
+    let windows = sending.as_secs() as usize + 2;
+    assert!(
+        written <= windows * 1000 * cpus,
+        "at most the limit over {windows} windows: {written} written on {cpus} CPU(s)"
+    );
+    assert!(suppressed > 0, "{summary}");
+    assert!(
+        written + suppressed >= N,
+        "every packet is written or counted: {written} + {suppressed} < {N}"
+    );
+}
+
 #[test]
 fn trace_beside_the_daemon_names_its_rule_and_a_rule_on_the_other_hook() {
     let topo = Topology::new("tr-d");
