@@ -2,7 +2,8 @@
 //! (no engine, nothing pulled) is a valid image under both names engines
 //! load it by: skopeo reads it as an OCI archive (tag = the version) and as
 //! a docker archive (`faultbpf:VERSION`), copies it (which checks every
-//! blob's digest), and the binary in its one layer runs.
+//! blob's digest), and the binary in its one layer runs, as do the `ip`
+//! and `tc` it carries (chrooted into the layer: nothing from the host).
 
 use std::{fs, process::Command};
 
@@ -84,5 +85,14 @@ fn oci_image_loads_under_its_version_tag_and_its_binary_runs() {
         .args(["check"])
         .arg(rootfs.join("etc/faultbpf/faultbpf.toml")));
     assert!(check.contains("OK"), "{check}");
+    // ip and tc run from the image alone (their libraries and loader are
+    // in it), as the delay device and the reaper run them.
+    for (tool, says) in [
+        ("/usr/sbin/ip", "ip utility"),
+        ("/usr/sbin/tc", "tc utility"),
+    ] {
+        let out = sh(Command::new("chroot").arg(&rootfs).args([tool, "-V"]));
+        assert!(out.contains(says), "{tool} -V in the image: {out}");
+    }
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -342,6 +342,46 @@ fn build_tarball(bin: &Path, stage: &Path, out: &Path) -> Result<PathBuf> {
     Ok(tarball)
 }
 
+/// The iproute2 programs faultbpf runs, as the image holds them.
+const IPROUTE2: [(&str, &str); 2] = [
+    ("/usr/sbin/ip", "usr/sbin/ip"),
+    ("/usr/sbin/tc", "usr/sbin/tc"),
+];
+
+/// Copies this machine's `ip` and `tc` (Debian's iproute2, which `cargo
+/// xtask setup` installs) into `rootfs`, with every shared library `ldd`
+/// says they load, at the same paths, and the dynamic loader: the image
+/// has no distribution under it. Dynamic, not static: Debian ships no
+/// static iproute2, and busybox's `tc` knows neither clsact nor fq.
+fn add_iproute2(rootfs: &Path) -> Result<()> {
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for (from, to) in IPROUTE2 {
+        copy_into(&fs::canonicalize(from)?, &rootfs.join(to))?;
+        let out = cmd::stdout_of(command("ldd").arg(from))?;
+        libs.extend(ldd_paths(&out));
+    }
+    libs.sort();
+    libs.dedup();
+    for lib in libs {
+        let inside = rootfs.join(lib.strip_prefix("/").unwrap_or(&lib));
+        copy_into(&fs::canonicalize(&lib)?, &inside)?;
+    }
+    Ok(())
+}
+
+/// The files in `ldd` output: `libc.so.6 => /lib/.../libc.so.6 (0x..)` and
+/// the loader's `/lib64/ld-linux-x86-64.so.2 (0x..)`; not the vDSO.
+fn ldd_paths(out: &str) -> Vec<PathBuf> {
+    out.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=>").map_or(l, |(_, p)| p.trim());
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
 /// Copies `from` to `to`, creating `to`'s directory.
 fn copy_into(from: &Path, to: &Path) -> Result<()> {
     if let Some(dir) = to.parent() {
@@ -356,8 +396,10 @@ fn copy_into(from: &Path, to: &Path) -> Result<()> {
 /// an OCI image layout (`oci-layout`, `index.json`, `blobs/`) and docker's
 /// `manifest.json`, so `docker load` (old and new) and `podman load` take it.
 /// One uncompressed layer: the static binary, the example config, `/run`
-/// for the socket and `/tmp`. Run it privileged with the host's network and
-/// PID namespaces (see README, "Install").
+/// for the socket and `/tmp`, and Debian's `ip` and `tc` with the shared
+/// libraries they load ([`add_iproute2`]): the delay device and the
+/// reaper on kernels without TCX run them. Run it privileged with the
+/// host's network and PID namespaces (see README, "Install").
 fn build_image(bin: &Path, stage: &Path, out: &Path) -> Result<PathBuf> {
     let rootfs = stage.join("oci-rootfs");
     copy_into(bin, &rootfs.join("usr/bin/faultbpf"))?;
@@ -368,6 +410,7 @@ fn build_image(bin: &Path, stage: &Path, out: &Path) -> Result<PathBuf> {
     for dir in ["run", "tmp"] {
         fs::create_dir_all(rootfs.join(dir))?;
     }
+    add_iproute2(&rootfs)?;
     let layout = stage.join("oci");
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs)?;
@@ -378,7 +421,7 @@ fn build_image(bin: &Path, stage: &Path, out: &Path) -> Result<PathBuf> {
             .arg(&layer_tmp)
             .arg("-C")
             .arg(&rootfs)
-            .args(["etc", "run", "tmp", "usr"]),
+            .args(["etc", "lib", "lib64", "run", "tmp", "usr"]),
     )?;
     let layer = add_blob(&blobs, &layer_tmp)?;
 
@@ -396,7 +439,7 @@ fn build_image(bin: &Path, stage: &Path, out: &Path) -> Result<PathBuf> {
         "config": {
             "Entrypoint": ["/usr/bin/faultbpf"],
             "Cmd": ["daemon", "--config", "/etc/faultbpf/faultbpf.toml"],
-            "Env": ["PATH=/usr/bin", "FAULTBPF_SOCKET=/run/faultbpf/faultbpf.sock"],
+            "Env": ["PATH=/usr/bin:/usr/sbin", "FAULTBPF_SOCKET=/run/faultbpf/faultbpf.sock"],
             "Volumes": {"/run/faultbpf": {}},
             "Labels": labels,
         },
@@ -479,6 +522,20 @@ fn add_json_blob(blobs: &Path, tmp: &Path, value: &serde_json::Value) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ldd_paths_are_the_libraries_and_the_loader_not_the_vdso() {
+        let out = "\tlinux-vdso.so.1 (0x00007f2731c9b000)\n\
+                   \tlibmnl.so.0 => /lib/x86_64-linux-gnu/libmnl.so.0 (0x00007f2731b72000)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f2731c9d000)\n";
+        assert_eq!(
+            ldd_paths(out),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libmnl.so.0"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
 
     #[test]
     fn elf_interpreter_is_read_from_the_program_headers() {
