@@ -218,6 +218,15 @@ impl From<StateError> for Problem {
             StateError::Full => StatusCode::INSUFFICIENT_STORAGE,
             StateError::TooLong(_) | StateError::InRule { .. } => StatusCode::BAD_REQUEST,
             StateError::Kernel(crate::Error::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Target(t) if t.is_usage() => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::HostNetwork(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Target(t) => {
+                log(&format!(
+                    "could not find a container: {}",
+                    crate::error::chain(t)
+                ));
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             StateError::Kernel(k) => {
                 log(&format!("internal error: {}", crate::error::chain(k)));
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -246,12 +255,35 @@ async fn create(
 ) -> Result<(StatusCode, Json<RuleInfo>), Problem> {
     let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
     let spec = parse_spec(&body)?;
+    let found = match &spec.container {
+        // Asked of the engine before the rule lock (a slow engine holds up
+        // this request only); the spec is checked first, so a bad rule is
+        // refused without asking anyone.
+        Some(name) => {
+            spec.validate(0, &crate::spec::Policy::default())
+                .map_err(|e| Problem::from(StateError::Invalid(e)))?;
+            let (name, engine) = (name.clone(), spec.engine);
+            let found = tokio::task::spawn_blocking(move || super::state::find(&name, engine))
+                .await
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: finding the container failed; see the daemon's log",
+                    )
+                })?;
+            Some(found.map_err(|e| Problem::from(StateError::Target(e)))?)
+        }
+        None => None,
+    };
     with_state(&s, move |st| {
-        let id = st.add(spec, Origin::Api)?;
+        let id = st.add(spec, Origin::Api, found.as_ref())?;
         let info = st.info(id).ok_or(StateError::NotFound(id))?;
         log(&format!(
-            "rule {id} added: {}{} (api)",
+            "rule {id} added: {}{}{} (api)",
             info.description,
+            info.target
+                .as_ref()
+                .map_or_else(String::new, |t| format!(" in {t}")),
             expiry_text(info.expires_in_seconds)
         ));
         Ok((StatusCode::CREATED, Json(info)))
