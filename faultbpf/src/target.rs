@@ -262,8 +262,18 @@ struct Output {
 
 /// Runs `cmd` to its end, or kills it after `timeout` (`Ok(None)`). The
 /// answers read here are a line or two: they fit in the pipes, so reading
-/// after the exit cannot block the child.
+/// after the exit cannot block the child. The command dies with the
+/// thread that waits for it (a daemon killed mid-question leaves no engine
+/// CLI behind).
 fn output_within(cmd: &mut Command, timeout: Duration) -> io::Result<Option<Output>> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

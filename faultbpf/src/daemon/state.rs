@@ -530,7 +530,7 @@ impl State {
                 Err(e) => (
                     was.netns,
                     format!(
-                        "{}; could not check container {name}: {e}",
+                        "{}: {e}",
                         if was.netns.is_some() {
                             "still acting where it was"
                         } else {
