@@ -456,7 +456,7 @@ fn a_slow_engine_holds_up_neither_other_requests_nor_the_heartbeat() {
             std::thread::sleep(Duration::from_millis(300));
         }
         let (r, took) = adding.join().unwrap();
-        let detail = r.expect_problem(503);
+        let detail = r.expect_problem(422);
         assert!(
             detail.contains("`slow2`") && detail.contains("did not answer"),
             "{detail}"

@@ -1,7 +1,9 @@
 //! The HTTP/JSON API (documented in docs/openapi.yaml). Every error is an
 //! `application/problem+json` body with a fixed status per kind: bad body
 //! 400, guarded port 403, not found 404, conflict 409, body too large 413,
-//! no slot left 507; anything else is logged and becomes 500.
+//! what this daemon cannot do here (a kernel module, a `container` it
+//! cannot find) 422, no slot left 507; anything else is logged and becomes
+//! 500.
 //!
 //! Handlers that read or write the rule table run on the blocking pool
 //! ([`with_state`]), so a request that writes a wide port range never holds
@@ -218,15 +220,7 @@ impl From<StateError> for Problem {
             StateError::Full => StatusCode::INSUFFICIENT_STORAGE,
             StateError::TooLong(_) | StateError::InRule { .. } => StatusCode::BAD_REQUEST,
             StateError::Kernel(crate::Error::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
-            StateError::Target(t) if t.is_usage() => StatusCode::UNPROCESSABLE_ENTITY,
-            StateError::HostNetwork(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            StateError::Target(t) => {
-                log(&format!(
-                    "could not find a container: {}",
-                    crate::error::chain(t)
-                ));
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            StateError::Target(_) | StateError::HostNetwork(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Kernel(k) => {
                 log(&format!("internal error: {}", crate::error::chain(k)));
                 StatusCode::INTERNAL_SERVER_ERROR

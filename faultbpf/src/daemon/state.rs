@@ -121,8 +121,9 @@ pub enum StateError {
     /// 500: the kernel refused.
     #[error(transparent)]
     Kernel(#[from] crate::Error),
-    /// 422: the rule's container is unknown, not running, or not a
-    /// namespace of its own; 503: its engine could not be asked.
+    /// 422: the rule's container is unknown or not running, or its engine
+    /// could not be asked (as a kernel without a fault's module is: this
+    /// daemon cannot do it here).
     #[error("{0}")]
     Target(#[from] TargetError),
     /// 422: the container shares the daemon's own network namespace.
