@@ -293,15 +293,44 @@ fn a_daemon_rule_on_a_container_cuts_it_counts_and_dies_with_the_daemon() {
 
 #[test]
 fn a_daemon_rule_follows_its_container_through_restart_and_stop() {
+    follow_through_restarts("dctr-rst", "auto");
+}
+
+/// The same with cls_bpf filters: the clsact qdisc the daemon adds in
+/// srv's namespace (and its reaper there) come and go with the rules.
+#[test]
+fn a_daemon_rule_follows_its_container_through_restart_and_stop_netlink() {
+    follow_through_restarts("dctr-rnl", "netlink");
+}
+
+/// Whether srv's `eth0` has a clsact qdisc (only the netlink path adds
+/// one).
+fn srv_has_clsact(docker: &Docker) -> bool {
+    let pid = srv_pid(docker);
+    let out = faultbpf_tests::run_checked(
+        std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-n", "tc", "qdisc", "show", "dev", "eth0"]),
+    );
+    out.contains("clsact")
+}
+
+fn follow_through_restarts(tag: &str, attach: &str) {
     // A config rule on srv too (another port): placed by the daemon's
     // check within a second of the start, and followed like the API's.
     let config = TempFile::new(
-        "dctr-rst",
+        tag,
         ".toml",
         "[[rule]]\nname = \"srv-other\"\nfault = \"reset\"\nport = [5673]\ncontainer = \"srv\"\n",
     );
-    let (docker, ns, daemon, control) =
-        scene("dctr-rst", &["--config", config.path().to_str().unwrap()]);
+    let (docker, ns, daemon, control) = scene(
+        tag,
+        &[
+            "--attach",
+            attach,
+            "--config",
+            config.path().to_str().unwrap(),
+        ],
+    );
     let from_config = daemon.rules()[0]["id"].as_u64().unwrap();
     let pid = srv_pid(&docker);
     wait_target(
@@ -341,7 +370,15 @@ fn a_daemon_rule_follows_its_container_through_restart_and_stop() {
         "config rule",
         |t| t.contains(&format!("pid {after},")),
     );
-    daemon.expect_log(mark, "restarted", Duration::from_secs(5));
+    // "container srv restarted; in force again in ...", or, when a check
+    // fell between the stop and the start of the restart, "not running"
+    // then "in force in ...": either way the log names the new process.
+    daemon.expect_log(mark, &format!("pid {after},"), Duration::from_secs(5));
+    assert_eq!(
+        srv_has_clsact(&docker),
+        attach == "netlink",
+        "a clsact qdisc in srv's new namespace only on the netlink path"
+    );
 
     // Stopped: the rule stays, and says it waits.
     docker.ok(&["stop", "-t", "0", "srv"]);
@@ -375,6 +412,10 @@ fn a_daemon_rule_follows_its_container_through_restart_and_stop() {
         Duration::from_secs(5),
     );
     wait_srv_answers(|a| docker.run(a));
+    assert!(
+        !srv_has_clsact(&docker),
+        "the daemon left a clsact qdisc in srv"
+    );
 }
 
 /// An engine that never answers (a `docker` that sleeps) holds up only the

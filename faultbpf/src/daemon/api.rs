@@ -255,7 +255,13 @@ async fn create(
         // refused without asking anyone.
         Some(name) => {
             spec.validate(0, &crate::spec::Policy::default())
-                .map_err(|e| Problem::from(StateError::Invalid(e)))?;
+                .map_err(|e| {
+                    Problem::from(if e.guarded {
+                        StateError::Guarded(e.message)
+                    } else {
+                        StateError::Invalid(e)
+                    })
+                })?;
             let (name, engine) = (name.clone(), spec.engine);
             let found = tokio::task::spawn_blocking(move || super::state::find(&name, engine))
                 .await
