@@ -481,7 +481,10 @@ pub struct FaultArgs {
     /// Fault inside this Docker or Podman container's network namespace
     ///
     /// The twin of `docker network disconnect`: --container api --port 5672 cuts the
-    /// api container off RabbitMQ, Ctrl-C heals. Implies --standalone.
+    /// api container off RabbitMQ, Ctrl-C heals. With a daemon listening, the rule is the
+    /// daemon's: it finds the container itself (its own DOCKER_HOST or CONTAINER_HOST)
+    /// and follows it when it restarts; with --standalone or no daemon, this process
+    /// enters the container's namespace.
     ///
     /// NAME or ID, asked of docker then podman (see --engine); the engines'
     /// own DOCKER_HOST and CONTAINER_HOST say which daemon to ask.

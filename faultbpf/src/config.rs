@@ -285,6 +285,21 @@ ttl = "10s"
     }
 
     #[test]
+    fn a_rule_may_name_a_container() {
+        let c = parse(
+            "f.toml",
+            "[[rule]]\nname = \"x\"\nfault = \"blackhole\"\nport = [5]\ncontainer = \"api\"\nengine = \"podman\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.rules[0].spec.container.as_deref(), Some("api"));
+        assert_eq!(c.rules[0].spec.engine, Some(crate::target::Engine::Podman));
+        let e =
+            err("[[rule]]\nname = \"x\"\nfault = \"blackhole\"\nport = [5]\ncontainer = \"a b\"\n");
+        assert!(e.starts_with("f.toml:5:1:"), "{e}");
+        assert!(e.contains("`a b`"), "{e}");
+    }
+
+    #[test]
     fn errors_point_at_the_line() {
         let e = err("lease = \"5s\"\nbogus = 1\n");
         assert!(e.starts_with("f.toml:2:1:"), "{e}");

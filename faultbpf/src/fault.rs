@@ -69,7 +69,7 @@ fn checked(fc: FaultCommand) -> Result<(RuleSpec, Rule, FaultArgs), Failure> {
 /// A fault command: a daemon rule when a daemon listens, else in this
 /// process until a signal or `--for`.
 pub fn fault(fc: FaultCommand, client: &Client) -> Result<(), Failure> {
-    let (spec, rule, args) = checked(fc)?;
+    let (mut spec, rule, args) = checked(fc)?;
     if !args.command.is_empty() {
         return Err(Failure::Usage(format!(
             "a command after `--` needs `faultbpf run`: faultbpf run {} ... -- {}",
@@ -79,6 +79,9 @@ pub fn fault(fc: FaultCommand, client: &Client) -> Result<(), Failure> {
     }
     let mut placement = place(&args, &rule, client)?;
     let daemon = matches!(placement, Placement::Daemon(_));
+    if daemon {
+        target_in_daemon(&mut spec, &args);
+    }
     let rt = runtime()?;
     // Watched before the fault is in force: a signal the moment the
     // `active:` line is out must heal, not kill us with the default action.
@@ -112,7 +115,7 @@ pub fn fault(fc: FaultCommand, client: &Client) -> Result<(), Failure> {
 /// `faultbpf run FAULT ... -- CMD`: the fault lives exactly as long as the
 /// command; returns the command's exit code (128 + signal if killed).
 pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
-    let (spec, rule, args) = checked(fc)?;
+    let (mut spec, rule, args) = checked(fc)?;
     let Some((program, rest)) = args.command.split_first() else {
         return Err(Failure::Usage(
             "faultbpf run needs a command after `--`, e.g. faultbpf run blackhole --port 5672 -- pytest"
@@ -130,6 +133,9 @@ pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
     };
     let mut placement = place(&args, &rule, client)?;
     let daemon = matches!(placement, Placement::Daemon(_));
+    if daemon {
+        target_in_daemon(&mut spec, &args);
+    }
     let rt = runtime()?;
     let signals = rt.block_on(async { Signals::watch() })?;
     let handle = placement.start(&spec, true).map_err(Failure::start)?;
@@ -167,9 +173,17 @@ pub fn run(fc: FaultCommand, client: &Client) -> Result<u8, Failure> {
     code
 }
 
-/// Where the rule goes: inside a named namespace (always in this process:
-/// a daemon owns its own namespace), in this process with `--standalone`
-/// or `--xdp` or when no daemon listens, else in the daemon.
+/// A daemon rule on `--container`: the daemon finds the container (through
+/// its own engine settings) and acts in its namespace.
+fn target_in_daemon(spec: &mut RuleSpec, args: &FaultArgs) {
+    spec.container = args.container.clone();
+    spec.engine = args.engine;
+}
+
+/// Where the rule goes: inside `--netns` or `--pid` (always in this
+/// process: a daemon owns its own namespace), in this process with
+/// `--standalone` or `--xdp` or when no daemon listens, else in the daemon
+/// (with `--container`, as the rule's `container`: the daemon enters it).
 fn place(args: &FaultArgs, rule: &Rule, client: &Client) -> Result<Placement, Failure> {
     let target = Target::from_flags(
         args.netns.clone(),
@@ -177,9 +191,9 @@ fn place(args: &FaultArgs, rule: &Rule, client: &Client) -> Result<Placement, Fa
         args.container.clone(),
         args.engine,
     );
-    if let Some(t) = target {
-        t.enter().map_err(Failure::target)?;
-    } else if !args.standalone && !args.xdp {
+    let daemon_may =
+        !args.standalone && !args.xdp && matches!(target, None | Some(Target::Container { .. }));
+    if daemon_may {
         match client.probe() {
             Probe::Up => {
                 if !args.ifaces.is_empty() || args.attach != faultbpf::AttachMode::Auto {
@@ -201,6 +215,9 @@ fn place(args: &FaultArgs, rule: &Rule, client: &Client) -> Result<Placement, Fa
             }
             Probe::Absent => {}
         }
+    }
+    if let Some(t) = target {
+        t.enter().map_err(Failure::target)?;
     }
     let hooks = args.hooks(&rule.fault).map_err(Failure::Usage)?;
     let ifaces = interfaces(&args.ifaces)?;

@@ -36,6 +36,10 @@ pub fn rules(client: &Client, json: bool) -> Result<(), Failure> {
             origin.as_str().unwrap_or_default(),
             r.description
         );
+        // A container rule: where it acts, or why it waits.
+        if let Some(t) = r.target {
+            println!("{:>44}in {t}", "");
+        }
     }
     Ok(())
 }

@@ -48,7 +48,12 @@ pub const COMMON_FIELDS: &[&str] = &[
     "for",
     "force",
     "owner_pid",
+    "container",
+    "engine",
 ];
+
+/// The longest container name or id a rule may give.
+pub const MAX_CONTAINER_NAME: usize = 128;
 
 /// A port as written: `5432` or `"8000-8100"`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,6 +141,16 @@ pub struct RuleSpec {
     /// namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_pid: Option<u32>,
+    /// A daemon rule only: the Docker or Podman container (name or id)
+    /// whose network namespace the rule acts in, instead of the daemon's.
+    /// Resolved when the rule is added (refused if it is not running),
+    /// and followed when the container restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The engine that knows `container`: docker or podman (default:
+    /// docker, then podman).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::target::Engine>,
 }
 
 pub(crate) fn known_fault<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -260,6 +275,8 @@ impl RuleSpec {
             lasts: None,
             force: false,
             owner_pid: None,
+            container: None,
+            engine: None,
         }
     }
 
@@ -367,6 +384,23 @@ impl RuleSpec {
                 format!("{pid} is not a process id (expected 1 to {})", i32::MAX),
             ));
         }
+        if let Some(c) = &self.container
+            && !valid_container_name(c)
+        {
+            return Err(bad(
+                "container",
+                format!(
+                    "`{c}` is not a container name or id (1 to {MAX_CONTAINER_NAME} of \
+                     a-z A-Z 0-9 _ . -, starting with a letter or digit)"
+                ),
+            ));
+        }
+        if let (Some(e), None) = (self.engine, &self.container) {
+            return Err(bad(
+                "engine",
+                format!("`{e}` applies to `container`; name the container too"),
+            ));
+        }
         let rule = Rule {
             proto,
             peers,
@@ -459,6 +493,19 @@ impl RuleSpec {
         }
         Ok(ports)
     }
+}
+
+/// A name or id as Docker and Podman allow them: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`
+/// (nothing else may reach an engine's command line or request path).
+pub fn valid_container_name(name: &str) -> bool {
+    name.len() <= MAX_CONTAINER_NAME
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// Sorts ranges and merges the overlapping and adjacent ones of each side.
@@ -575,6 +622,18 @@ mod tests {
                 "peer",
             ),
             (r#"{"fault":"blackhole","dport":["9-1"]}"#, "dport"),
+            (
+                r#"{"fault":"blackhole","port":[5],"container":"-x"}"#,
+                "container",
+            ),
+            (
+                r#"{"fault":"blackhole","port":[5],"container":"a b"}"#,
+                "container",
+            ),
+            (
+                r#"{"fault":"blackhole","port":[5],"engine":"docker"}"#,
+                "engine",
+            ),
         ] {
             let e = spec(json).validate(0, &Policy::default()).unwrap_err();
             assert_eq!(e.field, field, "{json}: {e}");
@@ -724,6 +783,28 @@ mod tests {
         spec(r#"{"fault":"blackhole","dport":["23-9000"]}"#)
             .validate(0, &policy)
             .unwrap();
+    }
+
+    #[test]
+    fn a_container_and_its_engine_are_fields_of_the_spec() {
+        let s = spec(r#"{"fault":"blackhole","port":[5],"container":"srv","engine":"podman"}"#);
+        assert_eq!(s.container.as_deref(), Some("srv"));
+        assert_eq!(s.engine, Some(crate::target::Engine::Podman));
+        s.validate(0, &Policy::default()).unwrap();
+        assert!(
+            serde_json::from_str::<RuleSpec>(
+                r#"{"fault":"blackhole","port":[5],"container":"srv","engine":"lxc"}"#
+            )
+            .is_err()
+        );
+        let long = "a".repeat(MAX_CONTAINER_NAME + 1);
+        let mut s = RuleSpec::new("blackhole");
+        s.port = vec![PortSpec::Number(5)];
+        s.container = Some(long);
+        assert_eq!(
+            s.validate(0, &Policy::default()).unwrap_err().field,
+            "container"
+        );
     }
 
     #[test]

@@ -13,7 +13,19 @@
 //! such container" is a bad name (exit 2); one that cannot be reached is a
 //! machine problem (exit 1).
 
-use std::{fs::File, io, os::fd::AsRawFd, path::PathBuf, process::Command};
+use std::{
+    fs::File,
+    io::{self, Read},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// How long an engine's CLI may take to answer before it counts as
+/// unreachable (a daemon re-checks its targets every second and must not
+/// wait forever on a hung engine).
+pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A network namespace to enter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,10 +121,11 @@ impl Target {
         }
     }
 
-    /// Moves the calling thread into the target's network namespace.
-    pub fn enter(&self) -> Result<(), TargetError> {
+    /// Opens the target's network namespace file, for a later
+    /// [`enter_file`] (a daemon keeps it to enter the namespace again).
+    pub fn open(&self) -> Result<File, TargetError> {
         let path = self.path()?;
-        let file = File::open(&path).map_err(|source| match self {
+        File::open(&path).map_err(|source| match self {
             Self::Pid(p) => TargetError::NoPid(*p, source),
             _ => TargetError::NoNetns {
                 name: match self {
@@ -122,20 +135,35 @@ impl Target {
                 path: path.display().to_string(),
                 source,
             },
-        })?;
-        // SAFETY: a valid fd of a namespace file; only this thread moves.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(TargetError::Enter {
-                path: path.display().to_string(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        })
+    }
+
+    /// Moves the calling thread into the target's network namespace.
+    pub fn enter(&self) -> Result<(), TargetError> {
+        let file = self.open()?;
+        enter_file(&file).map_err(|source| TargetError::Enter {
+            path: self
+                .path()
+                .map_or_else(|_| "?".into(), |p| p.display().to_string()),
+            source,
+        })
     }
 }
 
+/// Moves the calling thread into the network namespace `file` refers to
+/// (an open `/proc/PID/ns/net` or `ip netns` file). Only this thread
+/// moves: `setns` is per thread.
+pub fn enter_file(file: &File) -> io::Result<()> {
+    // SAFETY: a valid fd of a namespace file; only this thread moves.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A container engine whose CLI knows where a container's process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// `docker`, which honours `DOCKER_HOST` (and `DOCKER_CONTEXT`).
     Docker,
@@ -163,7 +191,7 @@ impl Engine {
     }
 
     /// `docker inspect ...` or `podman [--remote] inspect ...`: the
-    /// container's main process id, or 0 when it is not running.
+    /// container's main process id (0 when it is not running) and its id.
     fn inspect(self, name: &str) -> Command {
         let mut cmd = Command::new(self.name());
         if self == Self::Podman && std::env::var_os("CONTAINER_HOST").is_some() {
@@ -174,7 +202,7 @@ impl Engine {
             "--type",
             "container",
             "--format",
-            "{{.State.Pid}}",
+            "{{.State.Pid}} {{.Id}}",
             name,
         ]);
         cmd
@@ -199,10 +227,22 @@ impl std::fmt::Display for Engine {
     }
 }
 
+/// A running container, as its engine describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// Its main process, in the engine's (and our) pid namespace.
+    pub pid: u32,
+    /// The engine's id for it: the same across restarts, new for a new
+    /// container of the same name.
+    pub id: String,
+    /// The engine that knows it.
+    pub engine: Engine,
+}
+
 /// What one engine said when asked for a container.
 enum Answer {
-    /// Its main process.
-    Pid(u32),
+    /// Its main process and id.
+    Pid(u32, String),
     /// The CLI is not installed.
     Missing,
     /// The engine answered: no container by that name or id.
@@ -213,18 +253,78 @@ enum Answer {
     Unreachable(String),
 }
 
+/// What a command printed, and how it ended.
+struct Output {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Runs `cmd` to its end, or kills it after `timeout` (`Ok(None)`). The
+/// answers read here are a line or two: they fit in the pipes, so reading
+/// after the exit cannot block the child. The command dies with the
+/// thread that waits for it (a daemon killed mid-question leaves no engine
+/// CLI behind).
+fn output_within(cmd: &mut Command, timeout: Duration) -> io::Result<Option<Output>> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut out = Output {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut out.stdout)?;
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut out.stderr)?;
+    }
+    Ok(Some(out))
+}
+
 fn ask(engine: Engine, name: &str) -> Answer {
-    let out = match engine.inspect(name).output() {
-        Ok(o) => o,
+    let out = match output_within(&mut engine.inspect(name), ENGINE_TIMEOUT) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            return Answer::Unreachable(format!(
+                "`{} inspect` did not answer within {}",
+                engine.name(),
+                humantime::format_duration(ENGINE_TIMEOUT)
+            ));
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return ask_socket(engine, name),
         Err(e) => return Answer::Unreachable(e.to_string()),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if out.status.success() {
-        return match stdout.trim().parse::<u32>() {
+        let (pid, id) = stdout.trim().split_once(' ').unwrap_or((stdout.trim(), ""));
+        return match pid.parse::<u32>() {
             Ok(0) => Answer::Stopped,
-            Ok(pid) => Answer::Pid(pid),
+            Ok(pid) => Answer::Pid(pid, id.to_string()),
             Err(_) => Answer::Unreachable(format!("unexpected answer `{}`", stdout.trim())),
         };
     }
@@ -316,7 +416,10 @@ fn ask_socket(engine: Engine, name: &str) -> Answer {
             json["State"]["Pid"].as_u64(),
         ) {
             (Some(false), _) | (_, Some(0)) => Answer::Stopped,
-            (_, Some(pid)) if pid <= u32::MAX as u64 => Answer::Pid(pid as u32),
+            (_, Some(pid)) if pid <= u32::MAX as u64 => Answer::Pid(
+                pid as u32,
+                json["Id"].as_str().unwrap_or_default().to_string(),
+            ),
             _ => Answer::Unreachable(format!(
                 "{}: no State.Pid in the engine's answer",
                 socket.display()
@@ -330,6 +433,13 @@ fn ask_socket(engine: Engine, name: &str) -> Answer {
 /// The container's main process, asked of `engine`, or of docker then
 /// podman (whichever knows the container).
 fn container_pid(name: &str, engine: Option<Engine>) -> Result<u32, TargetError> {
+    find_container(name, engine).map(|r| r.pid)
+}
+
+/// The running container `name` (name or id), asked of `engine`, or of
+/// docker then podman (whichever knows it). Each engine's CLI gets
+/// [`ENGINE_TIMEOUT`] to answer.
+pub fn find_container(name: &str, engine: Option<Engine>) -> Result<Running, TargetError> {
     let engines = match engine {
         Some(e) => vec![e],
         None => vec![Engine::Docker, Engine::Podman],
@@ -339,7 +449,13 @@ fn container_pid(name: &str, engine: Option<Engine>) -> Result<u32, TargetError>
     let mut stopped = None;
     for e in &engines {
         match ask(*e, name) {
-            Answer::Pid(pid) => return Ok(pid),
+            Answer::Pid(pid, id) => {
+                return Ok(Running {
+                    pid,
+                    id,
+                    engine: *e,
+                });
+            }
             Answer::Missing => {}
             Answer::Unknown(d) => unknown.push(format!("{e}: {d}")),
             Answer::Stopped => stopped = Some(*e),

@@ -61,11 +61,26 @@ impl Daemon {
 
     /// Starts the daemon on `socket` without waiting for it.
     pub fn spawn_at(ns: &Netns, socket: PathBuf, args: &[&str]) -> Self {
-        let proc = Launch::new(ns, ["daemon"])
-            .args(args)
-            .socket(&socket)
-            .spawn();
-        Daemon { proc, socket }
+        Self::spawn_env(ns, socket, args, &[])
+    }
+
+    /// Like [`Daemon::start`] with `env` added to its environment (e.g.
+    /// `DOCKER_HOST` for a daemon that finds containers).
+    pub fn start_env(ns: &Netns, tag: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut d = Self::spawn_env(ns, temp_path(tag, ".sock"), args, env);
+        d.wait_ready();
+        d
+    }
+
+    fn spawn_env(ns: &Netns, socket: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut launch = Launch::new(ns, ["daemon"]).args(args).socket(&socket);
+        for (k, v) in env {
+            launch = launch.env(k, v);
+        }
+        Daemon {
+            proc: launch.spawn(),
+            socket,
+        }
     }
 
     /// `faultbpf ARGS..` in `ns`, aimed at this daemon (`--socket`); run it

@@ -138,7 +138,8 @@ def rule_spec(fault, port=None, for_=None, owner_pid=None, **fields):
     ``port``, ``dport``, ``sport`` and ``peer`` take one value or a list
     (a port is a number or a ``"8000-8100"`` range); ``for_`` is the rule's
     ``for``; any other keyword (``pct``, ``per``, ``proto``, ``direction``,
-    ``mix``, ``mark``, ``name``, ``fragments``, ``force``) goes into the JSON
+    ``mix``, ``mark``, ``name``, ``fragments``, ``force``, ``container``,
+    ``engine``) goes into the JSON
     as it is, so the daemon checks it and names whatever is wrong.
     """
     spec = {"fault": fault}

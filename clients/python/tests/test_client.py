@@ -195,6 +195,8 @@ class ClientTest(unittest.TestCase):
             direction="egress",
             proto="tcp",
             name="api-flaky",
+            container="api",
+            engine="docker",
             for_=1.5,
         )
         (spec,) = self.daemon.posted()
@@ -212,6 +214,8 @@ class ClientTest(unittest.TestCase):
                 "direction": "egress",
                 "proto": "tcp",
                 "name": "api-flaky",
+                "container": "api",
+                "engine": "docker",
                 "for": "1500ms",
                 "owner_pid": os.getpid(),
             },

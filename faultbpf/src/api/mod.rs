@@ -42,6 +42,11 @@ pub struct RuleInfo {
     /// Seconds until the kernel stops applying it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<f64>,
+    /// Rules with a `container`: where the rule acts ("container srv (pid
+    /// 4242, network namespace net:[4026532890], on eth0, lo)"), or why it
+    /// acts nowhere now ("container srv is not running; waiting for it").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// The rule as it was written.
     pub spec: RuleSpec,
 }
@@ -141,6 +146,7 @@ mod tests {
             description: "reset tcp+udp port 5432 (100%)".into(),
             origin: Origin::Api,
             expires_in_seconds: Some(599.5),
+            target: None,
             spec,
         };
         let text = serde_json::to_string(&info).unwrap();

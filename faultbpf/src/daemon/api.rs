@@ -1,7 +1,9 @@
 //! The HTTP/JSON API (documented in docs/openapi.yaml). Every error is an
 //! `application/problem+json` body with a fixed status per kind: bad body
 //! 400, guarded port 403, not found 404, conflict 409, body too large 413,
-//! no slot left 507; anything else is logged and becomes 500.
+//! what this daemon cannot do here (a kernel module, a `container` it
+//! cannot find) 422, no slot left 507; anything else is logged and becomes
+//! 500.
 //!
 //! Handlers that read or write the rule table run on the blocking pool
 //! ([`with_state`]), so a request that writes a wide port range never holds
@@ -218,6 +220,7 @@ impl From<StateError> for Problem {
             StateError::Full => StatusCode::INSUFFICIENT_STORAGE,
             StateError::TooLong(_) | StateError::InRule { .. } => StatusCode::BAD_REQUEST,
             StateError::Kernel(crate::Error::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Target(_) | StateError::HostNetwork(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Kernel(k) => {
                 log(&format!("internal error: {}", crate::error::chain(k)));
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -246,12 +249,41 @@ async fn create(
 ) -> Result<(StatusCode, Json<RuleInfo>), Problem> {
     let body = body.map_err(|e| Problem::new(e.status(), e.body_text()))?;
     let spec = parse_spec(&body)?;
+    let found = match &spec.container {
+        // Asked of the engine before the rule lock (a slow engine holds up
+        // this request only); the spec is checked first, so a bad rule is
+        // refused without asking anyone.
+        Some(name) => {
+            spec.validate(0, &crate::spec::Policy::default())
+                .map_err(|e| {
+                    Problem::from(if e.guarded {
+                        StateError::Guarded(e.message)
+                    } else {
+                        StateError::Invalid(e)
+                    })
+                })?;
+            let (name, engine) = (name.clone(), spec.engine);
+            let found = tokio::task::spawn_blocking(move || super::state::find(&name, engine))
+                .await
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: finding the container failed; see the daemon's log",
+                    )
+                })?;
+            Some(found.map_err(|e| Problem::from(StateError::Target(e)))?)
+        }
+        None => None,
+    };
     with_state(&s, move |st| {
-        let id = st.add(spec, Origin::Api)?;
+        let id = st.add(spec, Origin::Api, found.as_ref())?;
         let info = st.info(id).ok_or(StateError::NotFound(id))?;
         log(&format!(
-            "rule {id} added: {}{} (api)",
+            "rule {id} added: {}{}{} (api)",
             info.description,
+            info.target
+                .as_ref()
+                .map_or_else(String::new, |t| format!(" in {t}")),
             expiry_text(info.expires_in_seconds)
         ));
         Ok((StatusCode::CREATED, Json(info)))

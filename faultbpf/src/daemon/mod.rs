@@ -11,6 +11,12 @@
 //! a multi-threaded runtime, so one slow request stalls neither the others
 //! nor `/healthz`, which answers from a snapshot without the rule lock.
 //!
+//! Rules with a `container` act in that container's network namespace,
+//! through an injector the daemon keeps there (`netns.rs`); the daemon
+//! asks the engine about each such container every second, on a task of
+//! its own and without the rule lock, and follows it when it restarts
+//! (`State::follow`).
+//!
 //! One daemon per network namespace: a lock on
 //! `/run/faultbpf/netns-<inode>.lock` decides, not the socket file, which
 //! anyone can unlink.
@@ -18,6 +24,7 @@
 pub mod api;
 pub mod http;
 pub mod metrics;
+pub mod netns;
 pub mod state;
 
 use std::{
@@ -197,8 +204,10 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
     let inj = Injector::attach(&ifaces, opts.attach)?;
     let lease_writer = inj.lease_writer()?;
     lease_writer.renew(lease)?;
+    let leases = netns::Leases::default();
     let mut st = State::new(
         inj,
+        state::Others::new(opts.attach, lease, leases.clone()),
         opts.listen.map(|a| a.port()),
         opts.metrics.map(|a| a.port()),
         config.default_ttl,
@@ -208,7 +217,8 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
         .context("could not apply the config's rules")?;
     let shared = api::Shared::new(st);
     let stop_beat = Arc::new(AtomicBool::new(false));
-    let beat = spawn_heartbeat(lease_writer, lease, stop_beat.clone())?;
+    let beat = spawn_heartbeat(lease_writer, leases, lease, stop_beat.clone())?;
+    tokio::spawn(follow_containers(shared.clone()));
 
     let (unix, socket_id) = bind_socket(&opts.socket, access)?;
     tokio::spawn(http::serve(unix, api::router(shared.clone()), None));
@@ -324,9 +334,11 @@ async fn serve(opts: Options) -> anyhow::Result<()> {
 }
 
 /// The heartbeat: renews the lease every third of it through its own file
-/// descriptor, whatever the rest of the daemon is doing.
+/// descriptor, whatever the rest of the daemon is doing, and the lease of
+/// every injector in a container's namespace (`others`).
 fn spawn_heartbeat(
     writer: LeaseWriter,
+    others: netns::Leases,
     lease: Duration,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<thread::JoinHandle<()>> {
@@ -355,9 +367,52 @@ fn spawn_heartbeat(
                         crate::error::chain(&e)
                     ));
                 }
+                for (id, w) in others.writers() {
+                    if let Err(e) = w.renew(lease) {
+                        log(&format!(
+                            "could not renew the lease in network namespace {id}: {}",
+                            crate::error::chain(&e)
+                        ));
+                    }
+                }
             }
         })
         .context("could not start the heartbeat thread")
+}
+
+/// Checks every container that rules target, once a second: the engine
+/// is asked on the blocking pool without the rule lock (each CLI call is
+/// bounded, `target::ENGINE_TIMEOUT`), then the lock is taken only to
+/// apply the answers. One check at a time: a slow engine delays the next
+/// check, never a request or the heartbeat.
+async fn follow_containers(shared: api::Shared) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let wanted = s.lock().containers();
+            if wanted.is_empty() {
+                return;
+            }
+            let answers: Vec<_> = wanted
+                .into_iter()
+                .map(|(name, engine)| {
+                    let found = state::find(&name, engine);
+                    (name, engine, found)
+                })
+                .collect();
+            let mut st = s.lock();
+            for (name, engine, found) in &answers {
+                for line in st.follow(name, *engine, found) {
+                    log(&line);
+                }
+            }
+            s.publish(&st);
+        })
+        .await;
+    }
 }
 
 /// `--watch-config`: the file's text when it holds something other than

@@ -6,21 +6,32 @@
 //! kernel must be able to do), then write the kernel, then record. A panic
 //! between the write and the record removes what was written ([`Undo`]),
 //! so the kernel never holds a rule the API cannot see.
+//!
+//! A rule with a `container` lives in an injector inside that container's
+//! network namespace ([`super::netns`]), found before the lock is taken
+//! ([`Found`]). The daemon checks its containers every second
+//! ([`State::follow`]): a container that restarted (a new namespace) gets
+//! its rules again there, under the same ids (their counters start again
+//! at zero); one that stopped keeps its rules, waiting, and says so in
+//! their `target`.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fs::File,
     time::{Duration, Instant},
 };
 
 use faultbpf_common::{MAX_SLOTS, RuleCounters, RuleKey};
 
+use super::netns::{Leases, NetnsInjector, NsId};
 pub use crate::api::{Origin, RuleStats};
 use crate::{
-    Injector,
+    AttachMode, Injector,
     api::RuleInfo,
     config::Config,
     rules::Rule,
     spec::{Guards, Policy, RuleSpec, SpecError},
+    target::{Engine, Running, TargetError},
 };
 
 /// A rule in the table.
@@ -29,7 +40,54 @@ pub struct Entry {
     pub spec: RuleSpec,
     pub origin: Origin,
     pub expires_at: Option<Instant>,
+    /// Rules with a `container`: where the rule acts now.
+    pub target: Option<Targeted>,
 }
+
+/// Where a container rule acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targeted {
+    /// The namespace whose injector holds it; `None` while it waits for
+    /// its container.
+    pub netns: Option<NsId>,
+    /// What `RuleInfo::target` says: where it acts, or why it does not.
+    pub status: String,
+}
+
+/// A container found for a rule (by [`find`], without the rule lock):
+/// the engine's answer and its network namespace, held open.
+#[derive(Debug)]
+pub struct Found {
+    pub name: String,
+    pub running: Running,
+    pub ns: File,
+    pub id: NsId,
+}
+
+/// Asks the engine for container `name` and opens its network namespace.
+/// Slow (an engine's CLI): call it without the rule lock.
+pub fn find(name: &str, engine: Option<Engine>) -> Result<Found, TargetError> {
+    let running = crate::target::find_container(name, engine)?;
+    let target = crate::target::Target::Pid(running.pid);
+    // The process may have ended since the engine answered: that is a
+    // container that is not running.
+    let stopped = |_| TargetError::NotRunning {
+        engine: running.engine.name(),
+        name: name.to_string(),
+    };
+    let ns = target.open().map_err(stopped)?;
+    let id = NsId::of(&ns).map_err(|e| stopped(TargetError::NoPid(running.pid, e)))?;
+    Ok(Found {
+        name: name.to_string(),
+        running,
+        ns,
+        id,
+    })
+}
+
+/// The ports a rule owns are per namespace: the daemon's own (`None`) or
+/// a container's, by the name its rules give.
+type Scope = Option<String>;
 
 /// Why a change was refused; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -63,20 +121,71 @@ pub enum StateError {
     /// 500: the kernel refused.
     #[error(transparent)]
     Kernel(#[from] crate::Error),
+    /// 422: the rule's container is unknown or not running, or its engine
+    /// could not be asked (as a kernel without a fault's module is: this
+    /// daemon cannot do it here).
+    #[error("{0}")]
+    Target(#[from] TargetError),
+    /// 422: the container shares the daemon's own network namespace.
+    #[error(
+        "container `{0}` shares the daemon's network namespace (--network host): add the rule \
+         without `container`, it acts there already"
+    )]
+    HostNetwork(String),
 }
 
 pub struct State {
     pub inj: Injector,
+    /// Injectors in containers' namespaces, one per namespace, each
+    /// dropped with its last rule.
+    netns: BTreeMap<NsId, NetnsInjector>,
+    /// How those attach, and their leases (renewed by the heartbeat).
+    others: Others,
     rules: BTreeMap<u32, Entry>,
-    owners: HashMap<RuleKey, u32>,
+    owners: HashMap<(Scope, RuleKey), u32>,
     next_id: u32,
     /// Default expiry and guard rails (ssh, our own TCP API and metrics).
     policy: Policy,
 }
 
+/// What injectors in other namespaces need from the daemon.
+pub struct Others {
+    pub attach: AttachMode,
+    pub lease: Duration,
+    pub leases: Leases,
+    /// The daemon's own namespace, which no container rule may target.
+    pub home: Option<NsId>,
+}
+
+impl Others {
+    /// For unit tests and daemons that never target containers.
+    pub fn new(attach: AttachMode, lease: Duration, leases: Leases) -> Self {
+        let home = File::open("/proc/self/ns/net")
+            .and_then(|f| NsId::of(&f))
+            .ok();
+        Self {
+            attach,
+            lease,
+            leases,
+            home,
+        }
+    }
+}
+
+/// Where `insert` puts a rule.
+enum Place<'a> {
+    /// The daemon's own namespace.
+    Home,
+    /// A container found just now.
+    In(&'a Found),
+    /// Nowhere yet, for this reason (its `target` status).
+    Waiting(String),
+}
+
 impl State {
     pub fn new(
         inj: Injector,
+        others: Others,
         api_port: Option<u16>,
         metrics_port: Option<u16>,
         default_ttl: Duration,
@@ -90,6 +199,8 @@ impl State {
         }
         Self {
             inj,
+            netns: BTreeMap::new(),
+            others,
             rules: BTreeMap::new(),
             owners: HashMap::new(),
             next_id: 0,
@@ -100,13 +211,32 @@ impl State {
         }
     }
 
-    /// Validates and inserts a rule; returns its id.
-    pub fn add(&mut self, spec: RuleSpec, origin: Origin) -> Result<u32, StateError> {
+    /// Validates and inserts a rule; returns its id. A rule with a
+    /// `container` goes into the namespace `found` (the caller found the
+    /// container without the lock); without `found` it waits for the next
+    /// check.
+    pub fn add(
+        &mut self,
+        spec: RuleSpec,
+        origin: Origin,
+        found: Option<&Found>,
+    ) -> Result<u32, StateError> {
         let id = self.free_id().ok_or(StateError::Full)?;
         let rule = self.validate(&spec, id)?;
-        self.check(&rule, spec.force, &[])?;
+        self.check(&rule, &spec, &[])?;
         let expires_at = expiry(&rule, Instant::now())?;
-        self.insert(rule, spec, origin, expires_at)?;
+        let place = match (&spec.container, found) {
+            (None, _) => Place::Home,
+            (Some(_), Some(f)) => {
+                if self.others.home == Some(f.id) {
+                    return Err(StateError::HostNetwork(f.name.clone()));
+                }
+                self.check_netns(&rule, &spec, f)?;
+                Place::In(f)
+            }
+            (Some(c), None) => Place::Waiting(format!("looking for container {c}")),
+        };
+        self.insert(rule, spec, origin, expires_at, place)?;
         Ok(id)
     }
 
@@ -124,21 +254,106 @@ impl State {
         Ok(rule)
     }
 
-    /// Key conflicts, with our own rules (those in `replacing` are about to
-    /// go and do not conflict) and with standalone processes' claims
-    /// (`claims.rs`; `force` lets both act).
-    fn check(&self, rule: &Rule, force: bool, replacing: &[u32]) -> Result<(), StateError> {
+    /// Key conflicts, with our own rules in the same namespace (those in
+    /// `replacing` are about to go and do not conflict) and with
+    /// standalone processes' claims in ours (`claims.rs`; `force` lets both
+    /// act). A container's claims are checked when it is found
+    /// ([`State::check_netns`]).
+    fn check(&self, rule: &Rule, spec: &RuleSpec, replacing: &[u32]) -> Result<(), StateError> {
+        let scope: Scope = spec.container.clone();
         for k in rule.keys() {
-            if let Some(other) = self.owners.get(&k)
+            if let Some(other) = self.owners.get(&(scope.clone(), k))
                 && !replacing.contains(other)
             {
                 return Err(StateError::Conflict(format!(
-                    "port {} is already faulted by rule {other}; remove it first",
-                    k.port()
+                    "port {} is already faulted by rule {other}{}; remove it first",
+                    k.port(),
+                    in_container(&scope)
                 )));
             }
         }
-        crate::claims::check(&rule.keys(), force).map_err(|e| StateError::Conflict(e.to_string()))
+        if scope.is_some() {
+            return Ok(());
+        }
+        crate::claims::check(&rule.keys(), spec.force)
+            .map_err(|e| StateError::Conflict(e.to_string()))
+    }
+
+    /// Conflicts in the namespace `f` found: rules that reached it under
+    /// another name (the container's id, say), and standalone processes'
+    /// claims there.
+    fn check_netns(&self, rule: &Rule, spec: &RuleSpec, f: &Found) -> Result<(), StateError> {
+        let keys = rule.keys();
+        for (id, e) in &self.rules {
+            if e.spec.container == spec.container
+                || e.target.as_ref().and_then(|t| t.netns) != Some(f.id)
+            {
+                continue;
+            }
+            let theirs = e.rule.keys();
+            if let Some(k) = keys.iter().find(|k| theirs.contains(k)) {
+                return Err(StateError::Conflict(format!(
+                    "port {} is already faulted by rule {id} in the same network namespace \
+                     (container {}); remove it first",
+                    k.port(),
+                    e.spec.container.as_deref().unwrap_or("?")
+                )));
+            }
+        }
+        let force = spec.force;
+        super::netns::in_netns(&f.ns, || crate::claims::check(&keys, force))
+            .map_err(|source| crate::Error::Io {
+                what: format!("could not enter container {}'s network namespace", f.name),
+                source,
+            })?
+            .map_err(|e| StateError::Conflict(e.to_string()))
+    }
+
+    /// The injector of `f`'s namespace, made (attached there) if there is
+    /// none yet.
+    fn injector_in(&mut self, f: &Found) -> Result<&mut NetnsInjector, crate::Error> {
+        if !self.netns.contains_key(&f.id) {
+            let ns = f.ns.try_clone().map_err(|source| crate::Error::Io {
+                what: "could not duplicate a network namespace's file descriptor".into(),
+                source,
+            })?;
+            let n = NetnsInjector::attach(
+                ns,
+                self.others.attach,
+                self.others.lease,
+                &self.others.leases,
+            )?;
+            super::log(&format!(
+                "attached in container {}'s network namespace {} (pid {}) to {}",
+                f.name,
+                f.id,
+                f.running.pid,
+                n.interfaces().join(", ")
+            ));
+            self.netns.insert(f.id, n);
+        }
+        Ok(self.netns.get_mut(&f.id).expect("just made"))
+    }
+
+    /// Drops the injectors no rule uses any more.
+    fn drop_unused(&mut self) {
+        let used: Vec<NsId> = self
+            .rules
+            .values()
+            .filter_map(|e| e.target.as_ref().and_then(|t| t.netns))
+            .collect();
+        let unused: Vec<NsId> = self
+            .netns
+            .keys()
+            .filter(|id| !used.contains(id))
+            .copied()
+            .collect();
+        for id in unused {
+            self.netns.remove(&id);
+            super::log(&format!(
+                "detached from network namespace {id}: no rule acts there any more"
+            ));
+        }
     }
 
     /// Writes a checked rule into the kernel, then records it. Nothing may
@@ -150,22 +365,27 @@ impl State {
         spec: RuleSpec,
         origin: Origin,
         expires_at: Option<Instant>,
+        place: Place<'_>,
     ) -> Result<(), StateError> {
-        if let Err(e) = self.inj.insert(&mut rule) {
-            let _ = self.inj.remove(&rule);
-            return Err(e.into());
-        }
-        let undo = Undo {
-            inj: &mut self.inj,
-            rule: &rule,
+        let target = match place {
+            Place::Home => {
+                self.write(&mut rule)?;
+                None
+            }
+            Place::In(f) => match self.write_in(&mut rule, f) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.drop_unused();
+                    return Err(e);
+                }
+            },
+            Place::Waiting(status) => Some(Targeted {
+                netns: None,
+                status,
+            }),
         };
-        #[cfg(debug_assertions)]
-        if std::env::var_os(PANIC_AFTER_WRITE).is_some() {
-            panic!("{PANIC_AFTER_WRITE} is set: panicking between the kernel write and the record");
-        }
-        std::mem::forget(undo);
         for k in rule.keys() {
-            self.owners.insert(k, rule.id);
+            self.owners.insert((spec.container.clone(), k), rule.id);
         }
         self.next_id = (rule.id + 1) % MAX_SLOTS;
         self.rules.insert(
@@ -175,9 +395,195 @@ impl State {
                 spec,
                 origin,
                 expires_at,
+                target,
             },
         );
         Ok(())
+    }
+
+    /// Writes `rule` into the daemon's own injector (see [`State::insert`]).
+    fn write(&mut self, rule: &mut Rule) -> Result<(), StateError> {
+        if let Err(e) = self.inj.insert(rule) {
+            let _ = self.inj.remove(rule);
+            return Err(e.into());
+        }
+        armed(&mut self.inj, rule);
+        Ok(())
+    }
+
+    /// Writes `rule` into the injector of `f`'s namespace (made if need
+    /// be; entered, since a delay rule makes its device there).
+    fn write_in(&mut self, rule: &mut Rule, f: &Found) -> Result<Targeted, StateError> {
+        let n = self.injector_in(f)?;
+        let written = n.with(|inj| {
+            let r = inj.insert(rule);
+            if r.is_err() {
+                let _ = inj.remove(rule);
+            }
+            r
+        });
+        written?;
+        armed(n.injector_mut(), rule);
+        Ok(Targeted {
+            netns: Some(f.id),
+            status: self.acting(f),
+        })
+    }
+
+    /// A container rule's status while it acts in `f`'s namespace.
+    fn acting(&self, f: &Found) -> String {
+        let ifaces = self
+            .netns
+            .get(&f.id)
+            .map(|n| n.interfaces().join(", "))
+            .unwrap_or_default();
+        format!(
+            "container {} (pid {}, network namespace {}, on {ifaces})",
+            f.name, f.running.pid, f.id
+        )
+    }
+
+    /// Lifts `e`'s rule from whichever injector holds it.
+    fn lift(&mut self, e: &Entry) -> Result<(), crate::Error> {
+        match &e.target {
+            None => self.inj.remove(&e.rule),
+            Some(Targeted {
+                netns: Some(id), ..
+            }) => match self.netns.get_mut(id) {
+                Some(n) => n.injector_mut().remove(&e.rule),
+                None => Ok(()),
+            },
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The containers rules target, each once: what [`State::follow`] is
+    /// given answers for.
+    pub fn containers(&self) -> Vec<(String, Option<Engine>)> {
+        let mut out: Vec<(String, Option<Engine>)> = Vec::new();
+        for e in self.rules.values() {
+            if let Some(c) = &e.spec.container {
+                let t = (c.clone(), e.spec.engine);
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+        out
+    }
+
+    /// Brings the rules on container `name` (asked of `engine`) in line
+    /// with what its engine said just now (`found`, asked without the
+    /// lock): nothing while it runs in the same namespace; into the new
+    /// namespace when it restarted (same ids, counters from zero); out of
+    /// the kernel, waiting, while it is not running; left where they are
+    /// when the engine could not be asked. Returns log lines, one per rule
+    /// whose status changed.
+    pub fn follow(
+        &mut self,
+        name: &str,
+        engine: Option<Engine>,
+        found: &Result<Found, TargetError>,
+    ) -> Vec<String> {
+        let ids: Vec<u32> = self
+            .rules
+            .iter()
+            .filter(|(_, e)| e.spec.container.as_deref() == Some(name) && e.spec.engine == engine)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut said = Vec::new();
+        let now = Instant::now();
+        for id in ids {
+            let Some(e) = self.rules.get(&id) else {
+                continue;
+            };
+            let was = e.target.clone().unwrap_or(Targeted {
+                netns: None,
+                status: String::new(),
+            });
+            let (netns, status) = match found {
+                Ok(f) if was.netns == Some(f.id) => (was.netns, self.acting(f)),
+                Ok(f) if self.others.home == Some(f.id) => {
+                    self.unplace(id);
+                    (None, StateError::HostNetwork(name.to_string()).to_string())
+                }
+                Ok(f) => {
+                    self.unplace(id);
+                    match self.replace_in(id, f, now) {
+                        Ok(t) => (t.netns, t.status),
+                        Err(e) => (
+                            None,
+                            format!(
+                                "could not act in container {name}: {}; trying again",
+                                crate::error::chain(&e)
+                            ),
+                        ),
+                    }
+                }
+                Err(e @ (TargetError::NotRunning { .. } | TargetError::NoContainer { .. })) => {
+                    self.unplace(id);
+                    let why = match e {
+                        TargetError::NotRunning { .. } => "is not running",
+                        _ => "does not exist (any more)",
+                    };
+                    (None, format!("container {name} {why}; waiting for it"))
+                }
+                Err(e) => (
+                    was.netns,
+                    format!(
+                        "{}: {e}",
+                        if was.netns.is_some() {
+                            "still acting where it was"
+                        } else {
+                            "waiting"
+                        }
+                    ),
+                ),
+            };
+            if let Some(e) = self.rules.get_mut(&id) {
+                if status != was.status {
+                    said.push(match (was.netns, netns) {
+                        (Some(_), Some(_)) => format!(
+                            "rule {id}: container {name} restarted; in force again in {status} \
+                             (counters start again from zero)"
+                        ),
+                        (_, Some(_)) => format!("rule {id}: in force in {status}"),
+                        _ => format!("rule {id}: {status}"),
+                    });
+                }
+                e.target = Some(Targeted { netns, status });
+            }
+        }
+        self.drop_unused();
+        said
+    }
+
+    /// Takes rule `id` out of the namespace it acts in (if any); it stays
+    /// in the table.
+    fn unplace(&mut self, id: u32) {
+        let Some(e) = self.rules.remove(&id) else {
+            return;
+        };
+        let _ = self.lift(&e);
+        let mut e = e;
+        if let Some(t) = &mut e.target {
+            t.netns = None;
+        }
+        self.rules.insert(id, e);
+    }
+
+    /// Puts rule `id` (in the table, acting nowhere) into `f`'s namespace
+    /// with the time it has left.
+    fn replace_in(&mut self, id: u32, f: &Found, now: Instant) -> Result<Targeted, StateError> {
+        let e = self.rules.get(&id).ok_or(StateError::NotFound(id))?;
+        let mut rule = e.rule.clone();
+        if let Some(t) = e.expires_at {
+            rule.lasts = Some(t.saturating_duration_since(now));
+        }
+        let spec = e.spec.clone();
+        self.check_netns(&rule, &spec, f)?;
+        let t = self.write_in(&mut rule, f)?;
+        Ok(t)
     }
 
     /// Ids go up and wrap, skipping live rules, so a just-deleted id is not
@@ -191,11 +597,16 @@ impl State {
     pub fn remove(&mut self, id: u32) -> Result<Entry, StateError> {
         let e = self.rules.remove(&id).ok_or(StateError::NotFound(id))?;
         for k in e.rule.keys() {
-            if self.owners.get(&k) == Some(&id) {
-                self.owners.remove(&k);
+            let key = (e.spec.container.clone(), k);
+            if self.owners.get(&key) == Some(&id) {
+                self.owners.remove(&key);
             }
         }
-        self.inj.remove(&e.rule)?;
+        let lifted = self.lift(&e);
+        if e.target.is_some() {
+            self.drop_unused();
+        }
+        lifted?;
         Ok(e)
     }
 
@@ -286,17 +697,17 @@ impl State {
                 .find(|id| !self.rules.contains_key(id) && !ids.contains(id))
                 .ok_or(StateError::Full)?;
             let rule = self.validate(spec, id).map_err(named)?;
-            self.check(&rule, spec.force, &going).map_err(named)?;
+            self.check(&rule, spec, &going).map_err(named)?;
             let expires_at = expiry(&rule, now).map_err(named)?;
             for k in rule.keys() {
-                if let Some(other) = keys.insert(k, *name) {
+                if let Some(other) = keys.insert((spec.container.clone(), k), *name) {
                     return Err(StateError::Conflict(format!(
                         "port {} appears in two config rules (`{other}` and `{name}`)",
                         k.port()
                     )));
                 }
             }
-            if let Some(d) = rule.fault.delay() {
+            if let (Some(d), None) = (rule.fault.delay(), &spec.container) {
                 delay_max = delay_max.max(Some(d.max()));
             }
             ids.push(id);
@@ -309,7 +720,7 @@ impl State {
                 let name = coming
                     .iter()
                     .zip(&planned)
-                    .find(|(_, (_, r, _, _))| r.fault.delay().is_some())
+                    .find(|(_, (_, r, s, _))| r.fault.delay().is_some() && s.container.is_none())
                     .map_or("?", |((n, _), _)| *n);
                 StateError::InRule {
                     name: name.to_string(),
@@ -332,7 +743,8 @@ impl State {
         let mut inserted = Vec::new();
         for (name, rule, spec, expires_at) in planned {
             let id = rule.id;
-            if let Err(e) = self.insert(rule, spec, Origin::Config, expires_at) {
+            let place = waiting_or_home(&spec);
+            if let Err(e) = self.insert(rule, spec, Origin::Config, expires_at, place) {
                 self.restore(inserted, removed);
                 return Err(StateError::InRule {
                     name: name.to_string(),
@@ -357,7 +769,8 @@ impl State {
             }
             e.rule.lasts = e.expires_at.map(|t| t.saturating_duration_since(now));
             let expires_at = e.expires_at;
-            if let Err(err) = self.insert(e.rule, e.spec, e.origin, expires_at) {
+            let place = waiting_or_home(&e.spec);
+            if let Err(err) = self.insert(e.rule, e.spec, e.origin, expires_at, place) {
                 super::log(&format!(
                     "could not put a rule back while undoing a reload: {err}"
                 ));
@@ -376,6 +789,7 @@ impl State {
             expires_in_seconds: e
                 .expires_at
                 .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
+            target: e.target.as_ref().map(|t| t.status.clone()),
             spec: e.spec.clone(),
         })
     }
@@ -384,15 +798,31 @@ impl State {
         self.rules.keys().filter_map(|id| self.info(*id)).collect()
     }
 
+    /// Rule `id`'s counters, from the injector that holds it (zero while
+    /// a container rule waits).
     pub fn counters(&self, id: u32) -> Result<RuleCounters, crate::Error> {
-        self.inj.counters(id)
+        match self.rules.get(&id).and_then(|e| e.target.as_ref()) {
+            None => self.inj.counters(id),
+            Some(Targeted {
+                netns: Some(ns), ..
+            }) => match self.netns.get(ns) {
+                Some(n) => n.injector().counters(id),
+                None => Ok(RuleCounters::default()),
+            },
+            Some(_) => Ok(RuleCounters::default()),
+        }
+    }
+
+    /// The injectors in containers' namespaces, for status lines.
+    pub fn netns_count(&self) -> usize {
+        self.netns.len()
     }
 
     pub fn stats(&self) -> Vec<RuleStats> {
         self.rules
             .iter()
             .map(|(id, e)| {
-                let c = self.inj.counters(*id).unwrap_or_default();
+                let c = self.counters(*id).unwrap_or_default();
                 RuleStats {
                     id: *id,
                     name: e.spec.name.clone(),
@@ -459,6 +889,35 @@ impl std::fmt::Display for Reloaded {
 /// write, so a test can show that the write is undone.
 #[cfg(debug_assertions)]
 pub const PANIC_AFTER_WRITE: &str = "FAULTBPF_TEST_PANIC_AFTER_KERNEL_WRITE";
+
+/// Where `insert` puts a rule of the config: a container rule waits for
+/// the next check (finding a container asks its engine, which must not
+/// happen under the rule lock).
+fn waiting_or_home(spec: &RuleSpec) -> Place<'static> {
+    match &spec.container {
+        Some(c) => Place::Waiting(format!("looking for container {c}")),
+        None => Place::Home,
+    }
+}
+
+/// " in container srv" for a container scope, "" for the daemon's own.
+fn in_container(scope: &Scope) -> String {
+    scope
+        .as_ref()
+        .map_or_else(String::new, |c| format!(" in container {c}"))
+}
+
+/// The moment between a rule's kernel write and its record: a panic here
+/// (only ever provoked by tests, [`PANIC_AFTER_WRITE`]) takes the rule
+/// back out of `inj` while unwinding.
+fn armed(inj: &mut Injector, rule: &Rule) {
+    let undo = Undo { inj, rule };
+    #[cfg(debug_assertions)]
+    if std::env::var_os(PANIC_AFTER_WRITE).is_some() {
+        panic!("{PANIC_AFTER_WRITE} is set: panicking between the kernel write and the record");
+    }
+    std::mem::forget(undo);
+}
 
 /// Takes a rule back out of the kernel unless forgotten.
 struct Undo<'a> {

@@ -160,6 +160,8 @@ impl RawStep {
             lasts: Some(humantime::format_duration(lasts).to_string()),
             force: self.force,
             owner_pid: None,
+            container: None,
+            engine: None,
         }
     }
 }
