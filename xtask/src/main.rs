@@ -87,8 +87,9 @@ enum Task {
     Demo,
     /// Set up, build, then measure faultbpf against no injector and nftables (root)
     ///
-    /// Overhead vs rule count, drop capacity, time to apply, --pct accuracy
-    /// and cost, in throwaway namespaces, interleaved round by round; writes
+    /// Overhead vs rule count, drop capacity, time to apply, --pct accuracy,
+    /// cost, issue 15's faults and what `faultbpf http` adds to the requests
+    /// it does not fault, in throwaway namespaces, interleaved round by round; writes
     /// target/bench/report.md, CSVs and throughput-vs-rules.png. About 15
     /// minutes; --quick takes a few.
     Bench(bench::Options),
@@ -177,6 +178,10 @@ mod tests {
         assert!(matches!(
             task(&["bench", "--quick", "--rounds", "2", "--only", "drop,cost"]),
             Ok(Task::Bench(o)) if o.quick && o.rounds == Some(2) && o.only.len() == 2
+        ));
+        assert!(matches!(
+            task(&["bench", "--only", "http"]),
+            Ok(Task::Bench(o)) if o.only.len() == 1
         ));
         assert!(task(&["bench", "--rounds", "0"]).is_err());
         assert!(task(&["demo", "--no-vm"]).is_err());

@@ -7,7 +7,6 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::Stdio,
@@ -17,7 +16,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::topo::{self, Netns, Proc};
+use super::{
+    http,
+    topo::{self, Netns, Proc},
+};
 
 /// `FAULTBPF_SOCKET` for standalone runs: a path that cannot exist, so a
 /// fault command never hands its rule to some daemon on the machine.
@@ -94,33 +96,9 @@ impl Daemon {
         let mut s = UnixStream::connect(&self.socket)
             .with_context(|| format!("connecting to {}", self.socket.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: faultbpf\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("no HTTP status in {text:?}"))?;
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
-        Ok((
-            status,
-            if chunked {
-                dechunk(body)
-            } else {
-                body.to_owned()
-            },
-        ))
+        http::write_request(&mut s, method, path, Some(body.unwrap_or("")), true)?;
+        let resp = http::read_response(&mut s, &mut Vec::new())?;
+        Ok((resp.status, resp.body))
     }
 
     /// POST /v1/rules; returns the new rule's id.
@@ -150,32 +128,5 @@ impl Daemon {
             bail!("faultbpf daemon ended with {status}");
         }
         Ok(())
-    }
-}
-
-/// The payload of a `Transfer-Encoding: chunked` body.
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n"), "{\"a\":1}");
-        assert_eq!(dechunk(""), "");
     }
 }

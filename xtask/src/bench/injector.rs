@@ -227,7 +227,14 @@ impl Faultbpf {
     }
 
     /// SIGTERM, then the final counters it prints.
-    pub fn stop(mut self) -> Result<FinalCounters> {
+    pub fn stop(self) -> Result<FinalCounters> {
+        let v = self.stop_json()?;
+        final_counters(&v).with_context(|| format!("reading faultbpf's JSON: {v}"))
+    }
+
+    /// SIGTERM, then the `--json` line it printed (any fault command's,
+    /// `http`'s included).
+    pub fn stop_json(mut self) -> Result<serde_json::Value> {
         let status = self.proc.stop(libc::SIGTERM, Duration::from_secs(15))?;
         if !status.success() {
             bail!("faultbpf ended with {status}: {}", self.stderr());
@@ -236,18 +243,23 @@ impl Faultbpf {
             .stdout
             .recv_timeout(Duration::from_secs(5))
             .context("faultbpf exited but its stdout stayed open")?;
-        parse_final(&text).with_context(|| format!("reading faultbpf's JSON: {text}"))
+        last_json(&text).with_context(|| format!("reading faultbpf's JSON: {text}"))
     }
 }
 
-/// The `--json` line: `{"attach":..,"rules":[{"matched_packets":..,..}]}`.
-fn parse_final(text: &str) -> Result<FinalCounters> {
+/// The last line of `text` that is a JSON object.
+fn last_json(text: &str) -> Result<serde_json::Value> {
     let line = text
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .context("no JSON line")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// A packet fault's `--json` line:
+/// `{"attach":..,"rules":[{"matched_packets":..,..}]}`.
+fn final_counters(v: &serde_json::Value) -> Result<FinalCounters> {
     let mut out = FinalCounters {
         attach: v["attach"].as_str().unwrap_or("?").to_owned(),
         ..Default::default()
@@ -356,7 +368,7 @@ mod tests {
     #[test]
     fn parses_the_final_json() {
         let line = r#"{"attach":"tcx","interfaces":["fbb-s"],"rules":[{"id":0,"matched_packets":12,"matched_bytes":840,"acted_packets":10,"acted_bytes":700}]}"#;
-        let c = parse_final(&format!("{line}\n")).unwrap();
+        let c = final_counters(&last_json(&format!("log\n{line}\n")).unwrap()).unwrap();
         assert_eq!(c.attach, "tcx");
         assert_eq!((c.matched_packets, c.acted_packets), (12, 10));
     }

@@ -22,6 +22,8 @@ mod daemon;
 pub mod delay_accuracy;
 mod drop_capacity;
 mod floor;
+mod http;
+mod http_cost;
 mod injector;
 mod new_faults;
 mod plot;
@@ -58,6 +60,8 @@ pub enum Scenario {
     Cost,
     /// Issue 15's faults: DNS answers/s, cost per matched packet, throttle vs tbf
     Faults,
+    /// Issue 16's `faultbpf http`: latency it adds to unfaulted requests, steered or not
+    Http,
 }
 
 impl Scenario {
@@ -70,16 +74,18 @@ impl Scenario {
             Self::Accuracy => "accuracy",
             Self::Cost => "cost",
             Self::Faults => "faults",
+            Self::Http => "http",
         }
     }
 
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Overhead,
         Self::Drop,
         Self::Apply,
         Self::Accuracy,
         Self::Cost,
         Self::Faults,
+        Self::Http,
     ];
 }
 
@@ -89,7 +95,7 @@ pub struct Options {
     /// Fewer rounds, fewer rule counts, shorter runs (a few minutes; for development)
     #[arg(long)]
     pub quick: bool,
-    /// Rounds of interleaved conditions (default 7, 3 with --quick)
+    /// Rounds of interleaved conditions (default 7, 3 with --quick; http: 30, 10)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: Option<u32>,
     /// Run only these scenarios (comma-separated; default: all)
@@ -119,6 +125,13 @@ pub struct Plan {
     /// `iperf3 -t` and `-O` through a 10 Mbit/s limit.
     pub throttle_secs: u32,
     pub throttle_omit: u32,
+    /// Rounds of the http scenario, whose windows take under a second: more
+    /// than the others, for a steadier ratio (`--rounds` sets both).
+    pub http_rounds: usize,
+    /// Counted GETs per window on one keep-alive connection (http).
+    pub http_requests: usize,
+    /// New connections per window, one GET each (http).
+    pub http_connections: usize,
 }
 
 impl Plan {
@@ -145,6 +158,12 @@ impl Plan {
             dns_window: Duration::from_millis(if quick { 1000 } else { 2000 }),
             throttle_secs: if quick { 3 } else { 10 },
             throttle_omit: if quick { 1 } else { 2 },
+            http_rounds: opts
+                .rounds
+                .map(|r| r as usize)
+                .unwrap_or(if quick { 10 } else { 30 }),
+            http_requests: if quick { 3_000 } else { 5_000 },
+            http_connections: if quick { 300 } else { 500 },
         }
     }
 }
@@ -245,6 +264,7 @@ pub fn run(opts: &Options) -> Result<()> {
             Scenario::Accuracy => accuracy::run(&ctx),
             Scenario::Cost => cost::run(&ctx),
             Scenario::Faults => new_faults::run(&ctx),
+            Scenario::Http => http_cost::run(&ctx),
         };
         topo::check_interrupted()?;
         eprintln!("bench: {scenario:?} took {:.0}s", t.elapsed().as_secs_f64());

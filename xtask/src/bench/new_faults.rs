@@ -34,8 +34,8 @@ use super::{
     Ctx,
     injector::{Faultbpf, FinalCounters, Launch},
     prog_stats,
-    report::{Goal, Section, Table, Verdict, ratio_cell, si},
-    stats::{self, Spread},
+    report::{Goal, Section, Table, Verdict, ratio_cell, si, value_cell},
+    stats::over,
     topo::{self, CLIENT_IF, CLIENT_IP, Netns, Proc, SERVER_IF, SERVER_IP, Topology},
     traffic,
 };
@@ -615,21 +615,6 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         );
     }
     Ok(section(ctx, &s, rounds_done))
-}
-
-/// The spread of `f` over the rounds where it has a value.
-fn over<T>(rounds: &[T], f: impl Fn(&T) -> Option<f64>) -> Option<Spread> {
-    stats::spread(&rounds.iter().filter_map(f).collect::<Vec<_>>())
-}
-
-/// `12.3 [11.0, 13.1]` with `digits` decimals.
-fn value_cell(s: Option<Spread>, digits: usize) -> String {
-    s.map_or("-".into(), |s| {
-        format!(
-            "{:.digits$} [{:.digits$}, {:.digits$}]",
-            s.median, s.min, s.max
-        )
-    })
 }
 
 /// ns per packet that entered: the runs of `duplicate`'s clones (which

@@ -302,14 +302,18 @@ pub fn write(
         "`cargo xtask bench`"
     };
     let summary = summary_table(sections);
+    // The http scenario counts its own (cheaper, more numerous) rounds.
+    let mut rounds = format!("{} rounds", ctx.plan.rounds);
+    if sections.iter().any(|s| s.short == Scenario::Http.name()) {
+        rounds += &format!(" (http: {})", ctx.plan.http_rounds);
+    }
 
     let mut md = String::new();
     let _ = writeln!(md, "# faultbpf benchmark report\n");
     let _ = writeln!(
         md,
-        "Generated {} by {mode}: {} rounds, {:.1} min. Machine: {}.\n",
+        "Generated {} by {mode}: {rounds}, {:.1} min. Machine: {}.\n",
         machine.date,
-        ctx.plan.rounds,
         took.as_secs_f64() / 60.0,
         machine.one_line()
     );
@@ -390,10 +394,9 @@ pub fn write(
     let _ = writeln!(short, "# faultbpf benchmark: latest summary\n");
     let _ = writeln!(
         short,
-        "From {} by {mode} ({} rounds) on {}, load average {} at the start; faultbpf {}. \
+        "From {} by {mode} ({rounds}) on {}, load average {} at the start; faultbpf {}. \
          Full report: [report.md](report.md).\n",
         machine.date,
-        ctx.plan.rounds,
         machine.one_line(),
         machine.load_at_start,
         machine.revision
@@ -416,6 +419,16 @@ pub fn ratio_cell(s: Option<Spread>) -> String {
 pub fn delta_cell(s: Option<Spread>) -> String {
     s.map_or("-".into(), |s| {
         format!("{:+.1} [{:+.1}, {:+.1}]", s.median, s.min, s.max)
+    })
+}
+
+/// `12.3 [11.0, 13.1]` with `digits` decimals, or `-`.
+pub fn value_cell(s: Option<Spread>, digits: usize) -> String {
+    s.map_or("-".into(), |s| {
+        format!(
+            "{:.digits$} [{:.digits$}, {:.digits$}]",
+            s.median, s.min, s.max
+        )
     })
 }
 
@@ -462,6 +475,7 @@ mod tests {
         assert_eq!(ratio_cell(Some(s)), "0.980 [0.950, 1.010]");
         assert_eq!(delta_cell(Some(s)), "+1.0 [+0.9, +1.0]");
         assert_eq!(ratio_cell(None), "-");
+        assert_eq!(value_cell(Some(s), 1), "1.0 [0.9, 1.0]");
         assert_eq!(si(12.3e9, "bit/s"), "12.300 Gbit/s");
         assert_eq!(si(1_250_000.0, "pps"), "1.250 Mpps");
         assert_eq!(si(f64::NAN, "pps"), "-");

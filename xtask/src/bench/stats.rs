@@ -33,6 +33,11 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
     })
 }
 
+/// The spread of `f` over the rounds where it has a value.
+pub fn over<T>(rounds: &[T], f: impl Fn(&T) -> Option<f64>) -> Option<Spread> {
+    spread(&rounds.iter().filter_map(f).collect::<Vec<_>>())
+}
+
 /// The `p`-th percentile (0..=100) of sorted samples, nearest rank.
 pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {

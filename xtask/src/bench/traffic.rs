@@ -69,7 +69,7 @@ pub fn force_rcvbuf(fd: BorrowedFd<'_>, bytes: i32) {
 
 /// SO_LINGER 0: close with a RST, so a connection-rate loop leaves no
 /// TIME_WAIT sockets that would exhaust the client's ports.
-fn abort_on_close(stream: &TcpStream) {
+pub fn abort_on_close(stream: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -97,34 +97,52 @@ impl Servers {
     /// TCP echo (7001), TCP connect/request/close (7002), UDP sink (61000)
     /// and UDP echo (62000), pinned to `cpu`.
     pub fn start(ns: &Netns, cpu: usize) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut servers = Self {
-            stop: Arc::clone(&stop),
-            threads: Vec::new(),
-        };
-        let s = Arc::clone(&stop);
-        servers
-            .threads
-            .push(ns.spawn("rr server", Some(cpu), move || tcp_server(RR_PORT, s, true))?);
-        let s = Arc::clone(&stop);
-        servers
-            .threads
-            .push(ns.spawn("crr server", Some(cpu), move || {
-                tcp_server(CRR_PORT, s, false)
-            })?);
-        let s = Arc::clone(&stop);
+        let mut servers = Self::none();
+        servers.tcp(
+            ns,
+            "rr server",
+            cpu,
+            RR_PORT,
+            Answer::Persistent(echo_until_closed),
+        )?;
+        servers.tcp(ns, "crr server", cpu, CRR_PORT, Answer::Once(answer_once))?;
+        let s = Arc::clone(&servers.stop);
         servers
             .threads
             .push(ns.spawn("udp sink", Some(cpu), move || {
                 udp_server(SINK_PORT, &s, false)
             })?);
-        let s = Arc::clone(&stop);
+        let s = Arc::clone(&servers.stop);
         servers
             .threads
             .push(ns.spawn("udp echo", Some(cpu), move || {
                 udp_server(ECHO_PORT, &s, true)
             })?);
         Ok(servers)
+    }
+
+    /// No server yet; add them with [`Servers::tcp`].
+    pub fn none() -> Self {
+        Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// A TCP server on `SERVER_IP:port` in `ns`, its accepting thread and
+    /// the threads it answers on pinned to `cpu`.
+    pub fn tcp(
+        &mut self,
+        ns: &Netns,
+        what: &str,
+        cpu: usize,
+        port: u16,
+        answer: Answer,
+    ) -> Result<()> {
+        let s = Arc::clone(&self.stop);
+        self.threads
+            .push(ns.spawn(what, Some(cpu), move || tcp_server(port, s, answer))?);
+        Ok(())
     }
 }
 
@@ -141,10 +159,18 @@ impl Drop for Servers {
     }
 }
 
-/// Accepts connections until `stop`. `persistent`: echo 64-byte messages
-/// until the client closes (request/response); otherwise answer one message
-/// and close (connection rate).
-fn tcp_server(port: u16, stop: Arc<AtomicBool>, persistent: bool) -> Result<()> {
+/// How a TCP server answers the connections it accepts.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    /// On a thread of its own, until the client closes (request/response,
+    /// HTTP keep-alive); the stream has a read timeout so `stop` is seen.
+    Persistent(fn(TcpStream, &AtomicBool)),
+    /// On the accepting thread, which then closes it (connection rate).
+    Once(fn(TcpStream)),
+}
+
+/// Accepts connections until `stop` and answers each as `answer` says.
+fn tcp_server(port: u16, stop: Arc<AtomicBool>, answer: Answer) -> Result<()> {
     let listener = TcpListener::bind(SocketAddr::new(SERVER_IP.into(), port))
         .with_context(|| format!("binding TCP {port}"))?;
     listener.set_nonblocking(true)?;
@@ -161,11 +187,13 @@ fn tcp_server(port: u16, stop: Arc<AtomicBool>, persistent: bool) -> Result<()> 
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_millis(100)))?;
-        if persistent {
-            let stop = Arc::clone(&stop);
-            handlers.push(std::thread::spawn(move || echo_until_closed(stream, &stop)));
-        } else {
-            answer_once(stream);
+        match answer {
+            Answer::Persistent(serve) => {
+                let stop = Arc::clone(&stop);
+                // Inherits the namespace and CPU of this thread.
+                handlers.push(std::thread::spawn(move || serve(stream, &stop)));
+            }
+            Answer::Once(serve) => serve(stream),
         }
         handlers.retain(|h| !h.is_finished());
     }
@@ -245,11 +273,23 @@ fn udp_server(port: u16, stop: &AtomicBool, echo: bool) -> Result<()> {
     Ok(())
 }
 
-/// Latency of 64-byte request/response transactions on one connection.
+/// Latency of request/response transactions on one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     pub p50_us: f64,
     pub p99_us: f64,
+}
+
+impl Latency {
+    /// The percentiles of `samples`, in ns (sorts them).
+    pub fn of(samples: &mut [u64]) -> Self {
+        samples.sort_unstable();
+        let us = |p| stats::percentile(samples, p).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
+        Self {
+            p50_us: us(50.0),
+            p99_us: us(99.0),
+        }
+    }
 }
 
 /// Request/response over TCP for `dur`, from the client namespace.
@@ -274,12 +314,7 @@ pub fn tcp_rr(ns: &Netns, cpu: usize, dur: Duration) -> Result<Latency> {
             }
             samples.push(t.elapsed().as_nanos() as u64);
         }
-        samples.sort_unstable();
-        let us = |p| stats::percentile(&samples, p).map_or(f64::NAN, |ns| ns as f64 / 1000.0);
-        Ok(Latency {
-            p50_us: us(50.0),
-            p99_us: us(99.0),
-        })
+        Ok(Latency::of(&mut samples))
     })
 }
 
