@@ -92,7 +92,10 @@ impl Default for Config {
 pub struct NamedRule {
     pub name: String,
     pub spec: RuleSpec,
-    pub rule: Rule,
+    /// The packet rule; `None` for `http`, which is a responder.
+    pub rule: Option<Rule>,
+    /// One line for humans (`faultbpf check`).
+    pub description: String,
 }
 
 /// A mistake in the file, with its position.
@@ -125,6 +128,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
 
     let mut names = HashSet::new();
     let mut owners = HashMap::new();
+    let mut http_ports: HashMap<u16, String> = HashMap::new();
     let mut rules = Vec::new();
     for (i, r) in raw.rule.iter().enumerate() {
         let spec = r.get_ref();
@@ -162,13 +166,34 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             default_ttl: Some(default_ttl),
             ..Policy::default()
         };
-        let rule = spec.validate(0, &policy).map_err(|e| {
+        let refused = |e: crate::spec::SpecError| {
             let (key, span) = written(if e.field == "port" { port_key } else { e.field });
             let message = e
                 .message
                 .replace("\"force\": true (--force)", "`force = true`");
             at(span, format!("rule `{name}`: `{key}`: {message}"))
-        })?;
+        };
+        if spec.fault == crate::http::rule::FAULT {
+            let h = spec.http_rule(&policy).map_err(refused)?;
+            if let Some(other) = http_ports.insert(h.options.port, name.clone()) {
+                let (_, span) = written(port_key);
+                return Err(at(
+                    span,
+                    format!(
+                        "rule `{name}`: port {} is already steered by rule `{other}`",
+                        h.options.port
+                    ),
+                ));
+            }
+            rules.push(NamedRule {
+                name,
+                spec: spec.clone(),
+                rule: None,
+                description: h.options.describe(),
+            });
+            continue;
+        }
+        let rule = spec.validate(0, &policy).map_err(refused)?;
         for k in rule.keys() {
             if let Some(other) = owners.insert(k, name.clone()) {
                 let (_, span) = written(port_key);
@@ -184,7 +209,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         rules.push(NamedRule {
             name,
             spec: spec.clone(),
-            rule,
+            description: rule.describe(),
+            rule: Some(rule),
         });
     }
     Ok(Config {
@@ -249,8 +275,14 @@ ttl = "10s"
         assert_eq!(c.interfaces.as_deref(), Some(&["veth0".to_string()][..]));
         assert_eq!(c.lease, Duration::from_secs(3));
         assert_eq!(c.rules.len(), 2);
-        assert_eq!(c.rules[0].rule.lasts, Some(Duration::from_secs(60)));
-        assert_eq!(c.rules[1].rule.lasts, Some(Duration::from_secs(10)));
+        assert_eq!(
+            c.rules[0].rule.as_ref().unwrap().lasts,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            c.rules[1].rule.as_ref().unwrap().lasts,
+            Some(Duration::from_secs(10))
+        );
     }
 
     fn err(text: &str) -> String {

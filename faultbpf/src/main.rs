@@ -114,7 +114,7 @@ fn check(file: &std::path::Path) -> Result<(), Failure> {
         humantime::format_duration(c.default_ttl)
     );
     for r in &c.rules {
-        println!("  {}: {}", r.name, r.rule.describe());
+        println!("  {}: {}", r.name, r.description);
     }
     Ok(())
 }

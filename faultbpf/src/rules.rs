@@ -72,6 +72,12 @@ pub enum Per {
     /// Each connection (5-tuple) once: a hit flow is faulted whole, the
     /// others not at all.
     Flow,
+    /// `http` only: each request (every connection is steered).
+    #[value(skip)]
+    Request,
+    /// `http` only: each new connection, drawn in the kernel.
+    #[value(skip)]
+    Connection,
 }
 
 /// Which port of a packet a `PortRange` is compared with.

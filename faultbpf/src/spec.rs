@@ -125,6 +125,36 @@ pub struct RuleSpec {
     /// takes; none: every query.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub domain: Vec<String>,
+    /// `http`: what a faulted request gets, `503` (400-599) or `abort`; a
+    /// number is taken too.
+    #[serde(
+        default,
+        deserialize_with = "status_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub status: Option<String>,
+    /// `http`: `Retry-After` on the fault, a duration (whole seconds,
+    /// rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    /// `http`: fault only these methods (default every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub method: Vec<String>,
+    /// `http`: fault only paths under these prefixes (default every path).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
+    /// `http`: `before` the server sees the request, or `after` it acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<crate::http::When>,
+    /// `http`: wait this long before the faulted answer's first byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_first_byte: Option<String>,
+    /// `http`: the server's host or the clients' (`auto` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side: Option<crate::http::Side>,
+    /// `http`, client side: the cgroup v2 whose connects are steered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// How long the rule lasts: `30s`, `10m` (the config calls it `ttl`).
     #[serde(
         default,
@@ -157,11 +187,26 @@ pub(crate) fn known_fault<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Stri
     let name = String::deserialize(d)?;
     match faults::lookup(&name) {
         Some(_) => Ok(name),
+        None if name == crate::http::rule::FAULT => Ok(name),
         None => Err(serde::de::Error::custom(format!(
             "`{name}` is not a fault (expected one of {})",
             faults::names()
         ))),
     }
+}
+
+/// `status`: `503` or `"503"` or `"abort"`, kept as text.
+fn status_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Text(String),
+    }
+    Ok(Some(match Either::deserialize(d)? {
+        Either::Number(n) => n.to_string(),
+        Either::Text(t) => t,
+    }))
 }
 
 fn is_false(b: &bool) -> bool {
@@ -216,7 +261,7 @@ impl Guards {
     }
 
     /// The refusal for `rule`, if a guard rail applies.
-    fn check(&self, rule: &Rule) -> Result<(), SpecError> {
+    pub(crate) fn check(&self, rule: &Rule) -> Result<(), SpecError> {
         let guarded = |message: String| SpecError {
             field: "port",
             message: format!("{message}; add \"force\": true (--force) if you mean it"),
@@ -272,6 +317,14 @@ impl RuleSpec {
             burst: None,
             rcode: None,
             domain: Vec::new(),
+            status: None,
+            retry_after: None,
+            method: Vec::new(),
+            path: Vec::new(),
+            when: None,
+            delay_first_byte: None,
+            side: None,
+            cgroup: None,
             lasts: None,
             force: false,
             owner_pid: None,
@@ -329,6 +382,19 @@ impl RuleSpec {
             )
         })?;
         self.check_params(def)?;
+        if let Some(per @ (Per::Request | Per::Connection)) = self.per {
+            return Err(bad(
+                "per",
+                format!(
+                    "`{}` is for the http fault; {} draws per packet or flow",
+                    serde_json::to_value(per)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or("?"),
+                    def.name
+                ),
+            ));
+        }
         let fault = (def.build)(self)?;
         let ports = if def.kind == faultbpf_common::FaultKind::Dns
             && self.port.is_empty()
@@ -436,6 +502,12 @@ impl RuleSpec {
                 .filter(|d| d.params.iter().any(|p| p.field == field))
                 .map(|d| d.name)
                 .collect();
+            if let Some(f) = crate::http::rule::FIELDS.iter().find(|f| **f == field) {
+                return Err(bad(
+                    f,
+                    format!("{} does not take `{field}` (only http does)", def.name),
+                ));
+            }
             let field = faults::REGISTRY
                 .iter()
                 .flat_map(|d| d.params)

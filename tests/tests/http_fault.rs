@@ -899,3 +899,217 @@ print(json.dumps({"status": r.status, "retry_after": r.getheader("Retry-After"),
         let _ = client.wait(Duration::from_secs(10));
     }
 }
+
+/// `http` as a daemon rule (API and TOML config): the daemon, in the
+/// server's namespace, runs the responder; the rule lives in its table
+/// with the packet rules (list, stats, delete, expiry, reload).
+mod daemon {
+    use faultbpf_tests::{SERVER_IF, daemon::Daemon, temp::TempFile};
+    use serde_json::json;
+
+    use super::*;
+
+    fn status_via_curl(topo: &Topology, path: &str) -> (u16, String) {
+        let r = curl(topo, &[&format!("{URL}{path}")]);
+        (status_of(&r), r)
+    }
+
+    #[test]
+    fn an_http_daemon_rule_answers_counts_and_goes_with_delete_or_the_daemon() {
+        let topo = Topology::new("h16-dmn");
+        let server = Server::start(&topo);
+        let mut d = Daemon::start(&topo.server, "h16-dmn", &[]);
+        let rule = d.add_rule(&json!({
+            "fault": "http", "port": [PORT], "status": 503, "retry_after": "1s",
+            "path": ["/api"], "for": "5m", "name": "api-down"
+        }));
+        let id = rule["id"].as_u64().unwrap();
+        assert_eq!(rule["fault"], "http", "{rule}");
+        assert!(
+            rule["description"]
+                .as_str()
+                .is_some_and(|s| s.contains("http 503 on port 8080") && s.contains("sk_lookup")),
+            "{rule}"
+        );
+        let (hit, r) = status_via_curl(&topo, "/api/x");
+        assert_eq!(hit, 503, "{r}");
+        assert_eq!(header(&r, "Retry-After"), Some("1"), "{r}");
+        let (other, r) = status_via_curl(&topo, "/other");
+        assert_eq!(other, 200, "another path is forwarded: {r}");
+        assert!(!server.saw("GET", "/api/x") && server.saw("GET", "/other"));
+        let s = d.stats_of(id).unwrap();
+        // The CLI reads them through the typed client.
+        for cmd in ["rules", "stats"] {
+            let out = d
+                .launch(&topo.server, [cmd])
+                .run_within(Duration::from_secs(20));
+            assert!(
+                out.status.success() && out.stdout.contains("http 503 on port 8080"),
+                "faultbpf {cmd}: {out:?}"
+            );
+        }
+        assert_eq!(s["requests"]["requests_faulted"], 1, "{s}");
+        assert_eq!(s["requests"]["requests_seen"], 2, "{s}");
+        assert_eq!(s["acted_packets"], 1, "{s}");
+
+        // Refused, naming why, and nothing added.
+        for (spec, status, names) in [
+            (
+                json!({"fault": "http", "port": [PORT], "status": 500}),
+                409,
+                "already steered",
+            ),
+            (
+                json!({"fault": "http", "port": [9999], "status": 500}),
+                400,
+                "cgroup",
+            ),
+            (
+                json!({"fault": "http", "port": [9999], "status": 500, "side": "server"}),
+                422,
+                "no server listens on TCP port 9999",
+            ),
+            (
+                json!({"fault": "http", "port": [9999], "status": 500, "side": "client",
+                       "cgroup": "/"}),
+                400,
+                "never every process",
+            ),
+            (
+                json!({"fault": "http", "port": [9999], "status": 500, "side": "client",
+                       "cgroup": "/faultbpf-no-such-cgroup"}),
+                422,
+                "faultbpf-no-such-cgroup",
+            ),
+            (
+                json!({"fault": "http", "port": [PORT], "status": 200}),
+                400,
+                "`200`",
+            ),
+            (
+                json!({"fault": "http", "port": [PORT], "status": 503, "mark": 1}),
+                400,
+                "`mark`",
+            ),
+            (
+                json!({"fault": "http", "port": [22], "status": 503}),
+                403,
+                "ssh",
+            ),
+            (
+                json!({"fault": "blackhole", "port": [1], "status": 503}),
+                400,
+                "only http",
+            ),
+        ] {
+            let r = d.post("/v1/rules", spec.to_string().as_bytes());
+            assert_eq!(r.status, status, "{spec}: {r}");
+            assert!(r.text().contains(names), "{spec}: {r}");
+        }
+        assert_eq!(d.rules().len(), 1, "nothing added by a refusal");
+
+        let r = d.delete(&format!("/v1/rules/{id}"));
+        assert_eq!(r.status, 200, "{r}");
+        let (after, r) = status_via_curl(&topo, "/api/y");
+        assert_eq!(after, 200, "deleted: straight to the server: {r}");
+
+        // `for` ends it like any rule.
+        let short =
+            d.add_rule(&json!({"fault": "http", "port": [PORT], "status": 503, "for": "1s"}));
+        assert_eq!(status_via_curl(&topo, "/api/short").0, 503);
+        let added = Instant::now();
+        while status_via_curl(&topo, "/api/expired").0 != 200 {
+            assert!(
+                added.elapsed() < Duration::from_secs(4),
+                "a 1s http rule still in force after {:?}: {short}",
+                added.elapsed()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(d.rules().is_empty(), "expired and gone from the list");
+
+        // kill -9 of the daemon with a rule in force: new connections go
+        // straight to the server (the programs went with its links).
+        d.add_rule(&json!({"fault": "http", "port": [PORT], "status": 503}));
+        assert_eq!(status_via_curl(&topo, "/api/z").0, 503);
+        let _ = d.stop(libc::SIGKILL);
+        let killed = Instant::now();
+        loop {
+            let (s, r) = status_via_curl(&topo, "/api/healed");
+            if s == 200 {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(1),
+                "still {s} {:?} after kill -9: {r}",
+                killed.elapsed()
+            );
+        }
+    }
+
+    /// The config's `[[rule]]` tables may be http rules: started with the
+    /// daemon, replaced on SIGHUP, and a reload whose http rule cannot
+    /// start (nothing listens on its port) changes nothing at all.
+    #[test]
+    fn config_http_rules_start_and_reload_all_or_nothing() {
+        let topo = Topology::new("h16-cfg");
+        let _server = Server::start(&topo);
+        let config =
+            |rules: &str| format!("interfaces = [\"{SERVER_IF}\"]\nlease = \"3s\"\n{rules}");
+        let http = |name: &str, port: u16, status: u16| {
+            format!(
+                "\n[[rule]]\nname = \"{name}\"\nfault = \"http\"\nport = [{port}]\nstatus = {status}\n"
+            )
+        };
+        let blackhole = "\n[[rule]]\nname = \"udp\"\nfault = \"blackhole\"\nport = [5999]\n\
+                         proto = \"udp\"\n";
+        let file = TempFile::new("h16-cfg", ".toml", &config(&http("api", PORT, 503)));
+        let check = Launch::new(&topo.server, ["check", file.as_str()])
+            .no_daemon()
+            .run_within(Duration::from_secs(20));
+        assert!(
+            check.stdout.contains("api: http 503 on port 8080"),
+            "{check:?}"
+        );
+        let d = Daemon::start(&topo.server, "h16-cfg", &["--config", file.as_str()]);
+        assert_eq!(status_via_curl(&topo, "/a").0, 503);
+
+        file.write(&config(&format!("{}{blackhole}", http("api", PORT, 429))));
+        let from = d.log_len();
+        d.signal(libc::SIGHUP);
+        let line = d.expect_log(from, "SIGHUP", Duration::from_secs(15));
+        assert_eq!(
+            status_via_curl(&topo, "/b").0,
+            429,
+            "changed on reload: {line}"
+        );
+        let before = d.rules();
+        assert_eq!(before.len(), 2, "{before:?}");
+
+        // `api` changes again and `dead` cannot start: nothing changes.
+        file.write(&config(&format!(
+            "{}{blackhole}{}",
+            http("api", PORT, 500),
+            http("dead", 9998, 503).replace("status = 503", "status = 503\nside = \"server\"")
+        )));
+        let from = d.log_len();
+        d.signal(libc::SIGHUP);
+        let line = d.expect_log(from, "SIGHUP", Duration::from_secs(15));
+        assert!(
+            line.contains("nothing changed") && line.contains("`dead`"),
+            "the log names the rule and says nothing changed: {line}"
+        );
+        assert_eq!(
+            status_via_curl(&topo, "/c").0,
+            429,
+            "the old http rule is back: {line}"
+        );
+        let after: Vec<Value> = d.rules();
+        assert_eq!(
+            after.iter().map(|r| r["spec"].clone()).collect::<Vec<_>>(),
+            before.iter().map(|r| r["spec"].clone()).collect::<Vec<_>>(),
+            "{line}"
+        );
+        d.assert_healthy("h16-cfg");
+    }
+}

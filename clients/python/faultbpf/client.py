@@ -29,7 +29,7 @@ DEFAULT_SOCKET = "/run/faultbpf.sock"
 SOCKET_ENV = "FAULTBPF_SOCKET"
 
 #: Keys that hold lists in the rule JSON; a single value is wrapped.
-_LIST_KEYS = ("port", "dport", "sport", "peer")
+_LIST_KEYS = ("port", "dport", "sport", "peer", "domain", "method", "path")
 
 
 class FaultbpfError(Exception):
@@ -139,7 +139,8 @@ def rule_spec(fault, port=None, for_=None, owner_pid=None, **fields):
     (a port is a number or a ``"8000-8100"`` range); ``for_`` is the rule's
     ``for``; any other keyword (``pct``, ``per``, ``proto``, ``direction``,
     ``mix``, ``mark``, ``name``, ``fragments``, ``force``, ``container``,
-    ``engine``) goes into the JSON
+    ``engine``; ``http``'s ``status``, ``retry_after``, ``method``, ``path``,
+    ``when``, ``delay_first_byte``, ``side``, ``cgroup``) goes into the JSON
     as it is, so the daemon checks it and names whatever is wrong.
     """
     spec = {"fault": fault}

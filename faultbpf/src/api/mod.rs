@@ -70,6 +70,11 @@ pub struct RuleStats {
     /// "reset": 10}; absent for other faults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actions: Option<BTreeMap<String, u64>>,
+    /// `http`: connections steered, requests seen, requests faulted (the
+    /// latter two are also `matched_packets` and `acted_packets`); absent
+    /// for other faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<crate::http::CounterValues>,
 }
 
 impl RuleStats {

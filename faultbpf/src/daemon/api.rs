@@ -221,6 +221,12 @@ impl From<StateError> for Problem {
             StateError::TooLong(_) | StateError::InRule { .. } => StatusCode::BAD_REQUEST,
             StateError::Kernel(crate::Error::Unsupported(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             StateError::Target(_) | StateError::HostNetwork(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StateError::Http(h) => {
+                if let crate::http::StartError::Steer { .. } = h {
+                    log(&format!("http rule refused: {}", crate::error::chain(h)));
+                }
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             StateError::Kernel(k) => {
                 log(&format!("internal error: {}", crate::error::chain(k)));
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -337,7 +343,7 @@ async fn delete_one(
     let id = parse_id(&raw)?;
     with_state(&s, move |st| {
         let info = st.info(id).ok_or(StateError::NotFound(id))?;
-        st.remove(id)?;
+        st.delete(id)?;
         log(&format!("rule {id} removed: {} (api)", info.description));
         Ok(Json(info))
     })

@@ -101,6 +101,7 @@ mod tests {
             acted_packets: 9,
             acted_bytes: 630,
             actions: None,
+            requests: None,
         };
         let text = render(&[s]);
         assert!(text.contains(
@@ -123,6 +124,7 @@ mod tests {
             matched_bytes: 7000,
             acted_packets: 30,
             acted_bytes: 2100,
+            requests: None,
             actions: Some(
                 [("drop".into(), 20), ("reset".into(), 10)]
                     .into_iter()

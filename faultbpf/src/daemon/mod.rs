@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod http;
+pub mod http_rules;
 pub mod metrics;
 pub mod netns;
 pub mod state;

@@ -23,12 +23,16 @@ use std::{
 
 use faultbpf_common::{MAX_SLOTS, RuleCounters, RuleKey};
 
-use super::netns::{Leases, NetnsInjector, NsId};
+use super::{
+    http_rules::HttpRules,
+    netns::{Leases, NetnsInjector, NsId},
+};
 pub use crate::api::{Origin, RuleStats};
 use crate::{
     AttachMode, Injector,
     api::RuleInfo,
     config::Config,
+    http::rule::HttpRule,
     rules::Rule,
     spec::{Guards, Policy, RuleSpec, SpecError},
     target::{Engine, Running, TargetError},
@@ -126,6 +130,10 @@ pub enum StateError {
     /// daemon cannot do it here).
     #[error("{0}")]
     Target(#[from] TargetError),
+    /// 422: an `http` rule could not start here (no server on its port, a
+    /// TLS server, a cgroup that does not exist, programs refused).
+    #[error(transparent)]
+    Http(crate::http::StartError),
     /// 422: the container shares the daemon's own network namespace.
     #[error(
         "container `{0}` shares the daemon's network namespace (--network host): add the rule \
@@ -146,6 +154,8 @@ pub struct State {
     next_id: u32,
     /// Default expiry and guard rails (ssh, our own TCP API and metrics).
     policy: Policy,
+    /// `http` rules: responders, not map entries; ids from the same space.
+    http: HttpRules,
 }
 
 /// What injectors in other namespaces need from the daemon.
@@ -208,6 +218,7 @@ impl State {
                 default_ttl: Some(default_ttl),
                 guards,
             },
+            http: HttpRules::default(),
         }
     }
 
@@ -222,6 +233,12 @@ impl State {
         found: Option<&Found>,
     ) -> Result<u32, StateError> {
         let id = self.free_id().ok_or(StateError::Full)?;
+        if spec.fault == crate::http::rule::FAULT {
+            let rule = self.validate_http(&spec)?;
+            self.http.start(id, rule, spec, origin, Instant::now())?;
+            self.next_id = (id + 1) % MAX_SLOTS;
+            return Ok(id);
+        }
         let rule = self.validate(&spec, id)?;
         self.check(&rule, &spec, &[])?;
         let expires_at = expiry(&rule, Instant::now())?;
@@ -238,6 +255,18 @@ impl State {
         };
         self.insert(rule, spec, origin, expires_at, place)?;
         Ok(id)
+    }
+
+    /// `RuleSpec::http_rule` with this daemon's policy; a guard rail's
+    /// refusal is `Guarded`.
+    fn validate_http(&self, spec: &RuleSpec) -> Result<HttpRule, StateError> {
+        spec.http_rule(&self.policy).map_err(|e| {
+            if e.guarded {
+                StateError::Guarded(e.message)
+            } else {
+                StateError::Invalid(e)
+            }
+        })
     }
 
     /// The shared validation (`RuleSpec::validate`) with this daemon's
@@ -591,7 +620,15 @@ impl State {
     fn free_id(&self) -> Option<u32> {
         (0..MAX_SLOTS)
             .map(|i| (self.next_id + i) % MAX_SLOTS)
-            .find(|id| !self.rules.contains_key(id))
+            .find(|id| !self.rules.contains_key(id) && !self.http.contains(*id))
+    }
+
+    /// Removes rule `id`, of either kind.
+    pub fn delete(&mut self, id: u32) -> Result<(), StateError> {
+        if self.http.remove(id).is_some() {
+            return Ok(());
+        }
+        self.remove(id).map(drop)
     }
 
     pub fn remove(&mut self, id: u32) -> Result<Entry, StateError> {
@@ -612,19 +649,24 @@ impl State {
 
     /// Removes every rule of `origin` (or all with `None`); returns how many.
     pub fn remove_all(&mut self, origin: Option<Origin>) -> usize {
-        let ids: Vec<u32> = self
+        let mut ids: Vec<u32> = self
             .rules
             .iter()
             .filter(|(_, e)| origin.is_none_or(|o| e.origin == o))
             .map(|(id, _)| *id)
             .collect();
-        ids.iter().filter(|id| self.remove(**id).is_ok()).count()
+        ids.extend(self.http.ids().filter(|id| {
+            self.http
+                .get(*id)
+                .is_some_and(|e| origin.is_none_or(|o| e.origin == o))
+        }));
+        ids.iter().filter(|id| self.delete(**id).is_ok()).count()
     }
 
     /// Drops rules whose time is up (the kernel already ignores them) or
     /// whose owner process is gone; returns their ids and why.
     pub fn sweep(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
-        let done: Vec<(u32, &'static str)> = self
+        let mut done: Vec<(u32, &'static str)> = self
             .rules
             .iter()
             .filter_map(|(id, e)| {
@@ -637,8 +679,9 @@ impl State {
                 }
             })
             .collect();
+        done.extend(self.http.due(now, process_alive));
         for (id, _) in &done {
-            let _ = self.remove(*id);
+            let _ = self.delete(*id);
         }
         done
     }
@@ -651,17 +694,22 @@ impl State {
     /// Rules whose spec is unchanged keep their id and counters.
     pub fn reload(&mut self, config: &Config) -> Result<Reloaded, StateError> {
         let current: BTreeMap<String, u32> = self
-            .rules
-            .iter()
-            .filter(|(_, e)| e.origin == Origin::Config)
-            .filter_map(|(id, e)| e.spec.name.clone().map(|n| (n, *id)))
+            .ids()
+            .filter_map(|id| {
+                let (spec, origin) = self.spec_of(id)?;
+                (origin == Origin::Config)
+                    .then(|| spec.name.clone().map(|n| (n, id)))
+                    .flatten()
+            })
             .collect();
         let mut report = Reloaded::default();
         let mut going: Vec<u32> = Vec::new();
         let mut coming: Vec<(&str, &RuleSpec)> = Vec::new();
         for nr in &config.rules {
             match current.get(&nr.name) {
-                Some(id) if self.rules[id].spec == nr.spec => report.kept.push(nr.name.clone()),
+                Some(id) if self.spec_of(*id).map(|(s, _)| s) == Some(&nr.spec) => {
+                    report.kept.push(nr.name.clone())
+                }
                 Some(id) => {
                     report.changed.push(nr.name.clone());
                     going.push(*id);
@@ -687,6 +735,8 @@ impl State {
         let mut ids: Vec<u32> = Vec::new();
         let mut keys = HashMap::new();
         let mut delay_max = None;
+        let mut planned_http = Vec::new();
+        let mut http_ports = HashMap::new();
         for (name, spec) in &coming {
             let named = |e: StateError| StateError::InRule {
                 name: name.to_string(),
@@ -694,8 +744,30 @@ impl State {
             };
             let id = (0..MAX_SLOTS)
                 .map(|i| (self.next_id + i) % MAX_SLOTS)
-                .find(|id| !self.rules.contains_key(id) && !ids.contains(id))
+                .find(|id| {
+                    !self.rules.contains_key(id) && !self.http.contains(*id) && !ids.contains(id)
+                })
                 .ok_or(StateError::Full)?;
+            if spec.fault == crate::http::rule::FAULT {
+                let rule = self.validate_http(spec).map_err(named)?;
+                let port = rule.options.port;
+                let staying = self.http.ids().find(|i| {
+                    !going.contains(i) && self.http.get(*i).is_some_and(|e| e.port() == port)
+                });
+                if let Some(other) = http_ports.insert(port, name.to_string()) {
+                    return Err(StateError::Conflict(format!(
+                        "port {port} is steered by two config rules (`{other}` and `{name}`)"
+                    )));
+                }
+                if let Some(other) = staying {
+                    return Err(named(StateError::Conflict(format!(
+                        "port {port} is already steered by http rule {other}"
+                    ))));
+                }
+                ids.push(id);
+                planned_http.push((*name, id, rule, (*spec).clone()));
+                continue;
+            }
             let rule = self.validate(spec, id).map_err(named)?;
             self.check(&rule, spec, &going).map_err(named)?;
             let expires_at = expiry(&rule, now).map_err(named)?;
@@ -730,10 +802,14 @@ impl State {
         }
 
         // Apply: out with the old, in with the new; on a refusal, back.
-        let mut removed: Vec<Entry> = Vec::new();
+        let mut removed = Removed::default();
         for id in &going {
+            if let Some(e) = self.http.remove(*id) {
+                removed.http.push((*id, e.into_parts()));
+                continue;
+            }
             match self.remove(*id) {
-                Ok(e) => removed.push(e),
+                Ok(e) => removed.rules.push(e),
                 Err(e) => {
                     self.restore(Vec::new(), removed);
                     return Err(e);
@@ -753,16 +829,57 @@ impl State {
             }
             inserted.push(id);
         }
+        // The responders last: starting one probes its server and may be
+        // refused (nothing listens, TLS), and then everything goes back.
+        for (name, id, rule, spec) in planned_http {
+            if let Err(e) = self.http.start(id, rule, spec, Origin::Config, now) {
+                self.restore(inserted, removed);
+                return Err(StateError::InRule {
+                    name: name.to_string(),
+                    error: Box::new(e),
+                });
+            }
+            inserted.push(id);
+        }
         Ok(report)
+    }
+
+    /// A rule's spec and origin, of either kind.
+    fn spec_of(&self, id: u32) -> Option<(&RuleSpec, Origin)> {
+        match self.rules.get(&id) {
+            Some(e) => Some((&e.spec, e.origin)),
+            None => self.http.get(id).map(|e| (&e.spec, e.origin)),
+        }
     }
 
     /// Undoes a reload half-way: lifts `inserted`, puts `removed` back in
     /// their slots with the time they had left.
-    fn restore(&mut self, inserted: Vec<u32>, removed: Vec<Entry>) {
+    fn restore(&mut self, inserted: Vec<u32>, removed: Removed) {
         for id in inserted {
-            let _ = self.remove(id);
+            let _ = self.delete(id);
         }
         let now = Instant::now();
+        for (id, (spec, origin, expires_at)) in removed.http {
+            if expires_at.is_some_and(|t| t <= now) {
+                continue;
+            }
+            let mut spec_left = spec.clone();
+            if let Some(t) = expires_at {
+                let left = t
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
+                spec_left.lasts = Some(format!("{}ms", left.as_millis().max(1)));
+            }
+            let restarted = self
+                .validate_http(&spec_left)
+                .and_then(|rule| self.http.start(id, rule, spec, origin, now));
+            if let Err(err) = restarted {
+                super::log(&format!(
+                    "could not put an http rule back while undoing a reload: {err}"
+                ));
+            }
+        }
+        let removed = removed.rules;
         for mut e in removed {
             if e.expires_at.is_some_and(|t| t <= now) {
                 continue;
@@ -779,7 +896,9 @@ impl State {
     }
 
     pub fn info(&self, id: u32) -> Option<RuleInfo> {
-        let e = self.rules.get(&id)?;
+        let Some(e) = self.rules.get(&id) else {
+            return self.http.info(id);
+        };
         Some(RuleInfo {
             id,
             name: e.spec.name.clone(),
@@ -795,7 +914,14 @@ impl State {
     }
 
     pub fn list(&self) -> Vec<RuleInfo> {
-        self.rules.keys().filter_map(|id| self.info(*id)).collect()
+        self.ids().filter_map(|id| self.info(id)).collect()
+    }
+
+    /// Every rule's id, of both kinds, in order.
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut ids: Vec<u32> = self.rules.keys().copied().chain(self.http.ids()).collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
     /// Rule `id`'s counters, from the injector that holds it (zero while
@@ -819,12 +945,14 @@ impl State {
     }
 
     pub fn stats(&self) -> Vec<RuleStats> {
-        self.rules
-            .iter()
-            .map(|(id, e)| {
-                let c = self.counters(*id).unwrap_or_default();
-                RuleStats {
-                    id: *id,
+        self.ids()
+            .filter_map(|id| {
+                let Some(e) = self.rules.get(&id) else {
+                    return self.http.stats(id);
+                };
+                let c = self.counters(id).unwrap_or_default();
+                Some(RuleStats {
+                    id,
                     name: e.spec.name.clone(),
                     fault: e.rule.fault.name().to_string(),
                     ports: e.rule.ports_text(),
@@ -835,18 +963,27 @@ impl State {
                     acted_bytes: c.acted_bytes,
                     actions: crate::report::action_map(&e.rule, &c)
                         .map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
-                }
+                    requests: None,
+                })
             })
             .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.rules.len()
+        self.rules.len() + self.http.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.len() == 0
     }
+}
+
+/// What a reload took out, to put back if it fails.
+#[derive(Default)]
+struct Removed {
+    rules: Vec<Entry>,
+    /// Http rules: id, spec, origin, expiry (restarted from the spec).
+    http: Vec<(u32, super::http_rules::Stopped)>,
 }
 
 /// What a reload did, by rule name.

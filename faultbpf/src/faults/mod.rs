@@ -297,11 +297,15 @@ mod tests {
             .split(',')
             .map(str::trim)
             .collect();
-        let names: Vec<&str> = REGISTRY.iter().map(|d| d.name).collect();
+        let mut names: Vec<&str> = REGISTRY.iter().map(|d| d.name).collect();
+        names.push(crate::http::rule::FAULT);
         assert_eq!(
             listed, names,
-            "docs/openapi.yaml FaultName vs faults::REGISTRY"
+            "docs/openapi.yaml FaultName vs faults::REGISTRY and http"
         );
+        for field in crate::http::rule::FIELDS {
+            assert!(doc.contains(&format!("        {field}:\n")), "{field}");
+        }
         // Every fault's own fields are RuleSpec properties there.
         for def in REGISTRY {
             for p in def.params {
@@ -337,6 +341,15 @@ mod tests {
         spec.burst = Some("64kb".into());
         spec.rcode = Some(Rcode::Refused);
         spec.domain = vec!["example.com".into()];
+        // And `http`'s own, which no registry fault takes.
+        spec.status = Some("503".into());
+        spec.retry_after = Some("1s".into());
+        spec.method = vec!["GET".into()];
+        spec.path = vec!["/".into()];
+        spec.when = Some(crate::http::When::After);
+        spec.delay_first_byte = Some("1s".into());
+        spec.side = Some(crate::http::Side::Client);
+        spec.cgroup = Some("/".into());
         let v = serde_json::to_value(&spec).unwrap();
         let mut fields: Vec<&str> = v
             .as_object()
@@ -350,6 +363,7 @@ mod tests {
             .iter()
             .flat_map(|d| d.params.iter().map(|p| p.field))
             .collect();
+        params.extend_from_slice(crate::http::rule::FIELDS);
         params.sort();
         params.dedup();
         assert_eq!(fields, params);

@@ -30,6 +30,7 @@
 mod connect;
 mod probe;
 mod responder;
+pub mod rule;
 mod steer;
 
 use std::{
@@ -41,7 +42,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use probe::{ProbeError, listener_addr};
 
@@ -80,7 +81,7 @@ impl fmt::Display for Status {
 }
 
 /// Where `--pct` is drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Per {
     /// Every connection is steered; each request draws.
@@ -91,7 +92,7 @@ pub enum Per {
 }
 
 /// When the fault replaces the answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum When {
     /// Instead of the server: it never sees the request.
@@ -101,7 +102,7 @@ pub enum When {
 }
 
 /// Which end of the connections faultbpf runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     /// `server` where a server listens on the port in this network
@@ -254,7 +255,7 @@ pub struct Counters {
 }
 
 /// A snapshot of [`Counters`], as `--json` prints it.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CounterValues {
     pub connections_steered: u64,
     pub requests_seen: u64,

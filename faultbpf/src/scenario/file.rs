@@ -157,6 +157,16 @@ impl RawStep {
             burst: self.burst.clone(),
             rcode: self.rcode,
             domain: self.domain.clone(),
+            // A scenario step is a packet fault: `http` runs a responder
+            // (daemon rules and `faultbpf http`), not a step.
+            status: None,
+            retry_after: None,
+            method: Vec::new(),
+            path: Vec::new(),
+            when: None,
+            delay_first_byte: None,
+            side: None,
+            cgroup: None,
             lasts: Some(humantime::format_duration(lasts).to_string()),
             force: self.force,
             owner_pid: None,
