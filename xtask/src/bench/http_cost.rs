@@ -350,10 +350,9 @@ fn section(ctx: &Ctx, rounds: &[BTreeMap<Via, Window>], failures: &[String]) -> 
          checked to be the server's 200; faultbpf's counters are checked too (steered: every \
          connection steered and no request faulted; unsteered: none steered). Ratios and \
          differences are per round, against direct in the same round. The connection count \
-         is kept low on purpose: the responder's own connections to the server take their \
-         port with bind(0) (the odd half of the ephemeral range) and hold it in TIME_WAIT for \
-         60 s, so past ~14 000 steered connections a minute each new one spends ~1.4 ms \
-         finding a port.",
+         was kept low while the responder bound its own connections with bind(0), which \
+         slowed to ~1.4 ms a connection past ~14 000 a minute; it now takes the ports of \
+         the range in turn (see `faultbpf/src/http/responder.rs`).",
         rounds.len(),
         http::BODY.len(),
         ctx.server_cpu(),
