@@ -71,6 +71,11 @@ impl RuleSet {
         if let Some(s) = self.sports() {
             args.extend(["--sport".into(), range(s)]);
         }
+        // From 22 rules on the ranges include port 22, which the guard
+        // rails refuse without it (as `daemon_spec` says `force`).
+        if self.n >= 22 {
+            args.push("--force".into());
+        }
         args
     }
 
@@ -346,7 +351,9 @@ mod tests {
         );
         assert_eq!(
             RuleSet { n: 65_536 }.faultbpf_args(),
-            ["--proto", "udp", "--dport", "1-60000", "--sport", "1-5536"]
+            [
+                "--proto", "udp", "--dport", "1-60000", "--sport", "1-5536", "--force"
+            ]
         );
         assert_eq!(
             RuleSet { n: 3 }.nft_linear_rules(),
