@@ -52,6 +52,7 @@ impl From<StartError> for GuardError {
             StartError::Kernel(e) => Self::Kernel(e),
             StartError::Daemon(e) => Self::Daemon(e),
             StartError::Claimed(e) => Self::Invalid(e.to_string()),
+            StartError::Http(e) => Self::Invalid(crate::error::chain(&e)),
         }
     }
 }

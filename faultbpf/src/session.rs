@@ -51,6 +51,10 @@ pub enum StartError {
     /// (`force` lets both act).
     #[error(transparent)]
     Claimed(#[from] ClaimError),
+    /// An `http` rule's responder could not start (no server on its port,
+    /// a TLS server, programs refused).
+    #[error(transparent)]
+    Http(crate::http::StartError),
 }
 
 impl StartError {
@@ -103,6 +107,26 @@ pub struct Here {
     free: Vec<u32>,
     /// The next never-used slot.
     next: u32,
+    /// `http` rules' responders, by slot; dropped before their runtime.
+    http: std::collections::BTreeMap<u32, crate::http::Running>,
+    responders: crate::http::Responders,
+}
+
+impl Here {
+    /// A free counter slot: one given back, else the next never used.
+    fn take_slot(&mut self) -> Result<u32, SpecError> {
+        match self.free.pop() {
+            Some(s) => Ok(s),
+            None if self.next < MAX_SLOTS => {
+                self.next += 1;
+                Ok(self.next - 1)
+            }
+            None => Err(SpecError::new(
+                "port",
+                format!("all {MAX_SLOTS} counter slots are in use"),
+            )),
+        }
+    }
 }
 
 impl Placement {
@@ -116,6 +140,8 @@ impl Placement {
             claims: Vec::new(),
             free: Vec::new(),
             next: 0,
+            http: Default::default(),
+            responders: Default::default(),
         })))
     }
 
@@ -166,23 +192,39 @@ impl Placement {
         // Validated here in every placement, so the errors (and the guard
         // rails) are the same with or without a daemon; the daemon checks
         // again with its own ports guarded.
-        let mut rule = spec.validate(0, &Policy::default())?;
+        // `http` is a responder, not a map entry: its port's keys stand in
+        // for it where a rule is needed (ids, the daemon's answer).
+        let http = (spec.fault == crate::http::rule::FAULT)
+            .then(|| spec.http_rule(&Policy::default()))
+            .transpose()?;
+        let mut rule = match &http {
+            Some(h) => h.stand_in(0),
+            None => spec.validate(0, &Policy::default())?,
+        };
         match self {
+            Self::Here(h) if http.is_some() => {
+                let opts = http.expect("matched").options;
+                let slot = h.take_slot()?;
+                let description = opts.describe();
+                match h.responders.start(opts) {
+                    Ok(running) => {
+                        let description = format!("{description}; {}", running.placement);
+                        h.http.insert(slot, running);
+                        rule.id = slot;
+                        Ok(Handle {
+                            rule,
+                            description,
+                            expires_in_seconds: None,
+                        })
+                    }
+                    Err(e) => {
+                        h.free.push(slot);
+                        Err(StartError::Http(e))
+                    }
+                }
+            }
             Self::Here(h) => {
-                let slot = match h.free.pop() {
-                    Some(s) => s,
-                    None if h.next < MAX_SLOTS => {
-                        h.next += 1;
-                        h.next - 1
-                    }
-                    None => {
-                        return Err(SpecError::new(
-                            "port",
-                            format!("all {MAX_SLOTS} counter slots are in use"),
-                        )
-                        .into());
-                    }
-                };
+                let slot = h.take_slot()?;
                 rule.id = slot;
                 rule.seed = random_seed();
                 // Before the claim, which shows the description to others.
@@ -226,7 +268,18 @@ impl Placement {
     /// (expired or removed).
     pub fn counters(&self, h: &Handle) -> Result<Option<RuleCounters>, String> {
         match self {
-            Self::Here(here) => here.inj.counters(h.id()).map(Some).map_err(|e| chain(&e)),
+            Self::Here(here) => match here.http.get(&h.id()) {
+                // Requests seen and faulted, as the daemon counts them.
+                Some(r) => {
+                    let c = r.counters();
+                    Ok(Some(RuleCounters {
+                        matched_packets: c.requests_seen,
+                        acted_packets: c.requests_faulted,
+                        ..Default::default()
+                    }))
+                }
+                None => here.inj.counters(h.id()).map(Some).map_err(|e| chain(&e)),
+            },
             Self::Daemon(client) => client
                 .stats_of(h.id())
                 .map(|s| s.map(|s| s.counters(&h.rule)))
@@ -241,6 +294,12 @@ impl Placement {
         // is gone after the delete.
         let c = self.counters(&h);
         let removed = match self {
+            Self::Here(here) if here.http.contains_key(&h.id()) => {
+                // Dropped: the programs detach, new connections go direct.
+                here.http.remove(&h.id());
+                here.free.push(h.id());
+                Ok(())
+            }
             Self::Here(here) => {
                 let r = here.inj.remove(&h.rule).map_err(|e| chain(&e));
                 here.claims.retain(|(slot, _)| *slot != h.id());

@@ -196,7 +196,9 @@ pub(crate) fn known_fault<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Stri
 }
 
 /// `status`: `503` or `"503"` or `"abort"`, kept as text.
-fn status_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn status_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Either {

@@ -97,6 +97,33 @@ impl Server {
             .iter()
             .any(|(m, p, _)| m == method && p == path)
     }
+
+    /// [`Server::requests`] once there are at least `n` (or 5 s passed):
+    /// the log is read on a thread of its own (see [`Server::wait_saw`]).
+    fn requests_after(&self, n: usize) -> Vec<(String, String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = self.requests();
+            if r.len() >= n || Instant::now() >= deadline {
+                return r;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`Server::saw`], waiting up to 5 s for its log line: the server
+    /// prints it before answering, but the test reads its output on a
+    /// thread of its own, which a busy machine may hold up.
+    fn wait_saw(&self, method: &str, path: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.saw(method, path) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
 }
 
 /// `faultbpf http --port 8080 ARGS.. --json` in the server namespace,
@@ -195,7 +222,7 @@ fn ipv6_connections_are_steered_too() {
     assert_eq!(status_of(&hit), 503, "{hit}");
     assert_eq!(status_of(&pass), 200, "{pass}");
     assert!(pass.ends_with("real answer to GET /other\n"), "{pass}");
-    assert!(!server.saw("GET", "/v6") && server.saw("GET", "/other"));
+    assert!(!server.saw("GET", "/v6") && server.wait_saw("GET", "/other"));
     assert_eq!(c["connections_steered"], 2, "{c}");
 }
 
@@ -211,7 +238,7 @@ fn when_after_the_server_acts_and_the_client_still_gets_the_fault() {
     assert_eq!(status_of(&r), 500, "{r}");
     lift(fault);
     assert!(
-        server.saw("POST", "/orders"),
+        server.wait_saw("POST", "/orders"),
         "--when after: the server must have acted on the request: {:?}",
         server.requests()
     );
@@ -314,7 +341,7 @@ fn pct_30_per_request_on_one_keepalive_connection_mixes_faults_and_real_answers(
     assert_eq!(c["requests_seen"], N as u64, "{c}");
     assert_eq!(c["requests_faulted"], faulted as u64, "{c}");
     // The server answered exactly the unfaulted ones.
-    assert_eq!(server.requests().len(), real);
+    assert_eq!(server.requests_after(real).len(), real);
 }
 
 /// `n` connections, two GETs each; the statuses per connection and the
@@ -373,7 +400,7 @@ fn per_connection_faults_whole_connections_and_the_rest_go_direct() {
     assert_eq!(c["connections_steered"], faulted as u64, "{c}");
     assert_eq!(c["requests_faulted"], 2 * faulted as u64, "{c}");
     // The others went straight to the server, from the client's address.
-    let reqs = server.requests();
+    let reqs = server.requests_after(2 * (N - faulted));
     assert_eq!(reqs.len(), 2 * (N - faulted));
     assert!(
         reqs.iter().all(|(_, _, ip)| ip == "10.200.0.1"),
@@ -403,7 +430,7 @@ fn unselected_connections_never_reach_the_responder() {
     );
     assert_eq!(c["connections_steered"], 0, "{c}");
     assert_eq!(c["requests_seen"], 0, "{c}");
-    let reqs = server.requests();
+    let reqs = server.requests_after(100);
     assert_eq!(reqs.len(), 100);
     assert!(reqs.iter().all(|(_, _, ip)| ip == "10.200.0.1"), "{reqs:?}");
 }
@@ -426,7 +453,7 @@ fn path_and_method_select_only_those_requests() {
     assert_eq!(status_of(&other), 200, "{other}");
     assert!(other.ends_with("real answer to POST /other\n"), "{other}");
     assert!(!server.saw("POST", "/api/x"));
-    assert!(server.saw("GET", "/api/x") && server.saw("POST", "/other"));
+    assert!(server.wait_saw("GET", "/api/x") && server.wait_saw("POST", "/other"));
     assert_eq!(c["requests_seen"], 3, "{c}");
     assert_eq!(c["requests_faulted"], 1, "{c}");
 }
@@ -561,7 +588,7 @@ fn kill_9_sends_new_connections_straight_to_the_server() {
     assert_ne!(v["old"], "TimeoutError", "{v}");
     assert_ne!(v["old"], "status 503", "{v}");
     assert!(v["old_took"].as_f64().unwrap() < 2.0, "{v}");
-    assert!(server.saw("GET", "/new"));
+    assert!(server.wait_saw("GET", "/new"), "{:?}", server.requests());
     let _ = client.wait(Duration::from_secs(10));
 }
 
@@ -607,7 +634,7 @@ fn steered_connections_do_not_run_out_of_source_ports() {
     eprintln!("{v} {c}");
     assert_eq!(v["200"], N, "every request reached the server: {v}");
     assert_eq!(c["connections_steered"], N, "{c}");
-    assert_eq!(server.requests().len(), N);
+    assert_eq!(server.requests_after(N).len(), N);
 }
 
 #[test]
@@ -786,7 +813,7 @@ fn after_for_elapses_new_connections_reach_the_server() {
     let after = curl(&topo, &[&format!("{URL}/after")]);
     assert_eq!(status_of(&during), 503, "{during}");
     assert_eq!(status_of(&after), 200, "{after}");
-    assert!(server.saw("GET", "/after") && !server.saw("GET", "/during"));
+    assert!(server.wait_saw("GET", "/after") && !server.saw("GET", "/during"));
     assert_eq!(exit.json()["requests_faulted"], 1, "{exit:?}");
 }
 
@@ -884,7 +911,7 @@ print(json.dumps({"status": r.status, "retry_after": r.getheader("Retry-After"),
         );
         assert_eq!(outside["status"], 200, "{outside}");
         assert_eq!(other_ns["status"], 200, "{other_ns}");
-        assert!(server.saw("GET", "/outside") && server.saw("GET", "/other-ns"));
+        assert!(server.wait_saw("GET", "/outside") && server.wait_saw("GET", "/other-ns"));
         assert_eq!(c["side"], "client", "{c}");
         assert_eq!(c["connections_steered"], 2, "{c}");
         assert_eq!(c["requests_faulted"], 2, "{c}");
@@ -903,7 +930,7 @@ print(json.dumps({"status": r.status, "retry_after": r.getheader("Retry-After"),
         assert_eq!(v6["status"], 500, "{v6}");
         // faultbpf's own connects (it is in the cgroup) reached the server
         // from the client's addresses: forwarded where each was going.
-        let reqs = server.requests();
+        let reqs = server.requests_after(2);
         assert!(
             reqs.contains(&("GET".into(), "/orders".into(), "10.200.0.1".into()))
                 && reqs.contains(&("GET".into(), "/orders6".into(), "fd00:200::1".into())),
@@ -940,7 +967,7 @@ print(json.dumps({"status": r.status, "retry_after": r.getheader("Retry-After"),
         );
         assert_ne!(v["old"], "TimeoutError", "{v}");
         assert!(v["old_took"].as_f64().unwrap() < 2.0, "{v}");
-        assert!(server.saw("GET", "/new"));
+        assert!(server.wait_saw("GET", "/new"), "{:?}", server.requests());
         let _ = client.wait(Duration::from_secs(10));
     }
 }
@@ -981,7 +1008,7 @@ mod daemon {
         assert_eq!(header(&r, "Retry-After"), Some("1"), "{r}");
         let (other, r) = status_via_curl(&topo, "/other");
         assert_eq!(other, 200, "another path is forwarded: {r}");
-        assert!(!server.saw("GET", "/api/x") && server.saw("GET", "/other"));
+        assert!(!server.saw("GET", "/api/x") && server.wait_saw("GET", "/other"));
         let s = d.stats_of(id).unwrap();
         // The CLI reads them through the typed client.
         for cmd in ["rules", "stats"] {
@@ -1156,5 +1183,128 @@ mod daemon {
             "{line}"
         );
         d.assert_healthy("h16-cfg");
+    }
+}
+
+/// `http` steps in a scenario file, in this process and through a daemon:
+/// the timeline puts each in force for its window, the report counts the
+/// requests, and between and after the windows the server answers.
+mod scenario {
+    use faultbpf_tests::{daemon::Daemon, temp::TempFile};
+
+    use super::*;
+
+    /// A 503 from 0 to 2 s, a 429 from 3 to 4 s, on the server's port.
+    const STEPS: &str = r#"
+name = "api-flaps"
+
+[[step]]
+name = "down"
+at = "0s"
+for = "2s"
+fault = "http"
+port = [8080]
+status = 503
+retry_after = "1s"
+
+[[step]]
+name = "throttled"
+at = "3s"
+for = "1s"
+fault = "http"
+port = [8080]
+status = 429
+"#;
+
+    /// A new connection every 100 ms for `sys.argv[1]` seconds: (seconds
+    /// since start, status) pairs.
+    const POLL: &str = r#"
+import http.client, json, sys, time
+t0 = time.monotonic(); seen = []
+while time.monotonic() - t0 < float(sys.argv[1]):
+    c = http.client.HTTPConnection("10.200.0.2", 8080, timeout=2)
+    try:
+        c.request("GET", "/poll"); r = c.getresponse(); r.read(); s = r.status
+    except Exception as e:
+        s = type(e).__name__
+    finally:
+        c.close()
+    seen.append([round(time.monotonic() - t0, 2), s])
+    time.sleep(0.1)
+print(json.dumps(seen), flush=True)
+"#;
+
+    /// Runs the scenario (with `daemon`'s socket, or in this process) while
+    /// polling; the report and the statuses seen in order, runs of one
+    /// status merged.
+    fn run(topo: &Topology, daemon: Option<&Daemon>) -> (Value, Vec<Value>) {
+        let file = TempFile::new("h16-scn", ".toml", STEPS);
+        let check = Launch::new(&topo.server, ["scenario", "check", file.as_str()])
+            .no_daemon()
+            .run_within(Duration::from_secs(20));
+        assert!(check.stdout.contains("http 503 on port 8080"), "{check:#?}");
+        let mut poll = python(&topo.client, POLL, &["8"], None);
+        let launch = Launch::new(&topo.server, ["scenario", "run", file.as_str(), "--json"]);
+        let launch = match daemon {
+            Some(d) => launch.socket(d.socket()),
+            None => launch.no_daemon(),
+        };
+        let exit = launch.run_within(Duration::from_secs(60));
+        assert!(exit.status.success(), "{exit:#?}");
+        let seen: Value = poll.next_json(Duration::from_secs(30));
+        let _ = poll.wait(Duration::from_secs(10));
+        let mut runs: Vec<Value> = Vec::new();
+        for pair in seen.as_array().unwrap() {
+            if runs.last() != Some(&pair[1]) {
+                runs.push(pair[1].clone());
+            }
+        }
+        eprintln!("{runs:?} {seen}");
+        (exit.json(), runs)
+    }
+
+    fn assert_timeline(report: &Value, runs: &[Value], via: &str) {
+        assert_eq!(report["via"], via, "{report}");
+        assert_eq!(report["outcome"], "completed", "{report}");
+        let steps = report["steps"].as_array().unwrap();
+        assert_eq!(steps[0]["fault"], "http", "{report}");
+        for s in steps {
+            assert!(
+                s["acted_packets"].as_u64().unwrap() > 0,
+                "requests faulted: {s}"
+            );
+            assert_eq!(
+                s["matched_packets"], s["acted_packets"],
+                "every request: {s}"
+            );
+        }
+        // The poller may start a little before or after the run.
+        let wanted: Vec<Value> = [503, 200, 429, 200].map(|s| json!(s)).to_vec();
+        let trimmed: Vec<Value> = runs
+            .iter()
+            .skip_while(|s| **s == json!(200))
+            .cloned()
+            .collect();
+        assert_eq!(trimmed, wanted, "statuses in order: {runs:?}");
+    }
+
+    use serde_json::json;
+
+    #[test]
+    fn http_steps_run_in_this_process() {
+        let topo = Topology::new("h16-scn");
+        let _server = Server::start(&topo);
+        let (report, runs) = run(&topo, None);
+        assert_timeline(&report, &runs, "tcx");
+    }
+
+    #[test]
+    fn http_steps_run_through_the_daemon() {
+        let topo = Topology::new("h16-scd");
+        let _server = Server::start(&topo);
+        let d = Daemon::start(&topo.server, "h16-scd", &[]);
+        let (report, runs) = run(&topo, Some(&d));
+        assert_timeline(&report, &runs, "daemon");
+        assert!(d.rules().is_empty(), "the scenario removed its rules");
     }
 }

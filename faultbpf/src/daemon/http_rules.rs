@@ -12,11 +12,7 @@
 //! side it steers only a named cgroup's connects, never every process of
 //! the host (`cgroup: "/"` is refused).
 
-use std::{
-    collections::BTreeMap,
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Instant};
 
 use super::state::StateError;
 use crate::{
@@ -24,9 +20,6 @@ use crate::{
     http::{self, DEFAULT_CGROUP, Side, rule::HttpRule},
     spec::RuleSpec,
 };
-
-/// How long a start may take: the TLS probe waits up to 2 s.
-const START_LIMIT: Duration = Duration::from_secs(10);
 
 /// A stopped rule's spec, origin and expiry, to start it again.
 pub type Stopped = (RuleSpec, Origin, Option<Instant>);
@@ -43,19 +36,10 @@ pub struct HttpEntry {
 
 #[derive(Default)]
 pub struct HttpRules {
-    rt: Option<tokio::runtime::Runtime>,
+    // Declared first, dropped first: the responders (their drop detaches
+    // the programs), then their runtime.
     rules: BTreeMap<u32, HttpEntry>,
-}
-
-impl Drop for HttpRules {
-    fn drop(&mut self) {
-        // Responders first (their drop detaches the programs), then the
-        // runtime, without waiting on its tasks: safe from any thread.
-        self.rules.clear();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    responders: http::Responders,
 }
 
 impl HttpEntry {
@@ -137,20 +121,7 @@ impl HttpRules {
             };
         let description = opts.describe();
         let port = opts.port;
-        let rt = self.runtime()?;
-        let (tx, rx) = mpsc::channel();
-        rt.spawn(async move {
-            let _ = tx.send(http::start(opts).await);
-        });
-        let running = rx
-            .recv_timeout(START_LIMIT)
-            .map_err(|_| {
-                StateError::Kernel(crate::Error::Io {
-                    what: "the http responder did not start".into(),
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-                })
-            })?
-            .map_err(StateError::Http)?;
+        let running = self.responders.start(opts).map_err(StateError::Http)?;
         let description = format!("{description}; {}", running.placement);
         self.rules.insert(
             id,
@@ -221,24 +192,5 @@ impl HttpRules {
             actions: None,
             requests: Some(c),
         })
-    }
-
-    /// The runtime the responders run on, made with the first rule.
-    fn runtime(&mut self) -> Result<&tokio::runtime::Runtime, StateError> {
-        if self.rt.is_none() {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("http-rules")
-                .enable_all()
-                .build()
-                .map_err(|source| {
-                    StateError::Kernel(crate::Error::Io {
-                        what: "could not start the http rules' runtime".into(),
-                        source,
-                    })
-                })?;
-            self.rt = Some(rt);
-        }
-        Ok(self.rt.as_ref().expect("made above"))
     }
 }

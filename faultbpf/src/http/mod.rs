@@ -388,6 +388,58 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
     })
 }
 
+/// Responders started from code that is not async (the daemon's rule
+/// table, a scenario's steps): a runtime of their own, made with the
+/// first, so a steered flood never competes with the caller's work.
+#[derive(Default)]
+pub struct Responders {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+/// How long a start may take: the TLS probe waits up to 2 s.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
+impl Responders {
+    /// [`start`] on this runtime, waited for.
+    pub fn start(&mut self, opts: Options) -> Result<Running, StartError> {
+        let port = opts.port;
+        let stuck = |what: &str| StartError::Steer {
+            port,
+            what: what.into(),
+            source: None,
+        };
+        if self.rt.is_none() {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("http-responders")
+                .enable_all()
+                .build()
+                .map_err(|e| StartError::Steer {
+                    port,
+                    what: "could not start the responders' runtime".into(),
+                    source: Some(Box::new(e)),
+                })?;
+            self.rt = Some(rt);
+        }
+        let rt = self.rt.as_ref().expect("made above");
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = tx.send(start(opts).await);
+        });
+        rx.recv_timeout(START_LIMIT)
+            .map_err(|_| stuck("the responder did not start within 10 s"))?
+    }
+}
+
+impl Drop for Responders {
+    fn drop(&mut self) {
+        // Without waiting on its tasks: safe from any thread, async or not.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,28 @@ pub struct HttpRule {
     pub lasts: Option<Duration>,
 }
 
+impl HttpRule {
+    /// The packet rule an http rule stands in for where a timeline needs
+    /// one (scenario steps, session handles): its port's TCP keys, for the
+    /// overlap checks, its length and its slot `id`. Never inserted: the
+    /// fault is the responder.
+    pub fn stand_in(&self, id: u32) -> rules::Rule {
+        rules::Rule {
+            proto: rules::Proto::Tcp,
+            lasts: self.lasts,
+            ..rules::Rule::new(
+                id,
+                crate::faults::Fault::Blackhole,
+                vec![PortRange {
+                    side: rules::Side::Either,
+                    first: self.options.port,
+                    last: self.options.port,
+                }],
+            )
+        }
+    }
+}
+
 fn bad(field: &'static str, message: impl Into<String>) -> SpecError {
     SpecError::new(field, message)
 }

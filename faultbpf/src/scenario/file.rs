@@ -7,7 +7,10 @@
 //! A step is a rule as the daemon's API and config take it (the same keys:
 //! `fault`, `port`, `dport`, `sport`, `proto`, `peer`, `pct`, `per`,
 //! `direction`, `fragments`, `mark`, `mix`, `force`, `name`, and `for`, here
-//! how long the step lasts), plus `at`, when it starts. The keys sit in the
+//! how long the step lasts, and `http`'s `status`, `retry_after`, `method`,
+//! `path`, `when`, `delay_first_byte`, `side`, `cgroup`), plus `at`, when it
+//! starts. An http step's port stands in for it in the overlap checks (its
+//! TCP keys). The keys sit in the
 //! step's own table rather than in a nested one, so a step reads like the
 //! fault command it replaces:
 //!
@@ -127,6 +130,17 @@ struct RawStep {
     rcode: Option<crate::faults::Rcode>,
     #[serde(default)]
     domain: Vec<String>,
+    #[serde(default, deserialize_with = "crate::spec::status_text")]
+    status: Option<String>,
+    retry_after: Option<String>,
+    #[serde(default)]
+    method: Vec<String>,
+    #[serde(default)]
+    path: Vec<String>,
+    when: Option<crate::http::When>,
+    delay_first_byte: Option<String>,
+    side: Option<crate::http::Side>,
+    cgroup: Option<String>,
     #[serde(default)]
     force: bool,
 }
@@ -157,16 +171,14 @@ impl RawStep {
             burst: self.burst.clone(),
             rcode: self.rcode,
             domain: self.domain.clone(),
-            // A scenario step is a packet fault: `http` runs a responder
-            // (daemon rules and `faultbpf http`), not a step.
-            status: None,
-            retry_after: None,
-            method: Vec::new(),
-            path: Vec::new(),
-            when: None,
-            delay_first_byte: None,
-            side: None,
-            cgroup: None,
+            status: self.status.clone(),
+            retry_after: self.retry_after.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            when: self.when,
+            delay_first_byte: self.delay_first_byte.clone(),
+            side: self.side,
+            cgroup: self.cgroup.clone(),
             lasts: Some(humantime::format_duration(lasts).to_string()),
             force: self.force,
             owner_pid: None,
@@ -575,10 +587,18 @@ fn checked_rule(
     label: &str,
     at: &impl Fn(Range<usize>, String) -> ScenarioError,
 ) -> Result<Rule, ScenarioError> {
-    spec.validate(0, &Policy::default()).map_err(|e| {
-        let span = key_span(text, table.clone(), e.field).unwrap_or(table);
+    let refused = |e: crate::spec::SpecError| {
+        let span = key_span(text, table.clone(), e.field).unwrap_or(table.clone());
         at(span, format!("{label}: {e}"))
-    })
+    };
+    if spec.fault == crate::http::rule::FAULT {
+        // Its port's keys stand in for it in the overlap checks.
+        return spec
+            .http_rule(&Policy::default())
+            .map(|h| h.stand_in(0))
+            .map_err(refused);
+    }
+    spec.validate(0, &Policy::default()).map_err(refused)
 }
 
 /// The rule-map keys a rule holds (two rules sharing one cannot both be in

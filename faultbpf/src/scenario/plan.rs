@@ -47,6 +47,40 @@ pub struct Activity {
     pub skipped: Option<String>,
 }
 
+impl Activity {
+    /// Whether it is an `http` step (a responder; `rule` only stands in).
+    pub fn is_http(&self) -> bool {
+        self.spec.fault == crate::http::rule::FAULT
+    }
+
+    /// The fault's wire name.
+    pub fn fault(&self) -> &'static str {
+        if self.is_http() {
+            crate::http::rule::FAULT
+        } else {
+            self.rule.fault.name()
+        }
+    }
+
+    /// One line for humans: "blackhole tcp port 5672 (100%)", "http 503 on
+    /// port 8080 (100 % of requests)".
+    pub fn describe(&self) -> String {
+        match self.spec.http_rule(&crate::spec::Policy::default()) {
+            Ok(h) if self.is_http() => h.options.describe(),
+            _ => self.rule.describe(),
+        }
+    }
+
+    /// What its acted count counts: "dropped", "faulted (requests)".
+    pub fn verb(&self) -> &'static str {
+        if self.is_http() {
+            "faulted requests"
+        } else {
+            self.rule.fault.verb()
+        }
+    }
+}
+
 /// The whole timeline, sorted by start (then file order).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -174,7 +208,7 @@ pub fn lines(plan: &Plan) -> Vec<String> {
         .map(|a| {
             let what = match &a.skipped {
                 Some(why) => why.clone(),
-                None => a.rule.describe(),
+                None => a.describe(),
             };
             format!(
                 "{:>8}-{:<8} {:<width$}  {what}",

@@ -281,12 +281,19 @@ fn finish(r: &mut StepReport, c: Option<RuleCounters>, err: Option<String>) {
 
 /// "matched 38 packets, dropped 38".
 fn counts(a: &Activity, r: &StepReport) -> String {
-    let mut s = format!(
-        "matched {} packets, {} {}",
-        r.matched_packets,
-        a.rule.fault.verb(),
-        r.acted_packets
-    );
+    let mut s = if a.is_http() {
+        format!(
+            "saw {} requests, faulted {}",
+            r.matched_packets, r.acted_packets
+        )
+    } else {
+        format!(
+            "matched {} packets, {} {}",
+            r.matched_packets,
+            a.verb(),
+            r.acted_packets
+        )
+    };
     if let Some(d) = &r.detail {
         s += &format!(" ({d})");
     }
