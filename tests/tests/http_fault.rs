@@ -917,6 +917,39 @@ print(json.dumps({"status": r.status, "retry_after": r.getheader("Retry-After"),
         assert_eq!(c["requests_faulted"], 2, "{c}");
     }
 
+    /// urllib3's `Retry` honours the fault's `Retry-After` on the client
+    /// side too: against a control without it, in the same test.
+    #[test]
+    fn client_side_urllib3_retry_waits_for_retry_after() {
+        let topo = Topology::new("h16-clir");
+        let _server = Server::start(&topo);
+        let cg = Cgroup::new();
+        let timed = |args: &[&str]| {
+            let fault = client_fault(&topo, &cg, args);
+            let mut cmd = python_command(&topo.client, RETRY_CLIENT, &[]);
+            cg.enter(&mut cmd);
+            let mut p = Proc::spawn(&mut cmd, "retry client");
+            let v = p.next_json(Duration::from_secs(60));
+            let _ = p.wait(Duration::from_secs(10));
+            let c = lift(fault);
+            assert_eq!(v["status"], 503, "{v}");
+            assert_eq!(
+                c["requests_faulted"], 2,
+                "the first attempt and its retry: {c}"
+            );
+            v["elapsed"].as_f64().unwrap()
+        };
+        let control = timed(&["--status", "503"]);
+        let with = timed(&["--status", "503", "--retry-after", "1s"]);
+        eprintln!("retry took {with:.3} s with Retry-After: 1, {control:.3} s without");
+        assert!(with >= 1.0, "retried after {with:.3} s, before Retry-After");
+        assert!(
+            with - control >= 0.9,
+            "Retry-After added {:.3} s to the control's {control:.3} s",
+            with - control
+        );
+    }
+
     #[test]
     fn client_side_forwards_to_the_dialled_server_and_replaces_its_answer() {
         let topo = Topology::new("h16-clia");
