@@ -23,11 +23,10 @@ pub fn run(args: HttpArgs) -> Result<(), Failure> {
         // `active:` line lifts it instead of killing us mid-way.
         let mut int = signal(SignalKind::interrupt()).context("could not watch SIGINT")?;
         let mut term = signal(SignalKind::terminate()).context("could not watch SIGTERM")?;
-        let description = opts.describe();
         let running = http::start(opts)
             .await
             .with_context(|| format!("faultbpf http --port {port}"))?;
-        eprintln!("faultbpf: active: {description}; {}", running.placement);
+        eprintln!("faultbpf: active: {}", running.description);
         let side = running.side;
         let until = async {
             match lasts {

@@ -205,10 +205,9 @@ impl Placement {
             Self::Here(h) if http.is_some() => {
                 let opts = http.expect("matched").options;
                 let slot = h.take_slot()?;
-                let description = opts.describe();
                 match h.responders.start(opts) {
                     Ok(running) => {
-                        let description = format!("{description}; {}", running.placement);
+                        let description = running.description.clone();
                         h.http.insert(slot, running);
                         rule.id = slot;
                         Ok(Handle {
@@ -269,15 +268,7 @@ impl Placement {
     pub fn counters(&self, h: &Handle) -> Result<Option<RuleCounters>, String> {
         match self {
             Self::Here(here) => match here.http.get(&h.id()) {
-                // Requests seen and faulted, as the daemon counts them.
-                Some(r) => {
-                    let c = r.counters();
-                    Ok(Some(RuleCounters {
-                        matched_packets: c.requests_seen,
-                        acted_packets: c.requests_faulted,
-                        ..Default::default()
-                    }))
-                }
+                Some(r) => Ok(Some(r.counters().as_rule_counters())),
                 None => here.inj.counters(h.id()).map(Some).map_err(|e| chain(&e)),
             },
             Self::Daemon(client) => client

@@ -27,7 +27,6 @@ pub type Stopped = (RuleSpec, Origin, Option<Instant>);
 /// One rule in force.
 pub struct HttpEntry {
     running: http::Running,
-    description: String,
     port: u16,
     pub spec: RuleSpec,
     pub origin: Origin,
@@ -119,15 +118,12 @@ impl HttpRules {
                     StateError::TooLong(humantime::format_duration(d).to_string())
                 })?),
             };
-        let description = opts.describe();
         let port = opts.port;
         let running = self.responders.start(opts).map_err(StateError::Http)?;
-        let description = format!("{description}; {}", running.placement);
         self.rules.insert(
             id,
             HttpEntry {
                 running,
-                description,
                 port,
                 spec,
                 origin,
@@ -164,7 +160,7 @@ impl HttpRules {
             id,
             name: e.spec.name.clone(),
             fault: http::rule::FAULT.into(),
-            description: e.description.clone(),
+            description: e.running.description.clone(),
             origin: e.origin,
             expires_in_seconds: e
                 .expires_at
@@ -179,16 +175,17 @@ impl HttpRules {
     pub fn stats(&self, id: u32) -> Option<RuleStats> {
         let e = self.rules.get(&id)?;
         let c = e.running.counters();
+        let rc = c.as_rule_counters();
         Some(RuleStats {
             id,
             name: e.spec.name.clone(),
             fault: http::rule::FAULT.into(),
             ports: vec![format!("port {}", e.port)],
-            description: e.description.clone(),
-            matched_packets: c.requests_seen,
-            matched_bytes: 0,
-            acted_packets: c.requests_faulted,
-            acted_bytes: 0,
+            description: e.running.description.clone(),
+            matched_packets: rc.matched_packets,
+            matched_bytes: rc.matched_bytes,
+            acted_packets: rc.acted_packets,
+            acted_bytes: rc.acted_bytes,
             actions: None,
             requests: Some(c),
         })

@@ -262,6 +262,19 @@ pub struct CounterValues {
     pub requests_faulted: u64,
 }
 
+impl CounterValues {
+    /// As a rule's counters, the way the daemon's stats and scenario
+    /// reports count an http rule: requests seen as matched, requests
+    /// faulted as acted, no bytes.
+    pub fn as_rule_counters(&self) -> faultbpf_common::RuleCounters {
+        faultbpf_common::RuleCounters {
+            matched_packets: self.requests_seen,
+            acted_packets: self.requests_faulted,
+            ..Default::default()
+        }
+    }
+}
+
 impl Counters {
     pub fn get(&self) -> CounterValues {
         CounterValues {
@@ -321,8 +334,10 @@ pub struct Running {
     counters: Arc<Counters>,
     steer: Arc<Steer>,
     server: tokio::task::JoinHandle<()>,
-    /// How it steers and where it forwards, for the `active:` line.
-    pub placement: String,
+    /// The fault, how it steers and where it forwards: "http 503 on port
+    /// 8080 (...); steering new connections with sk_lookup, forwarding to
+    /// 127.0.0.1:8080", for the `active:` line and rule lists.
+    pub description: String,
     pub side: Side,
 }
 
@@ -355,6 +370,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         probe::refuse_tls(server_addr).await?;
     }
     let listeners = responder::Listeners::open()?;
+    let description = opts.describe();
     let (steer, placement, side) = match listener {
         Some(server_addr) => (
             Steer::Lookup(steer::Steering::attach(&opts, &listeners)?),
@@ -383,7 +399,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
         counters,
         steer,
         server,
-        placement,
+        description: format!("{description}; {placement}"),
         side,
     })
 }
