@@ -42,6 +42,20 @@ pub fn cli_to_srv(run: impl Fn(&[&str]) -> Exit) -> (String, Duration) {
     (exit.stdout.trim().to_string(), start.elapsed())
 }
 
+/// Asserts that a connect from `cli` to `srv` ([`cli_to_srv`]) waits out
+/// its timeout, where the control (measured in the same run) answered.
+pub fn assert_cut(run: impl Fn(&[&str]) -> Exit, control: Duration, what: &str) {
+    let (said, took) = cli_to_srv(run);
+    assert!(
+        !said.contains("hi") && said.contains("rc=1"),
+        "{what}: the connect should time out: {said}"
+    );
+    assert!(
+        took > control + Duration::from_secs(1),
+        "{what}: a cut connect waits for its 2 s timeout: took {took:?}, control {control:?}"
+    );
+}
+
 /// Waits (30 s at most) until [`cli_to_srv`] reads `hi` (the server's loop
 /// has started); returns how long that connect took, a control for the
 /// timings that follow.

@@ -26,6 +26,28 @@ pub enum ApiCheck {
     RuleSpec { body: Value, accepted: bool },
 }
 
+impl ApiCheck {
+    /// The [`ApiCheck::Response`] of answer `r` to `method route`.
+    pub fn response(route: &str, method: &str, r: &crate::http::Response) -> Self {
+        let content_type = r
+            .header("content-type")
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let body = content_type.ends_with("json").then(|| r.json());
+        Self::Response {
+            route: route.to_string(),
+            method: method.to_string(),
+            status: r.status,
+            content_type,
+            body,
+        }
+    }
+}
+
 const OPENAPI_SCRIPT: &str = r#"
 import json, sys, yaml, jsonschema
 doc = yaml.safe_load(open(sys.argv[1]))

@@ -20,32 +20,18 @@ use std::{
 
 use faultbpf::{api::Client, spec::RuleSpec};
 use faultbpf_tests::{
-    engine::{Docker, HI_SERVER, cli_to_srv, wait_srv_answers},
+    engine::{self, Docker, HI_SERVER, wait_srv_answers},
     temp::TempDir,
     wait_within,
 };
-
-/// `nc srv 5672` from the client container (2 s connect timeout).
-fn connect(docker: &Docker) -> (String, Duration) {
-    cli_to_srv(|a| docker.run(a))
-}
 
 fn wait_answering(docker: &Docker) -> Duration {
     wait_srv_answers(|a| docker.run(a))
 }
 
-/// Asserts that a connect from `cli` to `srv` waits out its timeout, where
-/// the control (measured in the same run) answered.
+/// [`engine::assert_cut`] through `docker`.
 fn assert_cut(docker: &Docker, control: Duration, what: &str) {
-    let (said, took) = connect(docker);
-    assert!(
-        !said.contains("hi") && said.contains("rc=1"),
-        "{what}: the connect should time out: {said}"
-    );
-    assert!(
-        took > control + Duration::from_secs(1),
-        "{what}: a cut connect waits for its 2 s timeout: took {took:?}, control {control:?}"
-    );
+    engine::assert_cut(|a| docker.run(a), control, what);
 }
 
 /// Linux capability names by number, as docker's `--cap-drop` takes them.

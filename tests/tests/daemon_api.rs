@@ -906,22 +906,7 @@ fn observe(
     send: impl Fn(&Request<'_>) -> Response,
 ) -> Response {
     let r = send(req);
-    let content_type = r
-        .header("content-type")
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
-    let body = content_type.ends_with("json").then(|| r.json());
-    checks.push(ApiCheck::Response {
-        route: route.to_string(),
-        method: req.method.to_string(),
-        status: r.status,
-        content_type,
-        body,
-    });
+    checks.push(ApiCheck::response(route, req.method, &r));
     r
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use faultbpf_tests::{
     Netns,
     daemon::Daemon,
-    engine::{Docker, HI_SERVER, cli_to_srv, wait_srv_answers},
+    engine::{self, Docker, HI_SERVER, cli_to_srv, wait_srv_answers},
     http::{Request, Response},
     openapi::{ApiCheck, check_openapi},
     temp::TempFile,
@@ -29,18 +29,9 @@ fn connect(docker: &Docker) -> (String, Duration) {
     cli_to_srv(|a| docker.run(a))
 }
 
-/// Asserts that a connect from `cli` to `srv` waits out its timeout, where
-/// the control (measured in the same run) answered.
+/// [`engine::assert_cut`] through `docker`.
 fn assert_cut(docker: &Docker, control: Duration, what: &str) {
-    let (said, took) = connect(docker);
-    assert!(
-        !said.contains("hi") && said.contains("rc=1"),
-        "{what}: the connect should time out: {said}"
-    );
-    assert!(
-        took > control + Duration::from_secs(1),
-        "{what}: a cut connect waits for its 2 s timeout: took {took:?}, control {control:?}"
-    );
+    engine::assert_cut(|a| docker.run(a), control, what);
 }
 
 /// The engine, srv and cli, and a daemon (given `args`) in a namespace of
@@ -100,21 +91,7 @@ fn observe(
         req = req.body(text.as_bytes());
     }
     let r = d.request(&req);
-    let content_type = r
-        .header("content-type")
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
-    checks.push(ApiCheck::Response {
-        route: route.to_string(),
-        method: method.to_string(),
-        status: r.status,
-        content_type: content_type.clone(),
-        body: content_type.ends_with("json").then(|| r.json()),
-    });
+    checks.push(ApiCheck::response(route, method, &r));
     if let Some(b) = body
         && matches!(r.status, 201 | 400)
     {
