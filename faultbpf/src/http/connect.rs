@@ -70,10 +70,12 @@ fn missing(port: u16, name: &str) -> StartError {
 }
 
 impl Steering {
-    /// Writes what to steer, then attaches the five programs to `cgroup`
-    /// (a cgroup v2 path such as `/` or `/system.slice/app.service`).
-    pub fn attach(opts: &Options, listeners: &Listeners, cgroup: &str) -> Result<Self, StartError> {
+    /// Writes what to steer, then attaches the five programs to the cgroup
+    /// `opts.cgroup` (a cgroup v2 path such as `/` or
+    /// `/system.slice/app.service`).
+    pub fn attach(opts: &Options, listeners: &Listeners) -> Result<Self, StartError> {
         let port = opts.port;
+        let cgroup = opts.cgroup.as_str();
         let cgroup_fd = open_cgroup(cgroup)
             .map_err(|e| err(port, format!("could not open cgroup `{cgroup}`"), e))?;
         let netns_cookie =

@@ -17,15 +17,16 @@
 //! tells it where each was going, and `getpeername` hooks show the
 //! application the peer it dialled (`connect`). `--side auto` picks server
 //! where a server listens here, client elsewhere. The responder
-//! (`responder`) is an HTTP/1.1 server built on hyper. `--per connection` draws `--pct` per
-//! connection in the kernel; `--per request` steers every connection and
+//! (`responder`) is an HTTP/1.1 server built on hyper. `--per connection`
+//! draws `--pct` per connection in the kernel; `--per request` steers every connection and
 //! draws per request in the responder, so keep-alive connections get mixed
 //! answers. Plain HTTP only: a TLS server on the port is refused at start
 //! (`probe`); client side, where the servers are not known at start, a
 //! connection that opens with a TLS handshake is passed through untouched.
 //!
-//! Not a registry fault (yet): it acts on sockets, not on the tc rule maps,
-//! so it has no daemon, TOML or scenario form; it runs in this process.
+//! Not a registry fault: it acts on sockets, not on the tc rule maps. As a
+//! rule of the daemon, its config and scenario steps it has its own fields
+//! and check (`rule`), and runs on a runtime of its own ([`Responders`]).
 
 mod connect;
 mod probe;
@@ -378,7 +379,7 @@ pub async fn start(opts: Options) -> Result<Running, StartError> {
             Side::Server,
         ),
         None => (
-            Steer::Connect(connect::Steering::attach(&opts, &listeners, &opts.cgroup)?),
+            Steer::Connect(connect::Steering::attach(&opts, &listeners)?),
             format!(
                 "steering connects to port {} from cgroup {} in this network namespace \
                  (cgroup connect hooks), forwarding to where each was going",
