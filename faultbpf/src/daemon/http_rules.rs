@@ -138,22 +138,6 @@ impl HttpRules {
         self.rules.remove(&id)
     }
 
-    /// The rules whose time is up or whose owner is gone, and why.
-    pub fn due(&self, now: Instant, alive: impl Fn(u32) -> bool) -> Vec<(u32, &'static str)> {
-        self.rules
-            .iter()
-            .filter_map(|(id, e)| {
-                if e.expires_at.is_some_and(|t| t <= now) {
-                    Some((*id, "expired"))
-                } else if e.spec.owner_pid.is_some_and(|p| !alive(p)) {
-                    Some((*id, "removed: its owner process is gone"))
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-
     pub fn info(&self, id: u32) -> Option<RuleInfo> {
         let e = self.rules.get(&id)?;
         Some(RuleInfo {

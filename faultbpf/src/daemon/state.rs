@@ -666,20 +666,19 @@ impl State {
     /// Drops rules whose time is up (the kernel already ignores them) or
     /// whose owner process is gone; returns their ids and why.
     pub fn sweep(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
-        let mut done: Vec<(u32, &'static str)> = self
-            .rules
-            .iter()
-            .filter_map(|(id, e)| {
-                if e.expires_at.is_some_and(|t| t <= now) {
-                    Some((*id, "expired"))
-                } else if e.spec.owner_pid.is_some_and(|p| !process_alive(p)) {
-                    Some((*id, "removed: its owner process is gone"))
+        let done: Vec<(u32, &'static str)> = self
+            .ids()
+            .filter_map(|id| {
+                let (spec, _, expires_at) = self.parts_of(id)?;
+                if expires_at.is_some_and(|t| t <= now) {
+                    Some((id, "expired"))
+                } else if spec.owner_pid.is_some_and(|p| !process_alive(p)) {
+                    Some((id, "removed: its owner process is gone"))
                 } else {
                     None
                 }
             })
             .collect();
-        done.extend(self.http.due(now, process_alive));
         for (id, _) in &done {
             let _ = self.delete(*id);
         }
@@ -696,7 +695,7 @@ impl State {
         let current: BTreeMap<String, u32> = self
             .ids()
             .filter_map(|id| {
-                let (spec, origin) = self.spec_of(id)?;
+                let (spec, origin, _) = self.parts_of(id)?;
                 (origin == Origin::Config)
                     .then(|| spec.name.clone().map(|n| (n, id)))
                     .flatten()
@@ -707,7 +706,7 @@ impl State {
         let mut coming: Vec<(&str, &RuleSpec)> = Vec::new();
         for nr in &config.rules {
             match current.get(&nr.name) {
-                Some(id) if self.spec_of(*id).map(|(s, _)| s) == Some(&nr.spec) => {
+                Some(id) if self.parts_of(*id).map(|(s, _, _)| s) == Some(&nr.spec) => {
                     report.kept.push(nr.name.clone())
                 }
                 Some(id) => {
@@ -844,11 +843,11 @@ impl State {
         Ok(report)
     }
 
-    /// A rule's spec and origin, of either kind.
-    fn spec_of(&self, id: u32) -> Option<(&RuleSpec, Origin)> {
+    /// A rule's spec, origin and expiry, of either kind.
+    fn parts_of(&self, id: u32) -> Option<(&RuleSpec, Origin, Option<Instant>)> {
         match self.rules.get(&id) {
-            Some(e) => Some((&e.spec, e.origin)),
-            None => self.http.get(id).map(|e| (&e.spec, e.origin)),
+            Some(e) => Some((&e.spec, e.origin, e.expires_at)),
+            None => self.http.get(id).map(|e| (&e.spec, e.origin, e.expires_at)),
         }
     }
 
