@@ -608,6 +608,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ConnectConf {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExemptKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::DnsKey {}
     // SAFETY: as above.
@@ -731,10 +733,25 @@ pub const RESPONDER_MAP: &str = "RESPONDER";
 pub const RESPONDER_V4: u32 = 0;
 /// `RESPONDER` index of the IPv6 listening socket.
 pub const RESPONDER_V6: u32 = 1;
-/// Name of the hash of local ports (host order) whose connections are never
-/// steered: the responder's own connections to the real server, which
-/// arrive at the same port and would otherwise come back to it.
+/// Name of the hash of source addresses and ports (`ExemptKey`) whose
+/// connections are never steered: the responder's own connections to the
+/// real server, which arrive at the same port and would otherwise come
+/// back to it. The address too, not the port alone: a client elsewhere
+/// that happens to use the same source port must still be steered.
 pub const STEER_EXEMPT_MAP: &str = "STEER_EXEMPT";
+
+/// A key of `STEER_EXEMPT`: the responder's source address (IPv4 in the
+/// first 4 bytes, the rest zero) and port (host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExemptKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ExemptKey>() == 20);
 /// Most connections from the responder to the real server at once.
 pub const MAX_STEER_EXEMPT: u32 = 16_384;
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::SkLookupContext,
 };
 use faultbpf_common::{
-    MAX_STEER_EXEMPT, PROTO_TCP, RESPONDER_V4, RESPONDER_V6, SteerConf, draw_hits,
+    ExemptKey, MAX_STEER_EXEMPT, PROTO_TCP, RESPONDER_V4, RESPONDER_V6, SteerConf, draw_hits,
 };
 
 /// `sk_lookup` verdict: carry on with the socket we chose, or the normal lookup.
@@ -30,12 +30,12 @@ pub static STEER: Array<SteerConf> = Array::with_max_entries(1, 0);
 #[map]
 pub static RESPONDER: SockMap = SockMap::with_max_entries(2, 0);
 
-/// Source ports (host order) of the responder's own connections to the
+/// Source addresses and ports of the responder's own connections to the
 /// real server: never steered, or a forwarded request would come back.
 /// Not preallocated: every faultbpf start creates the object's maps, and
 /// only `faultbpf http` fills this one.
 #[map]
-pub static STEER_EXEMPT: HashMap<u16, u8> =
+pub static STEER_EXEMPT: HashMap<ExemptKey, u8> =
     HashMap::with_max_entries(MAX_STEER_EXEMPT, BPF_F_NO_PREALLOC);
 
 /// `BPF_F_NO_PREALLOC` from the kernel's uapi (`include/uapi/linux/bpf.h`).
@@ -60,10 +60,27 @@ pub fn run(ctx: &SkLookupContext) -> u32 {
     if conf.port == 0 || local_port != u32::from(conf.port) {
         return SK_PASS;
     }
-    let remote_port = u16::from_be(remote_port_be);
+    let mut key = ExemptKey {
+        addr: [0; 16],
+        port: u16::from_be(remote_port_be),
+        family: 4,
+        _pad: 0,
+    };
+    // SAFETY: as above; whole 4-byte loads of the address words.
+    unsafe {
+        let l = &*ctx.lookup;
+        if family == AF_INET6 {
+            key.family = 6;
+            for (i, w) in l.remote_ip6.iter().enumerate() {
+                key.addr[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+        } else {
+            key.addr[..4].copy_from_slice(&l.remote_ip4.to_ne_bytes());
+        }
+    }
     // SAFETY: a hash map lookup with a key on our stack; the value is
     // only tested for presence.
-    if unsafe { STEER_EXEMPT.get(&remote_port) }.is_some() {
+    if unsafe { STEER_EXEMPT.get(&key) }.is_some() {
         return SK_PASS;
     }
     // SAFETY: a helper with no arguments.

@@ -624,10 +624,15 @@ print(json.dumps(seen), flush=True)
 fn steered_connections_do_not_run_out_of_source_ports() {
     const N: usize = 300;
     let topo = Topology::new("h16-ports");
+    // Per namespace; written through /proc (procps' sysctl is not in
+    // every image).
     let out = topo
         .server
-        .command("sysctl")
-        .args(["-w", "net.ipv4.ip_local_port_range=40000 40099"])
+        .command("sh")
+        .args([
+            "-c",
+            "echo '40000 40099' > /proc/sys/net/ipv4/ip_local_port_range",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

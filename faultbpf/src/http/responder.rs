@@ -44,6 +44,7 @@ use super::{
     Counters, Options, Per, StartError, Status, Steer, When, connect::socket_cookie,
     retry_after_secs,
 };
+use faultbpf_common::ExemptKey;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -155,11 +156,16 @@ struct Upstream {
     _exempt: Exempt,
 }
 
-/// A socket the steering programs let through (its source port or its
-/// cookie), until dropped.
+/// A socket the steering programs let through (its source address and
+/// port, or its cookie), until dropped.
 struct Exempt {
-    key: u64,
+    key: ExemptBy,
     steer: Arc<Steer>,
+}
+
+enum ExemptBy {
+    Source(ExemptKey),
+    Cookie(u64),
 }
 
 impl Steer {
@@ -167,14 +173,14 @@ impl Steer {
     fn exempt(self: &Arc<Self>, sock: &TcpSocket) -> std::io::Result<Exempt> {
         let key = match &**self {
             Self::Lookup(s) => {
-                let port = sock.local_addr()?.port();
-                s.exempt(port)?;
-                u64::from(port)
+                let key = exempt_key(sock.local_addr()?);
+                s.exempt(key)?;
+                ExemptBy::Source(key)
             }
             Self::Connect(s) => {
                 let cookie = socket_cookie(sock)?;
                 s.exempt(cookie)?;
-                cookie
+                ExemptBy::Cookie(cookie)
             }
         };
         Ok(Exempt {
@@ -186,11 +192,32 @@ impl Steer {
 
 impl Drop for Exempt {
     fn drop(&mut self) {
-        match &*self.steer {
-            Steer::Lookup(s) => s.unexempt(self.key as u16),
-            Steer::Connect(s) => s.unexempt(self.key),
+        match (&*self.steer, &self.key) {
+            (Steer::Lookup(s), ExemptBy::Source(k)) => s.unexempt(k),
+            (Steer::Connect(s), ExemptBy::Cookie(c)) => s.unexempt(*c),
+            _ => {}
         }
     }
+}
+
+/// The `STEER_EXEMPT` key of a socket bound to `local`, as the
+/// `sk_lookup` program reads its connection's source.
+fn exempt_key(local: SocketAddr) -> ExemptKey {
+    let mut key = ExemptKey {
+        port: local.port(),
+        ..Default::default()
+    };
+    match local.ip() {
+        IpAddr::V4(a) => {
+            key.family = 4;
+            key.addr[..4].copy_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            key.family = 6;
+            key.addr = a.octets();
+        }
+    }
+    key
 }
 
 /// Client side: forgets the steered socket's entry when its connection ends.
@@ -375,16 +402,15 @@ async fn connect_raw(sh: &Shared, server: SocketAddr) -> Result<(TcpStream, Exem
     // of the range in turn, with SO_REUSEADDR (a TIME_WAIT socket does not
     // block the bind; connect refuses, EADDRNOTAVAIL, only while the same
     // four-tuple is still in TIME_WAIT and cannot be reused).
-    let any = if server.is_ipv4() {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    };
+    // Bound to the server's own address (local, since it listens here): the
+    // source the kernel would pick to reach it, known before the SYN, so
+    // the exemption names the address and the port, and a client elsewhere
+    // using the same source port is still steered.
     let mut last: Option<std::io::Error> = None;
     for _ in 0..BIND_TRIES {
         let sock = socket()?;
         sock.set_reuseaddr(true)?;
-        if let Err(e) = sock.bind(SocketAddr::new(any, sh.ports.next())) {
+        if let Err(e) = sock.bind(SocketAddr::new(server.ip(), sh.ports.next())) {
             last = Some(e);
             continue;
         }

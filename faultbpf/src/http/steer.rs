@@ -15,8 +15,8 @@ use aya::{
     programs::SkLookup,
 };
 use faultbpf_common::{
-    RESPONDER_MAP, RESPONDER_V4, RESPONDER_V6, STEER_EXEMPT_MAP, STEER_MAP, STEER_PROGRAM,
-    SteerConf, THRESHOLD_ALWAYS, threshold_from_pct,
+    ExemptKey, RESPONDER_MAP, RESPONDER_V4, RESPONDER_V6, STEER_EXEMPT_MAP, STEER_MAP,
+    STEER_PROGRAM, SteerConf, THRESHOLD_ALWAYS, threshold_from_pct,
 };
 
 use super::{Options, Per, StartError, responder::Listeners};
@@ -26,7 +26,7 @@ pub struct Steering {
     // Holds the program and its link: taking it out (`detach`) or dropping
     // it detaches, whoever else still holds the `Steering`.
     ebpf: Mutex<Option<Ebpf>>,
-    exempt: Mutex<HashMap<MapData, u16, u8>>,
+    exempt: Mutex<HashMap<MapData, ExemptKey, u8>>,
     port: u16,
 }
 
@@ -50,7 +50,7 @@ impl Steering {
         let mut ebpf = crate::load::loader()
             .load(crate::loader::OBJECT)
             .map_err(|e| err(port, "could not load the kernel object", e))?;
-        let exempt: HashMap<MapData, u16, u8> = ebpf
+        let exempt: HashMap<MapData, ExemptKey, u8> = ebpf
             .take_map(STEER_EXEMPT_MAP)
             .ok_or_else(|| missing(port, STEER_EXEMPT_MAP))?
             .try_into()
@@ -124,18 +124,18 @@ impl Steering {
         drop(e.take());
     }
 
-    /// Marks a connection from local `src_port` as the responder's own:
-    /// the program lets it through to the real server.
-    pub fn exempt(&self, src_port: u16) -> std::io::Result<()> {
+    /// Marks a connection from `source` (address and port) as the
+    /// responder's own: the program lets it through to the real server.
+    pub fn exempt(&self, source: ExemptKey) -> std::io::Result<()> {
         let mut m = self.exempt.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(src_port, 1, 0)
+        m.insert(source, 1, 0)
             .map_err(|e| std::io::Error::other(format!("port {}: {e}", self.port)))
     }
 
-    /// Forgets `src_port` once its connection is closed.
-    pub fn unexempt(&self, src_port: u16) {
+    /// Forgets `source` once its connection is closed.
+    pub fn unexempt(&self, source: &ExemptKey) {
         let mut m = self.exempt.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = m.remove(&src_port);
+        let _ = m.remove(source);
     }
 }
 
