@@ -172,6 +172,9 @@ fn scan(instances: &mut BTreeMap<u32, Instance>, opts: &Options) -> anyhow::Resu
         if let std::collections::btree_map::Entry::Vacant(slot) = instances.entry(conf_id) {
             match open(&maps) {
                 Ok(Some(mut inst)) => {
+                    // Events a killed tracer left unread are not ours:
+                    // dropped before tracing is on for our ports.
+                    while inst.events.next().is_some() {}
                     set_ports(&mut inst, opts)?;
                     slot.insert(inst);
                 }

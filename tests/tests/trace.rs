@@ -290,6 +290,10 @@ fn a_killed_tracer_leaves_tracing_on_for_its_lease_at_most_tcx() {
         on.until_ns > coarse_now_ns(),
         "on while the tracer runs: {on:?}"
     );
+    // Events it never reads: stopped, then killed, with tracing on. The
+    // next tracer must not print them as its own.
+    t.signal(libc::SIGSTOP);
+    UdpPath::new(&topo, P).send(3, 16);
     t.kill();
     let killed = Instant::now();
     let until = trace_conf(&topo).until_ns;
