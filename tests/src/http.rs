@@ -233,9 +233,19 @@ fn read_response(mut r: impl BufRead) -> io::Result<Response> {
 
 /// One request over the Unix socket at `path`.
 pub fn unix_request(path: &Path, req: &Request<'_>) -> io::Result<Response> {
+    unix_request_within(path, req, IO_TIMEOUT)
+}
+
+/// [`unix_request`] waiting up to `timeout` for each read and write, for
+/// a request the daemon is expected to answer late.
+pub fn unix_request_within(
+    path: &Path,
+    req: &Request<'_>,
+    timeout: Duration,
+) -> io::Result<Response> {
     let s = UnixStream::connect(path)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     exchange(s, req)
 }
 

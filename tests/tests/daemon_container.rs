@@ -447,7 +447,14 @@ fn a_slow_engine_holds_up_neither_other_requests_nor_the_heartbeat() {
             })
             .to_string();
             let req = Request::new("POST", "/v1/rules").body(body.as_bytes());
-            let r = faultbpf_tests::http::unix_request(&socket, &req).unwrap();
+            // The daemon answers once the engine's 15 s are up: more than
+            // the default read timeout, which is also 15 s.
+            let r = faultbpf_tests::http::unix_request_within(
+                &socket,
+                &req,
+                faultbpf::target::ENGINE_TIMEOUT + Duration::from_secs(15),
+            )
+            .unwrap();
             (r, start.elapsed())
         });
         std::thread::sleep(Duration::from_millis(500));
